@@ -1,0 +1,71 @@
+"""The CrystalRtError family: every user-facing failure is one of these.
+
+Each error carries a one-sentence message and, where there is one, the path of the file it is
+about, so that the CLI, the HTTP service and the hot-folder watcher can report it without a
+traceback and carry on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CrystalRtError(Exception):
+    """Base class: a problem with the user's input, environment or artifacts."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+        self.message = message
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class MissingDependency(CrystalRtError):
+    """An optional dependency (an install extra) is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{purpose} needs {package}, which is not installed: "
+            f'pip install "crystal-rt[{extra}]"'
+        )
+
+
+class InvalidImage(CrystalRtError):
+    """An image file or array that cannot be used (missing, empty, corrupt, too large, ...)."""
+
+
+class InvalidModel(CrystalRtError):
+    """A checkpoint or ONNX model that cannot be read or does not follow the contract."""
+
+
+class InvalidSpec(CrystalRtError):
+    """A PreprocessSpec or ModelSpec with a value out of range."""
+
+
+class ExportError(CrystalRtError):
+    """Export to the core ONNX failed."""
+
+
+class LintError(ExportError):
+    """The exported graph uses an operator or attribute TensorRT's ONNX parser cannot import."""
+
+
+class ValidationFailed(ExportError):
+    """The exported ONNX does not reproduce the PyTorch model within tolerance."""
+
+
+class ParityError(CrystalRtError):
+    """Two backends disagree beyond the parity tolerances."""
+
+
+class EngineNotFound(CrystalRtError):
+    """No engine (manifest + model file) at the given location."""
+
+
+class EngineIncompatible(CrystalRtError):
+    """An engine that was built for another backend, version or machine."""
+
+
+class BackendUnavailable(CrystalRtError):
+    """The requested backend cannot run on this machine."""

@@ -1,0 +1,197 @@
+"""Build torchvision Mask R-CNNs by architecture name and load checkpoints (ours or plain state_dicts).
+
+Architectures: ``maskrcnn_resnet50_fpn``, ``maskrcnn_resnet50_fpn_v2`` (torchvision's own builders)
+and ``maskrcnn_<backbone>_fpn`` for any torchvision ResNet or MobileNet backbone
+(``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``mobilenet_v2``, ``mobilenet_v3_large``,
+``mobilenet_v3_small``). Weights are never downloaded: models are built with ``weights=None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidModel
+from ..spec import ModelSpec, PreprocessSpec
+
+if TYPE_CHECKING:
+    from torchvision.models.detection import MaskRCNN
+
+CHECKPOINT_FORMAT = "crystal-rt-checkpoint"
+CHECKPOINT_VERSION = 1
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+MOBILENETS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+ARCHS = (
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
+    *(f"maskrcnn_{b}_fpn" for b in RESNETS if b != "resnet50"),
+    *(f"maskrcnn_{b}_fpn" for b in MOBILENETS),
+)
+
+
+@dataclass
+class LoadedModel:
+    """A torchvision Mask R-CNN in eval mode with the specs that travel with it."""
+
+    model: MaskRCNN
+    model_spec: ModelSpec
+    preprocess: PreprocessSpec
+
+
+def build_maskrcnn(
+    arch: str, num_classes: int, *, preprocess: PreprocessSpec | None = None, max_detections: int = 100,
+    **kwargs: Any,
+) -> MaskRCNN:
+    """A Mask R-CNN with random weights; its own transform set to the spec's size and normalisation."""
+    import torch.nn as nn
+    from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+    from torchvision.ops import MultiScaleRoIAlign
+
+    spec = preprocess or PreprocessSpec()
+    options: dict[str, Any] = {
+        "min_size": spec.input_size,
+        "max_size": spec.input_size,
+        "image_mean": list(spec.mean),
+        "image_std": list(spec.std),
+        "box_detections_per_img": max_detections,
+        **kwargs,
+    }
+    model: nn.Module
+    if arch == "maskrcnn_resnet50_fpn":
+        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes, **options)
+    elif arch == "maskrcnn_resnet50_fpn_v2":
+        model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes, **options)
+    elif arch.startswith("maskrcnn_") and arch.endswith("_fpn") and arch[9:-4] in RESNETS:
+        backbone = resnet_fpn_backbone(backbone_name=arch[9:-4], weights=None, trainable_layers=5)
+        model = MaskRCNN(backbone, num_classes=num_classes, **options)
+    elif arch.startswith("maskrcnn_") and arch.endswith("_fpn") and arch[9:-4] in MOBILENETS:
+        backbone = mobilenet_backbone(backbone_name=arch[9:-4], weights=None, fpn=True, trainable_layers=6)
+        levels = 3  # two feature maps + the FPN's pool level
+        anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * levels, ((0.5, 1.0, 2.0),) * levels)
+        model = MaskRCNN(
+            backbone,
+            num_classes=num_classes,
+            rpn_anchor_generator=anchors,
+            box_roi_pool=MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2),
+            mask_roi_pool=MultiScaleRoIAlign(["0", "1"], output_size=14, sampling_ratio=2),
+            **options,
+        )
+    else:
+        raise InvalidModel(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    return model.eval()  # type: ignore[return-value]
+
+
+def save_checkpoint(
+    path: str | Path, model: MaskRCNN, model_spec: ModelSpec, preprocess: PreprocessSpec,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write our checkpoint format: arch, classes, preprocess spec and the state_dict."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "arch": model_spec.arch,
+        "num_classes": model_spec.num_classes,
+        "class_names": list(model_spec.class_names),
+        "max_detections": model_spec.max_detections,
+        "score_threshold": model_spec.score_threshold,
+        "preprocess": preprocess.to_dict(),
+        "state_dict": model.state_dict(),
+        **(extra or {}),
+    }
+    torch.save(payload, path)
+    return path
+
+
+def _infer_num_classes(state_dict: dict[str, Any]) -> int | None:
+    weight = state_dict.get("roi_heads.box_predictor.cls_score.weight")
+    return None if weight is None else int(weight.shape[0])
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    preprocess: PreprocessSpec | None = None,
+    max_detections: int | None = None,
+) -> LoadedModel:
+    """Load our checkpoint format or a plain torchvision state_dict (then ``arch`` is required).
+
+    Arguments given here override what the checkpoint stores.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModel("checkpoint not found", path=path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a non-checkpoint file
+        raise InvalidModel(
+            f"not a PyTorch checkpoint that can be loaded safely ({type(exc).__name__}); "
+            "save a state_dict or a crystal-rt checkpoint, not a pickled model",
+            path=path,
+        ) from exc
+    if not isinstance(payload, dict):
+        raise InvalidModel(f"expected a dict (state_dict or crystal-rt checkpoint), got {type(payload).__name__}",
+                           path=path)
+
+    stored_pre: dict[str, Any] | None = None
+    stored: dict[str, Any] = {}
+    if payload.get("format") == CHECKPOINT_FORMAT:
+        for key in ("arch", "num_classes", "state_dict"):
+            if key not in payload:
+                raise InvalidModel(f"crystal-rt checkpoint lacks the field {key!r}", path=path)
+        state_dict = payload["state_dict"]
+        stored = payload
+        stored_pre = payload.get("preprocess")
+    elif isinstance(payload.get("model"), dict):  # torchvision reference-scripts format
+        state_dict = payload["model"]
+    else:
+        state_dict = payload
+    if not all(isinstance(k, str) for k in state_dict):
+        raise InvalidModel("the state_dict has non-string keys", path=path)
+
+    arch = arch or stored.get("arch")
+    if arch is None:
+        raise InvalidModel("a plain state_dict needs --arch (one of: " + ", ".join(ARCHS) + ")", path=path)
+    inferred = _infer_num_classes(state_dict)
+    num_classes = num_classes or stored.get("num_classes") or inferred
+    if num_classes is None:
+        raise InvalidModel("cannot tell the number of classes: pass --num-classes", path=path)
+    if inferred is not None and inferred != num_classes:
+        raise InvalidModel(f"the weights have {inferred} classes, not {num_classes}", path=path)
+    names = class_names or stored.get("class_names") or None
+    pre = preprocess or (PreprocessSpec.from_dict(stored_pre) if stored_pre else PreprocessSpec())
+    model_spec = ModelSpec(
+        arch=arch,
+        num_classes=int(num_classes),
+        class_names=tuple(names) if names else (),
+        max_detections=int(max_detections or stored.get("max_detections") or 100),
+        score_threshold=float(stored.get("score_threshold", 0.5)),
+    )
+    model = build_maskrcnn(arch, model_spec.num_classes, preprocess=pre, max_detections=model_spec.max_detections)
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise InvalidModel(f"weights do not fit {arch}: {first.strip()}", path=path) from exc
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise InvalidModel(f"weights do not fit {arch}: " + "; ".join(detail), path=path)
+    return LoadedModel(model=model.eval(), model_spec=model_spec, preprocess=pre)

@@ -1,0 +1,123 @@
+"""Export a torchvision Mask R-CNN to the core ONNX, lint it, and validate it on ONNX Runtime.
+
+Contract (DESIGN.md): input ``images`` float32 [1, 3, S, S]; outputs ``boxes`` [K, 4],
+``scores`` [K], ``labels`` [K] (int64), ``masks`` [K, 28, 28]; opset 17; ``dynamo=False``;
+no If / Loop / input Resize; PreprocessSpec and ModelSpec in ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._lazy import require
+from .._version import __version__
+from ..errors import ExportError, ValidationFailed
+from ..evaluate.parity import ParityReport, Tolerances, compare_results, worst_failure
+from ..spec import MODEL_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec, PreprocessSpec
+from .core import INPUT_NAME, OUTPUT_NAMES, CoreMaskRCNN, export_friendly_nms
+from .lint import lint_onnx
+from .models import LoadedModel
+
+OPSET = 17
+# The in-graph score threshold (torchvision's box_score_thresh); the runtime threshold is applied after.
+VALIDATION_SCORE_THRESHOLD = 0.05
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    model_spec: ModelSpec
+    preprocess: PreprocessSpec
+    num_nodes: int
+    parity: ParityReport | None
+
+
+def validation_images(size: int) -> list[tuple[str, np.ndarray]]:
+    """Two synthetic drops (square and not) and a constant image, which usually has no detections."""
+    from ..data.synthetic import make_drop
+
+    return [
+        ("synthetic-drop-0", make_drop(0, size, size).image),
+        ("synthetic-drop-1", make_drop(1, size * 3 // 4, size).image),
+        ("constant-gray", np.full((size, size), 128, dtype=np.uint8)),
+    ]
+
+
+def export_core_onnx(
+    loaded: LoadedModel,
+    output: str | Path,
+    *,
+    input_size: int | None = None,
+    max_detections: int | None = None,
+    validate: bool = True,
+    images: Sequence[tuple[str, np.ndarray]] | None = None,
+    tolerances: Tolerances | None = None,
+) -> ExportResult:
+    """Write the core ONNX for ``loaded`` to ``output`` and (by default) check it against PyTorch.
+
+    Raises LintError for an op TensorRT cannot import and ValidationFailed, naming the worst
+    detection, when ONNX Runtime does not reproduce the PyTorch model.
+    """
+    torch = require("torch", "Exporting a model")
+    onnx = require("onnx", "Exporting a model")
+    output = Path(output)
+    pre = loaded.preprocess if input_size is None else dataclasses.replace(loaded.preprocess, input_size=input_size)
+    spec = loaded.model_spec if max_detections is None else dataclasses.replace(
+        loaded.model_spec, max_detections=max_detections)
+    core = CoreMaskRCNN(loaded.model, pre.input_size, spec.max_detections)
+
+    from ..runtime.detector import Detector
+    from ..runtime.preprocess import apply_clahe, letterbox, normalize
+
+    images = list(images) if images is not None else validation_images(pre.input_size)
+    trace_input = normalize(letterbox(apply_clahe(images[0][1], pre), pre.input_size)[0], pre)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), export_friendly_nms():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                core, (torch.from_numpy(trace_input),), str(tmp),
+                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                opset_version=OPSET, dynamo=False, do_constant_folding=True,
+            )
+        model = onnx.load(str(tmp))
+    except Exception as exc:  # torch.onnx raises many types; the user needs one sentence
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                          path=output) from exc
+    tmp.unlink(missing_ok=True)
+    del model.metadata_props[:]
+    for key, value in ((SPEC_METADATA_KEY, pre.to_json()), (MODEL_METADATA_KEY, spec.to_json()),
+                       ("crystal_rt.version", __version__)):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "crystal-rt"
+    model.producer_version = __version__
+    onnx.checker.check_model(model)
+    lint_onnx(model)
+    onnx.save(model, str(output))
+
+    parity = None
+    if validate:
+        reference = Detector.from_core(core, spec, pre, score_threshold=VALIDATION_SCORE_THRESHOLD)
+        candidate = Detector.from_onnx(output, score_threshold=VALIDATION_SCORE_THRESHOLD)
+        per_image = []
+        for name, image in images:
+            ref = reference.detect(image, name=name)
+            cand = candidate.detect(image, name=name)
+            per_image.append(compare_results(ref, cand, score_threshold=VALIDATION_SCORE_THRESHOLD,
+                                             max_detections=spec.max_detections, tolerances=tolerances))
+        candidate.close()
+        parity = ParityReport(per_image, tolerances or Tolerances())
+        if not parity.ok:
+            raise ValidationFailed(
+                f"ONNX Runtime does not reproduce PyTorch ({len(parity.failures)} problem(s)); worst: "
+                f"{worst_failure(parity)}", path=output)
+    return ExportResult(output, spec, pre, len(model.graph.node), parity)

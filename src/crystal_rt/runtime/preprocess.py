@@ -1,0 +1,96 @@
+"""The preprocessing contract on the CPU: CLAHE (OpenCV) -> letterbox -> normalise to NCHW float32.
+
+Every backend and the export validation run exactly these functions, so an engine always sees
+the input it was trained and exported with (DESIGN.md, "Preprocessing contract").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from ..errors import InvalidImage
+from ..spec import PreprocessSpec
+
+
+@lru_cache(maxsize=16)
+def _clahe(clip_limit: float, tile_grid: tuple[int, int]) -> cv2.CLAHE:
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=tile_grid)
+
+
+def apply_clahe(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """CLAHE exactly as ``cv2.createCLAHE(clip_limit, tile_grid).apply``.
+
+    Gray images directly. 8-bit RGB: on the L channel of ``cv2.COLOR_RGB2LAB`` and back.
+    16-bit RGB (OpenCV has no 16-bit LAB): RGB/65535 to float LAB, L (0..100) scaled to uint16,
+    16-bit CLAHE, back to float LAB, to RGB, rounded to uint16.
+    """
+    if not spec.clahe:
+        return image
+    clahe = _clahe(float(spec.clip_limit), spec.tile_grid)
+    if image.ndim == 2:
+        return clahe.apply(image)
+    if image.dtype == np.uint8:
+        lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+        lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    lab_f = cv2.cvtColor(image.astype(np.float32) * np.float32(1.0 / 65535.0), cv2.COLOR_RGB2LAB)
+    lum = np.clip(np.rint(lab_f[..., 0] * (65535.0 / 100.0)), 0, 65535).astype(np.uint16)
+    lab_f[..., 0] = clahe.apply(lum).astype(np.float32) * np.float32(100.0 / 65535.0)
+    rgb = cv2.cvtColor(lab_f, cv2.COLOR_LAB2RGB)
+    return np.clip(np.rint(rgb * 65535.0), 0, 65535).astype(np.uint16)
+
+
+def letterbox_size(height: int, width: int, size: int) -> tuple[float, int, int]:
+    """``(scale, new_w, new_h)``: scale = S / max(H, W), sizes rounded half up, at least 1."""
+    scale = size / max(height, width)
+    new_w = min(size, max(1, int(width * scale + 0.5)))
+    new_h = min(size, max(1, int(height * scale + 0.5)))
+    return scale, new_w, new_h
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Resize (cv2.INTER_LINEAR, in the image's integer type) into the top-left of a black S x S canvas."""
+    height, width = image.shape[:2]
+    scale, new_w, new_h = letterbox_size(height, width, size)
+    resized = image if (new_w, new_h) == (width, height) else cv2.resize(
+        image, (new_w, new_h), interpolation=cv2.INTER_LINEAR
+    )
+    canvas = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
+    canvas[:new_h, :new_w] = resized
+    return canvas, scale
+
+
+def normalize(canvas: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """[1, 3, S, S] float32: gray replicated, /255 or /65535, ImageNet mean/std."""
+    max_value = 65535.0 if canvas.dtype == np.uint16 else 255.0
+    size = canvas.shape[0]
+    out = np.empty((1, 3, size, size), dtype=np.float32)
+    plane = canvas.astype(np.float32) if canvas.ndim == 2 else None
+    for c in range(3):
+        gain = np.float32(1.0 / (max_value * spec.std[c]))
+        bias = np.float32(-spec.mean[c] / spec.std[c])
+        src = plane if plane is not None else canvas[..., c].astype(np.float32)
+        np.multiply(src, gain, out=out[0, c])
+        out[0, c] += bias
+    return out
+
+
+@dataclass
+class Preprocessed:
+    """The network input plus what postprocessing needs to map results back."""
+
+    tensor: np.ndarray  # float32 [1, 3, S, S]
+    scale: float
+    height: int
+    width: int
+
+
+def check_image(image: np.ndarray, name: str | None = None) -> None:
+    if image.dtype not in (np.uint8, np.uint16):
+        raise InvalidImage(f"expected uint8 or uint16 pixels, got {image.dtype}", path=name)
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)) or image.size == 0:
+        raise InvalidImage(f"expected a (H, W) or (H, W, 3) image, got shape {image.shape}", path=name)
