@@ -16,10 +16,17 @@ _EXTRA_FOR = {
 }
 
 
+_HINT_FOR = {
+    "tensorrt": " plus NVIDIA TensorRT for this GPU (JetPack on Jetson, or pip install tensorrt)",
+}
+
+
 def require(module: str, purpose: str, *, package: str | None = None, extra: str | None = None) -> ModuleType:
     """Import ``module`` or raise MissingDependency saying which extra provides it."""
-    top = module.split(".")[0]
+    top = module.split(".", maxsplit=1)[0]
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependency(package or top, extra or _EXTRA_FOR.get(top, "dev"), purpose) from exc
+        raise MissingDependency(
+            package or top, extra or _EXTRA_FOR.get(top, "dev"), purpose, _HINT_FOR.get(top, "")
+        ) from exc

@@ -7,13 +7,13 @@ traceback and carry on.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 
 class CrystalRtError(Exception):
     """Base class: a problem with the user's input, environment or artifacts."""
 
-    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
         self.message = message
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
@@ -22,12 +22,11 @@ class CrystalRtError(Exception):
 class MissingDependency(CrystalRtError):
     """An optional dependency (an install extra) is not installed."""
 
-    def __init__(self, package: str, extra: str, purpose: str) -> None:
+    def __init__(self, package: str, extra: str, purpose: str, hint: str = "") -> None:
         self.package = package
         self.extra = extra
         super().__init__(
-            f"{purpose} needs {package}, which is not installed: "
-            f'pip install "crystal-rt[{extra}]"'
+            f'{purpose} needs {package}, which is not installed: pip install "crystal-rt[{extra}]"{hint}'
         )
 
 

@@ -26,8 +26,16 @@ def _crystal_polygon(rng: np.random.Generator, cx: float, cy: float, size: float
     angle = rng.uniform(0, np.pi)
     if habit == "needle":
         length, width = size * rng.uniform(1.2, 2.0), size * rng.uniform(0.08, 0.18)
-        pts = np.array([[-length / 2, 0], [-length / 2 + width, -width / 2], [length / 2 - width, -width / 2],
-                        [length / 2, 0], [length / 2 - width, width / 2], [-length / 2 + width, width / 2]])
+        pts = np.array(
+            [
+                [-length / 2, 0],
+                [-length / 2 + width, -width / 2],
+                [length / 2 - width, -width / 2],
+                [length / 2, 0],
+                [length / 2 - width, width / 2],
+                [-length / 2 + width, width / 2],
+            ]
+        )
     elif habit == "plate":
         n = 6
         radius = size * rng.uniform(0.4, 0.7)

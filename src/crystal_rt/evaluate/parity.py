@@ -1,10 +1,11 @@
 """Backend parity: match two backends' detections by IoU (never elementwise) and check tolerances.
 
 Detections may come out in another order, and near the score threshold or the K-th place one
-backend may keep a detection the other drops. Matching is greedy by reference score, same
-label, box IoU >= 0.5. An unmatched detection is tolerated only when it is borderline: its score
+backend may keep a detection the other drops. Pairs are assigned greedily by decreasing box IoU
+(same label, IoU >= 0.5). An unmatched detection is tolerated only when it is borderline: its score
 within ``score_tol`` of the threshold, or of the lowest score on the other side when that side
-is full (K detections).
+is full (K detections), or one of a pair of near-ties: an unmatched detection on each side, same
+label, scores within ``score_tol`` (TopK and NMS may keep either of two equally scored boxes).
 """
 
 from __future__ import annotations
@@ -119,41 +120,63 @@ def compare_results(
     tol = tolerances or Tolerances()
     name = reference.image or "<image>"
     report = ImageParity(name, len(reference.instances), len(candidate.instances))
-    unmatched = list(range(len(candidate.instances)))
 
     def borderline(inst: Instance, other: list[Instance]) -> bool:
         if inst.score - score_threshold <= tol.score:
             return True
         return len(other) >= max_detections and inst.score - min(o.score for o in other) <= tol.score
 
-    for ref in sorted(reference.instances, key=lambda i: -i.score):
-        best, best_iou = -1, MATCH_IOU
-        for j in unmatched:
-            cand = candidate.instances[j]
-            iou = box_iou(ref.box, cand.box) if cand.label == ref.label else 0.0
-            if iou >= best_iou:
-                best, best_iou = j, iou
-        if best < 0:
-            if borderline(ref, candidate.instances):
-                report.borderline += 1
-            else:
-                report.fail(2.0, f"reference detection {_describe(ref)} has no match")
+    refs, cands = reference.instances, candidate.instances
+    # Assign pairs in order of decreasing box IoU (same label, IoU >= 0.5), so that exact
+    # counterparts are paired before shifted neighbours (random weights make many of those).
+    pairs = sorted(
+        (
+            (box_iou(r.box, c.box), i, j)
+            for i, r in enumerate(refs)
+            for j, c in enumerate(cands)
+            if r.label == c.label
+        ),
+        key=lambda t: -t[0],
+    )
+    ref_free, cand_free = set(range(len(refs))), set(range(len(cands)))
+    for iou, i, j in pairs:
+        if iou < MATCH_IOU:
+            break
+        if i not in ref_free or j not in cand_free:
             continue
-        unmatched.remove(best)
-        cand = candidate.instances[best]
+        ref_free.discard(i)
+        cand_free.discard(j)
+        ref, cand = refs[i], cands[j]
         m_iou = mask_iou(ref.mask, cand.mask)
         d_score = abs(ref.score - cand.score)
-        report.box_ious.append(best_iou)
+        report.box_ious.append(iou)
         report.mask_ious.append(m_iou)
         report.score_diffs.append(d_score)
-        if best_iou < tol.box_iou:
-            report.fail(1.0 - best_iou, f"box IoU {best_iou:.4f} < {tol.box_iou} for {_describe(ref)}")
+        if iou < tol.box_iou:
+            report.fail(1.0 - iou, f"box IoU {iou:.4f} < {tol.box_iou} for {_describe(ref)}")
         if m_iou < tol.mask_iou:
             report.fail(1.0 - m_iou, f"mask IoU {m_iou:.4f} < {tol.mask_iou} for {_describe(ref)}")
         if d_score > tol.score:
             report.fail(d_score, f"score differs by {d_score:.2e} > {tol.score} for {_describe(ref)}")
-    for j in unmatched:
-        cand = candidate.instances[j]
+    lost = [refs[i] for i in sorted(ref_free)]
+    unmatched = sorted(cand_free)
+    extra = [candidate.instances[j] for j in unmatched]
+    # Near-ties: where candidates score within tolerance of each other, TopK/NMS may keep a different
+    # one of them. An unmatched detection on each side with (nearly) the same score is such a swap.
+    for ref in list(lost):
+        swap = next(
+            (c for c in extra if c.label == ref.label and abs(c.score - ref.score) <= tol.score), None
+        )
+        if swap is not None:
+            lost.remove(ref)
+            extra.remove(swap)
+            report.borderline += 2
+    for ref in lost:
+        if borderline(ref, candidate.instances):
+            report.borderline += 1
+        else:
+            report.fail(2.0, f"reference detection {_describe(ref)} has no match")
+    for cand in extra:
         if borderline(cand, reference.instances):
             report.borderline += 1
         else:
@@ -164,7 +187,11 @@ def compare_results(
 def worst_failure(report: ParityReport) -> str:
     """The worst failure: a missing or extra detection first, else the lowest IoU / largest score gap."""
     worst = max(
-        ((sev, f"{img.image}: {msg}") for img in report.images for sev, msg in zip(img.severities, img.failures)),
+        (
+            (sev, f"{img.image}: {msg}")
+            for img in report.images
+            for sev, msg in zip(img.severities, img.failures, strict=False)
+        ),
         default=(0.0, ""),
     )
     return worst[1]

@@ -34,7 +34,8 @@ def _batched_nms_branch_free(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_th
 
     max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
     offsets = idxs.to(boxes) * (max_coordinate + torch.tensor(1).to(boxes))
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    kept: Tensor = nms(boxes + offsets[:, None], scores, iou_threshold)
+    return kept
 
 
 def _topk_min_constant(input: Tensor, orig_kval: int, axis: int) -> int:

@@ -21,18 +21,125 @@ if TYPE_CHECKING:
     import onnx
 
 TENSORRT_NATIVE_OPS = frozenset(
-    """
-    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast
-    Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
-    DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather
-    GatherElements GatherND Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual HardSigmoid
-    HardSwish Identity InstanceNormalization IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log
-    LogSoftmax LRN MatMul Max MaxPool Mean Min Mul Neg NonMaxSuppression NonZero Not Or Pad Pow PRelu
-    QuantizeLinear Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean
-    ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize RoiAlign Round ScatterElements
-    ScatterND Selu Shape Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split
-    Sqrt Squeeze Sub Sum Tan Tanh Tile TopK Transpose Unsqueeze Where Xor
-    """.split()
+    [
+        "Abs",
+        "Acos",
+        "Acosh",
+        "Add",
+        "And",
+        "ArgMax",
+        "ArgMin",
+        "Asin",
+        "Asinh",
+        "Atan",
+        "Atanh",
+        "AveragePool",
+        "BatchNormalization",
+        "Cast",
+        "Ceil",
+        "Celu",
+        "Clip",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Conv",
+        "ConvTranspose",
+        "Cos",
+        "Cosh",
+        "CumSum",
+        "DepthToSpace",
+        "DequantizeLinear",
+        "Div",
+        "Dropout",
+        "Einsum",
+        "Elu",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Expand",
+        "EyeLike",
+        "Flatten",
+        "Floor",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Gemm",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Greater",
+        "GreaterOrEqual",
+        "HardSigmoid",
+        "HardSwish",
+        "Identity",
+        "InstanceNormalization",
+        "IsNaN",
+        "LayerNormalization",
+        "LeakyRelu",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "LogSoftmax",
+        "LRN",
+        "MatMul",
+        "Max",
+        "MaxPool",
+        "Mean",
+        "Min",
+        "Mul",
+        "Neg",
+        "NonMaxSuppression",
+        "NonZero",
+        "Not",
+        "Or",
+        "Pad",
+        "Pow",
+        "PRelu",
+        "QuantizeLinear",
+        "Range",
+        "Reciprocal",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSum",
+        "ReduceSumSquare",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "RoiAlign",
+        "Round",
+        "ScatterElements",
+        "ScatterND",
+        "Selu",
+        "Shape",
+        "Sigmoid",
+        "Sign",
+        "Sin",
+        "Sinh",
+        "Size",
+        "Slice",
+        "Softmax",
+        "Softplus",
+        "Softsign",
+        "SpaceToDepth",
+        "Split",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Sum",
+        "Tan",
+        "Tanh",
+        "Tile",
+        "TopK",
+        "Transpose",
+        "Unsqueeze",
+        "Where",
+        "Xor",
+    ]
 )
 # Parsed by TensorRT, but excluded from the core graph by the design contract.
 FORBIDDEN_OPS = {
@@ -82,7 +189,9 @@ def lint_model(model: onnx.ModelProto) -> list[LintProblem]:
         elif node.op_type in FORBIDDEN_OPS:
             problems.append(LintProblem(name, node.op_type, FORBIDDEN_OPS[node.op_type]))
         elif node.op_type not in TENSORRT_NATIVE_OPS:
-            problems.append(LintProblem(name, node.op_type, "not imported natively by TensorRT's ONNX parser"))
+            problems.append(
+                LintProblem(name, node.op_type, "not imported natively by TensorRT's ONNX parser")
+            )
         elif node.op_type == "TopK":
             k = constants.get(node.input[1]) if len(node.input) > 1 else None
             if k is None:
@@ -97,7 +206,9 @@ def lint_model(model: onnx.ModelProto) -> list[LintProblem]:
             if attrs.get("antialias", 0):
                 problems.append(LintProblem(name, "Resize", "antialias is not supported"))
             if node.input and node.input[0] in graph_inputs:
-                problems.append(LintProblem(name, "Resize", "resizes the network input (preprocessing is outside)"))
+                problems.append(
+                    LintProblem(name, "Resize", "resizes the network input (preprocessing is outside)")
+                )
         elif node.op_type == "ScatterElements":
             reduction = attrs.get("reduction", b"none")
             reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
@@ -113,7 +224,7 @@ def lint_onnx(model: onnx.ModelProto | str | Path) -> None:
     if isinstance(model, str | Path):
         path = Path(model)
         model = onnx_mod.load(str(path))
-    problems = lint_model(model)
+    problems = lint_model(model)  # type: ignore[arg-type]
     if problems:
         shown = "; ".join(str(p) for p in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""

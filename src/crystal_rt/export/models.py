@@ -8,7 +8,8 @@ and ``maskrcnn_<backbone>_fpn`` for any torchvision ResNet or MobileNet backbone
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,14 +39,19 @@ class LoadedModel:
     model: MaskRCNN
     model_spec: ModelSpec
     preprocess: PreprocessSpec
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def build_maskrcnn(
-    arch: str, num_classes: int, *, preprocess: PreprocessSpec | None = None, max_detections: int = 100,
+    arch: str,
+    num_classes: int,
+    *,
+    preprocess: PreprocessSpec | None = None,
+    max_detections: int = 100,
     **kwargs: Any,
 ) -> MaskRCNN:
     """A Mask R-CNN with random weights; its own transform set to the spec's size and normalisation."""
-    import torch.nn as nn
+    from torch import nn
     from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
@@ -64,7 +70,9 @@ def build_maskrcnn(
     if arch == "maskrcnn_resnet50_fpn":
         model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes, **options)
     elif arch == "maskrcnn_resnet50_fpn_v2":
-        model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes, **options)
+        model = maskrcnn_resnet50_fpn_v2(
+            weights=None, weights_backbone=None, num_classes=num_classes, **options
+        )
     elif arch.startswith("maskrcnn_") and arch.endswith("_fpn") and arch[9:-4] in RESNETS:
         backbone = resnet_fpn_backbone(backbone_name=arch[9:-4], weights=None, trainable_layers=5)
         model = MaskRCNN(backbone, num_classes=num_classes, **options)
@@ -86,10 +94,18 @@ def build_maskrcnn(
 
 
 def save_checkpoint(
-    path: str | Path, model: MaskRCNN, model_spec: ModelSpec, preprocess: PreprocessSpec,
+    path: str | Path,
+    model: MaskRCNN,
+    model_spec: ModelSpec,
+    preprocess: PreprocessSpec,
     extra: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> Path:
-    """Write our checkpoint format: arch, classes, preprocess spec and the state_dict."""
+    """Write our checkpoint format: arch, classes, preprocess spec, builder options, state_dict.
+
+    ``model_kwargs`` are the extra ``build_maskrcnn`` options the model was built with (e.g.
+    ``rpn_post_nms_top_n_test``), so that loading rebuilds exactly the same model.
+    """
     import torch
 
     path = Path(path)
@@ -103,6 +119,7 @@ def save_checkpoint(
         "max_detections": model_spec.max_detections,
         "score_threshold": model_spec.score_threshold,
         "preprocess": preprocess.to_dict(),
+        "model_kwargs": dict(model_kwargs or {}),
         "state_dict": model.state_dict(),
         **(extra or {}),
     }
@@ -116,7 +133,7 @@ def _infer_num_classes(state_dict: dict[str, Any]) -> int | None:
 
 
 def load_checkpoint(
-    path: str | Path,
+    path: str | os.PathLike[str],
     *,
     arch: str | None = None,
     num_classes: int | None = None,
@@ -142,8 +159,9 @@ def load_checkpoint(
             path=path,
         ) from exc
     if not isinstance(payload, dict):
-        raise InvalidModel(f"expected a dict (state_dict or crystal-rt checkpoint), got {type(payload).__name__}",
-                           path=path)
+        raise InvalidModel(
+            f"expected a dict (state_dict or crystal-rt checkpoint), got {type(payload).__name__}", path=path
+        )
 
     stored_pre: dict[str, Any] | None = None
     stored: dict[str, Any] = {}
@@ -179,7 +197,10 @@ def load_checkpoint(
         max_detections=int(max_detections or stored.get("max_detections") or 100),
         score_threshold=float(stored.get("score_threshold", 0.5)),
     )
-    model = build_maskrcnn(arch, model_spec.num_classes, preprocess=pre, max_detections=model_spec.max_detections)
+    model_kwargs = dict(stored.get("model_kwargs") or {})
+    model = build_maskrcnn(
+        arch, model_spec.num_classes, preprocess=pre, max_detections=model_spec.max_detections, **model_kwargs
+    )
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -194,4 +215,4 @@ def load_checkpoint(
         if unexpected:
             detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         raise InvalidModel(f"weights do not fit {arch}: " + "; ".join(detail), path=path)
-    return LoadedModel(model=model.eval(), model_spec=model_spec, preprocess=pre)
+    return LoadedModel(model=model.eval(), model_spec=model_spec, preprocess=pre, model_kwargs=model_kwargs)

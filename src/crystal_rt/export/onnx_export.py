@@ -39,14 +39,58 @@ class ExportResult:
 
 
 def validation_images(size: int) -> list[tuple[str, np.ndarray]]:
-    """Two synthetic drops (square and not) and a constant image, which usually has no detections."""
+    """Synthetic drops: square, landscape (letterbox padding below) and portrait (padding right).
+
+    No constant image: through random weights it gives a translation-invariant field of near-equal
+    scores, where TopK/NMS tie-breaking differs between runtimes. The zero-detection path is
+    checked separately (``check_empty_path``).
+    """
     from ..data.synthetic import make_drop
 
     return [
         ("synthetic-drop-0", make_drop(0, size, size).image),
         ("synthetic-drop-1", make_drop(1, size * 3 // 4, size).image),
-        ("constant-gray", np.full((size, size), 128, dtype=np.uint8)),
+        ("synthetic-drop-2", make_drop(2, size, size * 5 // 8).image),
     ]
+
+
+def check_empty_path(core: CoreMaskRCNN, tensor: np.ndarray, output: Path) -> None:
+    """Export the same graph with a score threshold nothing passes and run it on ONNX Runtime.
+
+    Zero detections means empty tensors through RoiAlign, the mask head and the padding; both
+    PyTorch and ONNX Runtime must return K all-zero rows without error.
+    """
+    import torch
+
+    from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from .core import run_core
+
+    saved = core.roi_heads.score_thresh
+    core.roi_heads.score_thresh = 1.0
+    probe = output.with_name(output.stem + ".empty-probe.onnx")
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), export_friendly_nms():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                core,
+                (torch.from_numpy(tensor),),
+                str(probe),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        torch_scores = run_core(core, torch.from_numpy(tensor))[1].numpy()
+        try:
+            backend = OnnxRuntimeBackend(probe)
+            ort_out = backend.infer(tensor)
+        except Exception as exc:
+            raise ValidationFailed(f"with zero detections ONNX Runtime fails: {exc}", path=output) from exc
+    finally:
+        core.roi_heads.score_thresh = saved
+        probe.unlink(missing_ok=True)
+    if np.any(torch_scores) or np.any(ort_out.scores) or np.any(ort_out.boxes) or np.any(ort_out.masks):
+        raise ValidationFailed("with zero detections the outputs are not all-zero padding", path=output)
 
 
 def export_core_onnx(
@@ -67,9 +111,16 @@ def export_core_onnx(
     torch = require("torch", "Exporting a model")
     onnx = require("onnx", "Exporting a model")
     output = Path(output)
-    pre = loaded.preprocess if input_size is None else dataclasses.replace(loaded.preprocess, input_size=input_size)
-    spec = loaded.model_spec if max_detections is None else dataclasses.replace(
-        loaded.model_spec, max_detections=max_detections)
+    pre = (
+        loaded.preprocess
+        if input_size is None
+        else dataclasses.replace(loaded.preprocess, input_size=input_size)
+    )
+    spec = (
+        loaded.model_spec
+        if max_detections is None
+        else dataclasses.replace(loaded.model_spec, max_detections=max_detections)
+    )
     core = CoreMaskRCNN(loaded.model, pre.input_size, spec.max_detections)
 
     from ..runtime.detector import Detector
@@ -83,19 +134,28 @@ def export_core_onnx(
         with warnings.catch_warnings(), torch.no_grad(), export_friendly_nms():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                core, (torch.from_numpy(trace_input),), str(tmp),
-                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                core,
+                (torch.from_numpy(trace_input),),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
             )
         model = onnx.load(str(tmp))
     except Exception as exc:  # torch.onnx raises many types; the user needs one sentence
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                          path=output) from exc
+        raise ExportError(
+            f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}", path=output
+        ) from exc
     tmp.unlink(missing_ok=True)
     del model.metadata_props[:]
-    for key, value in ((SPEC_METADATA_KEY, pre.to_json()), (MODEL_METADATA_KEY, spec.to_json()),
-                       ("crystal_rt.version", __version__)):
+    for key, value in (
+        (SPEC_METADATA_KEY, pre.to_json()),
+        (MODEL_METADATA_KEY, spec.to_json()),
+        ("crystal_rt.version", __version__),
+    ):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "crystal-rt"
@@ -112,12 +172,22 @@ def export_core_onnx(
         for name, image in images:
             ref = reference.detect(image, name=name)
             cand = candidate.detect(image, name=name)
-            per_image.append(compare_results(ref, cand, score_threshold=VALIDATION_SCORE_THRESHOLD,
-                                             max_detections=spec.max_detections, tolerances=tolerances))
+            per_image.append(
+                compare_results(
+                    ref,
+                    cand,
+                    score_threshold=VALIDATION_SCORE_THRESHOLD,
+                    max_detections=spec.max_detections,
+                    tolerances=tolerances,
+                )
+            )
         candidate.close()
+        check_empty_path(core, trace_input, output)
         parity = ParityReport(per_image, tolerances or Tolerances())
         if not parity.ok:
             raise ValidationFailed(
                 f"ONNX Runtime does not reproduce PyTorch ({len(parity.failures)} problem(s)); worst: "
-                f"{worst_failure(parity)}", path=output)
+                f"{worst_failure(parity)}",
+                path=output,
+            )
     return ExportResult(output, spec, pre, len(model.graph.node), parity)

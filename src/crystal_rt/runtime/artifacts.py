@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,9 @@ class Manifest:
         if data.get("format_version") != MANIFEST_VERSION:
             raise EngineIncompatible(
                 f"manifest format {data.get('format_version')} is not {MANIFEST_VERSION}: "
-                "rebuild the engine with this crystal-rt (crystal-rt build-engine)", path=path)
+                "rebuild the engine with this crystal-rt (crystal-rt build-engine)",
+                path=path,
+            )
         try:
             return cls(
                 name=data["name"],
@@ -138,7 +141,7 @@ class Manifest:
         return f"rebuild it here: crystal-rt build-engine {self.source_onnx} -o {out}"
 
 
-def resolve_manifest(location: str | Path) -> Path:
+def resolve_manifest(location: str | os.PathLike[str]) -> Path:
     """The manifest for an ENGINE argument (directory, manifest, DIR/NAME prefix or model file)."""
     loc = Path(location)
     if loc.is_dir():
@@ -146,8 +149,11 @@ def resolve_manifest(location: str | Path) -> Path:
         if len(found) == 1:
             return found[0]
         if not found:
-            raise EngineNotFound(f"no engine (*{MANIFEST_SUFFIX}) in this folder; build one with "
-                                 f"crystal-rt build-engine MODEL -o {loc}", path=loc)
+            raise EngineNotFound(
+                f"no engine (*{MANIFEST_SUFFIX}) in this folder; build one with "
+                f"crystal-rt build-engine MODEL -o {loc}",
+                path=loc,
+            )
         names = ", ".join(p.name[: -len(MANIFEST_SUFFIX)] for p in found)
         raise EngineNotFound(f"this folder holds several engines ({names}): name one as {loc}/NAME", path=loc)
     if loc.name.endswith(MANIFEST_SUFFIX) and loc.is_file():
@@ -161,5 +167,7 @@ def resolve_manifest(location: str | Path) -> Path:
     if loc.is_file():
         raise EngineNotFound(
             f"not an engine (no {loc.stem}{MANIFEST_SUFFIX} beside it); build one with "
-            f"crystal-rt build-engine {loc} -o engines/", path=loc)
+            f"crystal-rt build-engine {loc} -o engines/",
+            path=loc,
+        )
     raise EngineNotFound("engine not found", path=loc)

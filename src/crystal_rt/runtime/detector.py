@@ -54,17 +54,30 @@ class Detector:
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
-    def load(cls, engine: str | os.PathLike[str], *, score_threshold: float | None = None,
-             threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Detector:
+    def load(
+        cls,
+        engine: str | os.PathLike[str],
+        *,
+        score_threshold: float | None = None,
+        threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Detector:
         """Open an engine (directory, manifest, ``DIR/NAME`` prefix or model file beside its manifest)."""
         manifest = Manifest.read(resolve_manifest(engine))
         backend = open_backend(manifest, threads=threads)
-        return cls(backend, manifest.model, manifest.preprocess, score_threshold=score_threshold,
-                   max_pixels=max_pixels, manifest=manifest)
+        return cls(
+            backend,
+            manifest.model,
+            manifest.preprocess,
+            score_threshold=score_threshold,
+            max_pixels=max_pixels,
+            manifest=manifest,
+        )
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike[str], *, score_threshold: float | None = None,
-                  threads: int | None = None) -> Detector:
+    def from_onnx(
+        cls, path: str | os.PathLike[str], *, score_threshold: float | None = None, threads: int | None = None
+    ) -> Detector:
         """Run a core ONNX directly on ONNX Runtime (specs from its metadata), without building."""
         from .backends.onnxruntime import OnnxRuntimeBackend
 
@@ -73,15 +86,22 @@ class Detector:
         return cls(backend, model, pre, score_threshold=score_threshold)
 
     @classmethod
-    def from_core(cls, core: CoreMaskRCNN, model: ModelSpec, preprocess: PreprocessSpec,
-                  *, score_threshold: float | None = None) -> Detector:
+    def from_core(
+        cls,
+        core: CoreMaskRCNN,
+        model: ModelSpec,
+        preprocess: PreprocessSpec,
+        *,
+        score_threshold: float | None = None,
+    ) -> Detector:
         from .backends.torch_ref import TorchBackend
 
         return cls(TorchBackend(core), model, preprocess, score_threshold=score_threshold)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], *, score_threshold: float | None = None,
-                        **overrides: Any) -> Detector:
+    def from_checkpoint(
+        cls, path: str | os.PathLike[str], *, score_threshold: float | None = None, **overrides: Any
+    ) -> Detector:
         """The PyTorch reference: the checkpoint's core model run eagerly (needs the export extra)."""
         from .._lazy import require
 
@@ -94,17 +114,29 @@ class Detector:
         return cls.from_core(core, loaded.model_spec, loaded.preprocess, score_threshold=score_threshold)
 
     # --- running ----------------------------------------------------------------------------
-    def detect(self, image: ImageInput, *, name: str | None = None,
-               score_threshold: float | None = None) -> DetectionResult:
+    def detect(
+        self, image: ImageInput, *, name: str | None = None, score_threshold: float | None = None
+    ) -> DetectionResult:
         """Detect instances in a path, encoded bytes, or a uint8/uint16 (H, W[, 3]) RGB array."""
-        timings: dict[str, float] = {}
         t0 = perf_counter()
         if name is None and isinstance(image, str | os.PathLike):
             name = str(image)
         pixels = read_image(image, max_pixels=self.max_pixels, name=name)
+        decode_ms = (perf_counter() - t0) * 1e3
+        return self.detect_pixels(pixels, name=name, score_threshold=score_threshold, decode_ms=decode_ms)
+
+    def detect_pixels(
+        self,
+        pixels: np.ndarray,
+        *,
+        name: str | None = None,
+        score_threshold: float | None = None,
+        decode_ms: float = 0.0,
+    ) -> DetectionResult:
+        """Detect in already decoded pixels (as ``read_image`` returns them); ``decode_ms`` is recorded."""
         check_image(pixels, name)
+        timings: dict[str, float] = {"decode": decode_ms}
         t1 = perf_counter()
-        timings["decode"] = (t1 - t0) * 1e3
         enhanced = apply_clahe(pixels, self.preprocess)
         t2 = perf_counter()
         timings["clahe"] = (t2 - t1) * 1e3
@@ -117,12 +149,20 @@ class Detector:
         timings["engine"] = (t4 - t3) * 1e3
         height, width = pixels.shape[:2]
         threshold = self.score_threshold if score_threshold is None else float(score_threshold)
-        instances = postprocess(outputs, scale=scale, height=height, width=width,
-                                score_threshold=threshold, class_names=self.model.class_names)
+        instances = postprocess(
+            outputs,
+            scale=scale,
+            height=height,
+            width=width,
+            score_threshold=threshold,
+            class_names=self.model.class_names,
+        )
         t5 = perf_counter()
         timings["paste"] = (t5 - t4) * 1e3
-        timings["total"] = (t5 - t0) * 1e3
-        return DetectionResult(width=width, height=height, instances=instances, image=name, timings_ms=timings)
+        timings["total"] = decode_ms + (t5 - t1) * 1e3
+        return DetectionResult(
+            width=width, height=height, instances=instances, image=name, timings_ms=timings
+        )
 
     def close(self) -> None:
         self.backend.close()
@@ -134,19 +174,28 @@ class Detector:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Detector(backend={self.backend.name!r}, arch={self.model.arch!r}, "
-                f"input_size={self.preprocess.input_size}, score_threshold={self.score_threshold})")
+        return (
+            f"Detector(backend={self.backend.name!r}, arch={self.model.arch!r}, "
+            f"input_size={self.preprocess.input_size}, score_threshold={self.score_threshold})"
+        )
 
 
-def specs_from_metadata(metadata: dict[str, str], path: str | os.PathLike[str]) -> tuple[ModelSpec, PreprocessSpec]:
+def specs_from_metadata(
+    metadata: dict[str, str], path: str | os.PathLike[str]
+) -> tuple[ModelSpec, PreprocessSpec]:
     """ModelSpec and PreprocessSpec stored in a core ONNX's metadata_props."""
     from ..errors import InvalidModel
 
     missing = [k for k in (MODEL_METADATA_KEY, SPEC_METADATA_KEY) if k not in metadata]
     if missing:
-        raise InvalidModel(f"not a crystal-rt core ONNX (metadata lacks {', '.join(missing)}); "
-                           "export it with crystal-rt export", path=path)
-    return ModelSpec.from_json(metadata[MODEL_METADATA_KEY]), PreprocessSpec.from_json(metadata[SPEC_METADATA_KEY])
+        raise InvalidModel(
+            f"not a crystal-rt core ONNX (metadata lacks {', '.join(missing)}); "
+            "export it with crystal-rt export",
+            path=path,
+        )
+    return ModelSpec.from_json(metadata[MODEL_METADATA_KEY]), PreprocessSpec.from_json(
+        metadata[SPEC_METADATA_KEY]
+    )
 
 
 def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
@@ -162,12 +211,15 @@ def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
         here = f"onnxruntime {ort.__version__} on {platform.machine()}"
         built = f"onnxruntime {manifest.backend_version} on {manifest.machine}"
         if here != built:
-            raise EngineIncompatible(f"this engine was built with {built}, this machine has {here}; "
-                                     f"{manifest.rebuild_hint()}", path=manifest.path)
+            raise EngineIncompatible(
+                f"this engine was built with {built}, this machine has {here}; {manifest.rebuild_hint()}",
+                path=manifest.path,
+            )
     elif manifest.backend == "tensorrt":
         require("tensorrt", "Running a TensorRT engine")
-        raise BackendUnavailable("running TensorRT engines is not available in this version of crystal-rt",
-                                 path=manifest.path)
+        raise BackendUnavailable(
+            "running TensorRT engines is not available in this version of crystal-rt", path=manifest.path
+        )
     else:
         raise EngineIncompatible(f"unknown backend {manifest.backend!r}", path=manifest.path)
     _check_engine_file(manifest, Path(engine))
@@ -178,9 +230,14 @@ def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
 
 def _check_engine_file(manifest: Manifest, engine: Path) -> None:
     if not engine.is_file():
-        raise EngineIncompatible(f"the manifest names {manifest.engine_file}, which is missing; "
-                                 f"{manifest.rebuild_hint()}", path=manifest.path)
+        raise EngineIncompatible(
+            f"the manifest names {manifest.engine_file}, which is missing; {manifest.rebuild_hint()}",
+            path=manifest.path,
+        )
     size = engine.stat().st_size
     if size != manifest.engine_bytes:
-        raise EngineIncompatible(f"{engine.name} is {size} bytes, the manifest says {manifest.engine_bytes} "
-                                 f"(truncated or replaced); {manifest.rebuild_hint()}", path=manifest.path)
+        raise EngineIncompatible(
+            f"{engine.name} is {size} bytes, the manifest says {manifest.engine_bytes} "
+            f"(truncated or replaced); {manifest.rebuild_hint()}",
+            path=manifest.path,
+        )

@@ -32,7 +32,8 @@ def apply_clahe(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         return image
     clahe = _clahe(float(spec.clip_limit), spec.tile_grid)
     if image.ndim == 2:
-        return clahe.apply(image)
+        out: np.ndarray = clahe.apply(image)
+        return out
     if image.dtype == np.uint8:
         lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
         lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
@@ -40,7 +41,7 @@ def apply_clahe(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     lab_f = cv2.cvtColor(image.astype(np.float32) * np.float32(1.0 / 65535.0), cv2.COLOR_RGB2LAB)
     lum = np.clip(np.rint(lab_f[..., 0] * (65535.0 / 100.0)), 0, 65535).astype(np.uint16)
     lab_f[..., 0] = clahe.apply(lum).astype(np.float32) * np.float32(100.0 / 65535.0)
-    rgb = cv2.cvtColor(lab_f, cv2.COLOR_LAB2RGB)
+    rgb: np.ndarray = cv2.cvtColor(lab_f, cv2.COLOR_LAB2RGB)
     return np.clip(np.rint(rgb * 65535.0), 0, 65535).astype(np.uint16)
 
 
@@ -56,8 +57,10 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """Resize (cv2.INTER_LINEAR, in the image's integer type) into the top-left of a black S x S canvas."""
     height, width = image.shape[:2]
     scale, new_w, new_h = letterbox_size(height, width, size)
-    resized = image if (new_w, new_h) == (width, height) else cv2.resize(
-        image, (new_w, new_h), interpolation=cv2.INTER_LINEAR
+    resized = (
+        image
+        if (new_w, new_h) == (width, height)
+        else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     )
     canvas = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
     canvas[:new_h, :new_w] = resized

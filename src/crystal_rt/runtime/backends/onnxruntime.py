@@ -44,12 +44,13 @@ def session_options(threads: int | None = None, optimization: str = "all") -> An
     return opts
 
 
-def create_session(path: str | Path, options: Any, providers: Sequence[str] | None = None) -> Any:
+def create_session(path: str | os.PathLike[str], options: Any, providers: Sequence[str] | None = None) -> Any:
     """An InferenceSession, with ONNX Runtime's load errors turned into InvalidModel."""
     ort = require("onnxruntime", "Running an ONNX Runtime engine")
     try:
-        return ort.InferenceSession(str(path), sess_options=options,
-                                    providers=list(providers or ["CPUExecutionProvider"]))
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+        )
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidModel(f"ONNX Runtime cannot load this model: {first_line[:300]}", path=path) from exc
@@ -58,8 +59,13 @@ def create_session(path: str | Path, options: Any, providers: Sequence[str] | No
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, *, threads: int | None = None,
-                 providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.session = create_session(self.path, session_options(threads), providers)
         names = [o.name for o in self.session.get_outputs()]

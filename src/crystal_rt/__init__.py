@@ -1,0 +1,78 @@
+"""crystal-rt: low-latency Mask R-CNN crystal segmentation next to the microscope.
+
+The public API is imported lazily, so ``import crystal_rt`` stays cheap and works with only the
+base install::
+
+    from crystal_rt import Detector
+    det = Detector.load("engines/crystals")
+    result = det.detect("drop.jpg")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import (
+    BackendUnavailable,
+    CrystalRtError,
+    EngineIncompatible,
+    EngineNotFound,
+    ExportError,
+    InvalidImage,
+    InvalidModel,
+    InvalidSpec,
+    LintError,
+    MissingDependency,
+    ParityError,
+    ValidationFailed,
+)
+from .spec import ModelSpec, PreprocessSpec
+
+if TYPE_CHECKING:
+    from .io.decode import read_image
+    from .runtime.build import build_engine
+    from .runtime.detector import Detector
+    from .runtime.result import DetectionResult, Instance
+
+_LAZY = {
+    "Detector": ("crystal_rt.runtime.detector", "Detector"),
+    "DetectionResult": ("crystal_rt.runtime.result", "DetectionResult"),
+    "Instance": ("crystal_rt.runtime.result", "Instance"),
+    "build_engine": ("crystal_rt.runtime.build", "build_engine"),
+    "read_image": ("crystal_rt.io.decode", "read_image"),
+}
+
+__all__ = [
+    "BackendUnavailable",
+    "CrystalRtError",
+    "DetectionResult",
+    "Detector",
+    "EngineIncompatible",
+    "EngineNotFound",
+    "ExportError",
+    "Instance",
+    "InvalidImage",
+    "InvalidModel",
+    "InvalidSpec",
+    "LintError",
+    "MissingDependency",
+    "ModelSpec",
+    "ParityError",
+    "PreprocessSpec",
+    "ValidationFailed",
+    "__version__",
+    "build_engine",
+    "read_image",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'crystal_rt' has no attribute {name!r}")

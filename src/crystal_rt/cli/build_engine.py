@@ -1,0 +1,57 @@
+"""``crystal-rt build-engine MODEL -o DIR``: build the best engine for this machine."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .export import add_checkpoint_options, checkpoint_options
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "build-engine",
+        help="build an engine (TensorRT if present, else ONNX Runtime)",
+        description=__doc__ + " MODEL is a core ONNX (no torch needed) or a checkpoint "
+        "(exported first; needs the export extra).",
+    )
+    p.add_argument("model", type=Path, help="core ONNX from crystal-rt export, or a checkpoint")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for NAME.onnx/.plan + NAME.manifest.json"
+    )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="auto: TensorRT where installed, else ONNX Runtime (default)",
+    )
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--name", help="engine name (default: the model file's name)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    add_checkpoint_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runtime.build import build_engine
+    from .console import console, err_console, info
+
+    with err_console.status(f"building an engine from {args.model} ..."):
+        manifest = build_engine(
+            args.model,
+            args.output,
+            backend=args.backend,
+            precision=args.precision,
+            name=args.name,
+            threads=args.threads,
+            export_options=checkpoint_options(args),
+            log=info,
+        )
+    console.print(
+        f"engine [bold]{manifest.name}[/]: {manifest.backend} {manifest.backend_version}, "
+        f"{manifest.precision}, input {'x'.join(map(str, manifest.input_shape))} -> "
+        f"{manifest.engine_path}",
+        highlight=False,
+    )
+    return 0

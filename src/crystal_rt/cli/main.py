@@ -1,0 +1,63 @@
+"""``crystal-rt``: one module per subcommand; heavy imports happen inside each command.
+
+User errors (the CrystalRtError family) are printed as one line without a traceback and exit 1;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+from ..errors import CrystalRtError
+
+# subcommand -> module under crystal_rt.cli (each defines add_parser(subparsers) and run(args) -> int)
+COMMANDS = {
+    "demo": "demo",
+    "export": "export",
+    "build-engine": "build_engine",
+    "detect": "detect",
+    "compare": "compare",
+    "inspect": "inspect",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crystal-rt",
+        description="Export, build and run Mask R-CNN protein-crystal segmentation engines.",
+    )
+    parser.add_argument("--version", action="version", version=f"crystal-rt {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS.values():
+        importlib.import_module(f"crystal_rt.cli.{module}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    from .console import err_console
+
+    try:
+        code: int = args.run(args)
+        return code
+    except CrystalRtError as exc:
+        if args.debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

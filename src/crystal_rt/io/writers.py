@@ -1,0 +1,133 @@
+"""Result writers: per-image JSON, a COCO results file, a CSV of crystal points, overlay PNGs.
+
+Every file is written to a temporary name and renamed into place, so a reader (an imager's
+control software watching the output folder) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..runtime.result import DetectionResult
+
+FORMATS = ("json", "coco", "csv", "overlay")
+POINT_FIELDS = ("image", "x", "y", "score", "label")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def write_json(result: DetectionResult, path: str | os.PathLike[str]) -> Path:
+    return atomic_write_bytes(path, (result.to_json(indent=2) + "\n").encode())
+
+
+def coco_results(
+    results: Sequence[DetectionResult], image_ids: Sequence[int] | None = None
+) -> list[dict[str, object]]:
+    """COCO detection results (``loadRes`` format), one entry per instance, with the file name added."""
+    entries: list[dict[str, object]] = []
+    for index, result in enumerate(results):
+        image_id = image_ids[index] if image_ids is not None else index + 1
+        for inst in result.instances:
+            entries.append(
+                {
+                    "image_id": image_id,
+                    "file_name": Path(result.image).name if result.image else None,
+                    "category_id": inst.label,
+                    "bbox": [round(float(v), 3) for v in inst.bbox_xywh],
+                    "score": round(float(inst.score), 6),
+                    "segmentation": inst.mask.to_rle(),
+                    "area": inst.area,
+                }
+            )
+    return entries
+
+
+def write_coco(results: Sequence[DetectionResult], path: str | os.PathLike[str]) -> Path:
+    return atomic_write_bytes(path, (json.dumps(coco_results(results)) + "\n").encode())
+
+
+def write_points_csv(results: Iterable[DetectionResult], path: str | os.PathLike[str]) -> Path:
+    """One row per instance: image, centroid x, y (pixels), score, label name."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(POINT_FIELDS)
+    for result in results:
+        for inst in result.instances:
+            writer.writerow(
+                [
+                    result.image or "",
+                    f"{inst.centroid['x']:.2f}",
+                    f"{inst.centroid['y']:.2f}",
+                    f"{inst.score:.4f}",
+                    inst.label_name,
+                ]
+            )
+    return atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """8-bit RGB for display: gray replicated, 16-bit stretched to its 99.9th percentile."""
+    if image.dtype != np.uint8:
+        top = float(np.percentile(image, 99.9)) or 1.0
+        image = np.clip(image.astype(np.float32) * (255.0 / top), 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return np.ascontiguousarray(image)
+
+
+_PALETTE = [(255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (255, 100, 255), (0, 255, 200)]
+
+
+def render_overlay(image: np.ndarray, result: DetectionResult) -> np.ndarray:
+    """RGB picture: masks tinted and outlined, boxes, score labels and centroid crosses."""
+    canvas = display_rgb(image).copy()
+    thick = max(1, round(max(canvas.shape[:2]) / 600))
+    for k, inst in enumerate(result.instances):
+        colour = _PALETTE[k % len(_PALETTE)]
+        m = inst.mask
+        h, w = m.crop.shape
+        if h and w:
+            region = canvas[m.y0 : m.y0 + h, m.x0 : m.x0 + w]
+            tint = (region[m.crop] * 0.55 + np.array(colour) * 0.45).astype(np.uint8)
+            region[m.crop] = tint
+            contours, _ = cv2.findContours(
+                m.crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            )
+            cv2.drawContours(region, contours, -1, colour, thick)
+        x1, y1, x2, y2 = (round(v) for v in inst.box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thick)
+        cx, cy = round(inst.centroid["x"]), round(inst.centroid["y"])
+        cv2.drawMarker(canvas, (cx, cy), colour, cv2.MARKER_CROSS, 6 * thick + 4, thick)
+        cv2.putText(
+            canvas,
+            f"{inst.label_name} {inst.score:.2f}",
+            (x1, max(12, y1 - 4)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4 * thick,
+            colour,
+            thick,
+            cv2.LINE_AA,
+        )
+    return canvas
+
+
+def write_overlay(image: np.ndarray, result: DetectionResult, path: str | os.PathLike[str]) -> Path:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(render_overlay(image, result), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode overlay for {path}")
+    return atomic_write_bytes(path, buf.tobytes())

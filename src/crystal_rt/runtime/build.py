@@ -1,0 +1,151 @@
+"""``build_engine``: turn a core ONNX (or a checkpoint, exported first) into an engine on this machine.
+
+ONNX Runtime engines are the graph optimised by ONNX Runtime for this CPU, saved as
+``NAME.onnx`` beside ``NAME.manifest.json``. TensorRT plans come with the TensorRT runtime.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .._lazy import require
+from .._version import __version__
+from ..errors import BackendUnavailable, CrystalRtError, InvalidModel
+from .artifacts import Manifest, sha256_file
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+
+def tensorrt_available() -> bool:
+    """True when the TensorRT Python package imports (a GPU is checked when building)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A PyTorch checkpoint (by suffix, or torch.save's zip container) rather than an ONNX file."""
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return True
+    if path.suffix.lower() == ".onnx":
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def build_engine(
+    model: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    name: str | None = None,
+    threads: int | None = None,
+    export_options: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Build an engine for this machine and return its manifest (already written to ``output_dir``).
+
+    ``model`` is a core ONNX (no torch needed) or a checkpoint, exported first (needs the export
+    extra; ``export_options`` go to ``crystal-rt export``'s options: arch, num_classes, input_size,
+    max_detections, validate).
+    """
+    say = log or (lambda _msg: None)
+    src = Path(model)
+    if not src.is_file():
+        raise InvalidModel("model file not found", path=src)
+    if backend not in BACKENDS:
+        raise CrystalRtError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise CrystalRtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if backend == "auto":
+        backend = "tensorrt" if tensorrt_available() else "onnxruntime"
+    if backend == "tensorrt":
+        require("tensorrt", "Building a TensorRT engine", extra="gpu")
+        raise BackendUnavailable(
+            "building TensorRT engines is not available in this version of crystal-rt; "
+            "use --backend onnxruntime"
+        )
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = name or src.name.split(".")[0]
+
+    with tempfile.TemporaryDirectory(prefix="crystal-rt-build-") as tmp:
+        source = src
+        if is_checkpoint(src):
+            from ..export.api import export_checkpoint
+
+            say(f"exporting {src} to the core ONNX")
+            source = out / f"{stem}.core.onnx"
+            export_checkpoint(src, source, **(export_options or {}))
+        return _build_onnxruntime(source, out, stem, precision, threads, Path(tmp), say)
+
+
+def _build_onnxruntime(
+    source: Path,
+    out: Path,
+    name: str,
+    precision: str,
+    threads: int | None,
+    tmp: Path,
+    say: Callable[[str], None],
+) -> Manifest:
+    ort = require("onnxruntime", "Building an ONNX Runtime engine", extra="cpu")
+    from .backends.onnxruntime import create_session, session_options
+    from .detector import specs_from_metadata
+
+    if precision == "fp16":
+        raise BackendUnavailable(
+            "fp16 runs on GPUs only (TensorRT or ONNX Runtime's CUDA EP); use --precision fp32 on the CPU"
+        )
+    if precision == "int8":
+        raise BackendUnavailable(
+            "int8 for ONNX Runtime needs a calibrated graph, which this version "
+            "cannot make yet; use --precision fp32"
+        )
+    say(f"optimising {source.name} with ONNX Runtime {ort.__version__} for this CPU")
+    staged = tmp / f"{name}.onnx"
+    opts = session_options(threads, optimization="all")
+    opts.optimized_model_filepath = str(staged)
+    session = create_session(source, opts)
+    model_spec, pre = specs_from_metadata(session.get_modelmeta().custom_metadata_map, source)
+    input_shape = [int(d) for d in session.get_inputs()[0].shape]
+    del session
+    if not staged.is_file():
+        raise InvalidModel("ONNX Runtime wrote no optimised model", path=source)
+    engine = out / f"{name}.onnx"
+    if engine.resolve() == source.resolve():
+        raise CrystalRtError(
+            f"the engine would overwrite its source; choose another -o than {out}", path=source
+        )
+    shutil.move(str(staged), engine)
+    manifest = Manifest(
+        name=name,
+        backend="onnxruntime",
+        backend_version=ort.__version__,
+        engine_file=engine.name,
+        engine_sha256=sha256_file(engine),
+        engine_bytes=engine.stat().st_size,
+        source_onnx=str(source),
+        source_onnx_sha256=sha256_file(source),
+        precision=precision,
+        input_shape=input_shape,
+        preprocess=pre,
+        model=model_spec,
+        crystal_rt_version=__version__,
+        build_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        machine=platform.machine(),
+        build_options={"graph_optimization_level": "all", "providers": ["CPUExecutionProvider"]},
+    )
+    manifest.write(out)
+    say(f"wrote {engine} and {manifest.path}")
+    return manifest
