@@ -85,12 +85,15 @@ class CoreMaskRCNN(nn.Module):
         detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
         det = detections[0]
         k = self.max_detections
-        # Concatenate K padding rows and keep the first K: fixed shapes with no Pad of dynamic size.
-        boxes = torch.cat([det["boxes"], det["boxes"].new_zeros((k, 4))])[:k]
-        scores = torch.cat([det["scores"], det["scores"].new_zeros((k,))])[:k]
-        labels = torch.cat([det["labels"], det["labels"].new_zeros((k,))])[:k]
+        # Concatenate K padding rows and keep the first K: no Pad of dynamic size. The final reshape
+        # to constant dims makes every output shape static in the graph (TensorRT then needs no
+        # output allocator, and the engine can be captured in a CUDA graph).
+        boxes = torch.cat([det["boxes"], det["boxes"].new_zeros((k, 4))])[:k].reshape(k, 4)
+        scores = torch.cat([det["scores"], det["scores"].new_zeros((k,))])[:k].reshape(k)
+        labels = torch.cat([det["labels"], det["labels"].new_zeros((k,))])[:k].reshape(k)
         masks = det["masks"][:, 0]
-        masks = torch.cat([masks, masks.new_zeros((k, masks.shape[-2], masks.shape[-1]))])[:k]
+        m = masks.shape[-1]
+        masks = torch.cat([masks, masks.new_zeros((k, m, m))])[:k].reshape(k, int(m), int(m))
         return boxes, scores, labels, masks
 
 

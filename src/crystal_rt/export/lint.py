@@ -228,4 +228,5 @@ def lint_onnx(model: onnx.ModelProto | str | Path) -> None:
     if problems:
         shown = "; ".join(str(p) for p in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise LintError(f"{len(problems)} node(s) TensorRT cannot import: {shown}{more}", path=path)
+        nodes = len({p.node for p in problems})
+        raise LintError(f"{nodes} node(s) TensorRT cannot import: {shown}{more}", path=path)

@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny random Mask R-CNN exported once per session, the real drop images.
+
+Markers: ``gpu`` (needs an NVIDIA GPU + driver), ``trt`` (needs TensorRT) and ``slow`` (set
+CRYSTAL_RT_SLOW=1) are skipped automatically where they cannot run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DIR = REPO.parent / "shared" / "data" / "real"
+
+TINY_ARCH = "maskrcnn_resnet18_fpn"
+TINY_SIZE = 256
+TINY_K = 20
+TINY_OPTIONS = {"rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100}
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidia0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU and driver")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT (pip install tensorrt, or JetPack)")
+    skip_slow = pytest.mark.skip(reason="slow: set CRYSTAL_RT_SLOW=1 to run")
+    has_gpu = _has_gpu()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    slow = os.environ.get("CRYSTAL_RT_SLOW") == "1"
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(skip_trt)
+        if "slow" in item.keywords and not slow:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session")
+def real_images() -> list[Path]:
+    """The real drop images in ../shared/data/real (skips when that folder is absent)."""
+    images = sorted(REAL_DIR.glob("*.jpg")) if REAL_DIR.is_dir() else []
+    if not images:
+        pytest.skip(f"real drop images not found in {REAL_DIR} (clone the project beside shared/)")
+    return images
+
+
+@dataclass
+class TinyModel:
+    checkpoint: Path
+    onnx: Path
+    engine_dir: Path
+    export_result: object
+    arch: str = TINY_ARCH
+    size: int = TINY_SIZE
+    k: int = TINY_K
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """A seeded random maskrcnn_resnet18_fpn (2 classes, S=256, K=20): checkpoint, core ONNX, engine."""
+    torch = pytest.importorskip("torch")
+    from crystal_rt.export.models import build_maskrcnn, load_checkpoint, save_checkpoint
+    from crystal_rt.export.onnx_export import export_core_onnx
+    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.spec import ModelSpec, PreprocessSpec
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    pre = PreprocessSpec(input_size=TINY_SIZE)
+    spec = ModelSpec(arch=TINY_ARCH, num_classes=2, max_detections=TINY_K)
+    model = build_maskrcnn(TINY_ARCH, 2, preprocess=pre, max_detections=TINY_K, **TINY_OPTIONS)
+    checkpoint = save_checkpoint(root / "tiny.pt", model, spec, pre, model_kwargs=TINY_OPTIONS)
+    result = export_core_onnx(load_checkpoint(checkpoint), root / "tiny.onnx")
+    build_engine(result.path, root / "engine")
+    return TinyModel(checkpoint, result.path, root / "engine", result)
