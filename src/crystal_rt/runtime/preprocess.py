@@ -6,8 +6,8 @@ the input it was trained and exported with (DESIGN.md, "Preprocessing contract")
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -15,10 +15,17 @@ import numpy as np
 from ..errors import InvalidImage
 from ..spec import PreprocessSpec
 
+_local = threading.local()
 
-@lru_cache(maxsize=16)
+
 def _clahe(clip_limit: float, tile_grid: tuple[int, int]) -> cv2.CLAHE:
-    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=tile_grid)
+    """A CLAHE object per thread: ``cv2.CLAHE.apply`` keeps scratch buffers in the object, so
+    sharing one between threads corrupts results."""
+    cache: dict[tuple[float, tuple[int, int]], cv2.CLAHE] = _local.__dict__.setdefault("clahe", {})
+    key = (clip_limit, tile_grid)
+    if key not in cache:
+        cache[key] = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=tile_grid)
+    return cache[key]
 
 
 def apply_clahe(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
