@@ -15,7 +15,6 @@ from crystal_rt.spec import (
     default_class_names,
 )
 
-
 # --------------------------------------------------------------------------- PreprocessSpec
 
 

@@ -15,7 +15,6 @@ from crystal_rt.export.lint import lint_model, lint_onnx  # noqa: E402
 from crystal_rt.export.models import build_maskrcnn, load_checkpoint  # noqa: E402
 from crystal_rt.spec import MODEL_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec, PreprocessSpec  # noqa: E402
 
-
 TINY_ARCH = "maskrcnn_resnet18_fpn"
 TINY_SIZE = 256
 TINY_K = 20
@@ -115,11 +114,23 @@ def test_core_matches_torchvision_eager(tiny):
     instances = []
     for box, score, label, prob in zip(out["boxes"], out["scores"], out["labels"], out["masks"], strict=True):
         full = (prob[0] > MASK_THRESHOLD).numpy()
-        instances.append(Instance(int(label), "crystal", float(score), tuple(float(v) for v in box),
-                                  InstanceMask(full, 0, 0, TINY_SIZE, TINY_SIZE)))
+        instances.append(
+            Instance(
+                int(label),
+                "crystal",
+                float(score),
+                tuple(float(v) for v in box),
+                InstanceMask(full, 0, 0, TINY_SIZE, TINY_SIZE),
+            )
+        )
     theirs = DetectionResult(TINY_SIZE, TINY_SIZE, instances, image="drop")
-    report = compare_results(theirs, ours, score_threshold=0.05, max_detections=TINY_K,
-                             tolerances=Tolerances(box_iou=0.99, mask_iou=0.97, score=1e-3))
+    report = compare_results(
+        theirs,
+        ours,
+        score_threshold=0.05,
+        max_detections=TINY_K,
+        tolerances=Tolerances(box_iou=0.99, mask_iou=0.97, score=1e-3),
+    )
     assert report.matched >= len(instances) - 2
     assert not report.failures, report.failures[:3]
 
@@ -181,7 +192,9 @@ def _graph(nodes, inputs, outputs, initializers=()):
 def test_lint_flags_what_tensorrt_cannot_import(tmp_path):
     from onnx import helper, numpy_helper
 
-    branch = helper.make_graph([], "b", [], [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)])
+    branch = helper.make_graph(
+        [], "b", [], [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)]
+    )
     nodes = [
         helper.make_node("If", ["c"], ["y"], name="branchy", then_branch=branch, else_branch=branch),
         helper.make_node("Unique", ["x"], ["u"], name="uniq"),
@@ -191,8 +204,10 @@ def test_lint_flags_what_tensorrt_cannot_import(tmp_path):
         helper.make_node("ScatterElements", ["x", "idx", "x"], ["s"], name="scatter_add", reduction="add"),
         helper.make_node("Relu", ["x"], ["ok"], name="fine"),
     ]
-    inits = [numpy_helper.from_array(np.array([5000], dtype=np.int64), "kbig"),
-             numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "scales")]
+    inits = [
+        numpy_helper.from_array(np.array([5000], dtype=np.int64), "kbig"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "scales"),
+    ]
     problems = lint_model(_graph(nodes, ["x", "c", "k", "idx"], ["y"], inits))
     by_node: dict[str, str] = {}
     for p in problems:

@@ -31,8 +31,16 @@ def test_build_writes_engine_and_manifest(tiny):
     assert manifest.preprocess.input_size == tiny.size
     assert manifest.model.class_names == ("__background__", "crystal")
     raw = json.loads((tiny.engine_dir / "tiny.manifest.json").read_text())
-    for key in ("format_version", "crystal_rt_version", "backend_version", "cuda_version", "gpu_name",
-                "compute_capability", "build_options", "build_time"):
+    for key in (
+        "format_version",
+        "crystal_rt_version",
+        "backend_version",
+        "cuda_version",
+        "gpu_name",
+        "compute_capability",
+        "build_options",
+        "build_time",
+    ):
         assert key in raw
 
 
@@ -84,7 +92,9 @@ def test_truncated_engine_is_refused(tiny, tmp_path):
         Detector.load(dst)
 
 
-@pytest.mark.parametrize("content", ["{}", "not json", '{"format": "crystal-rt-engine", "format_version": 99}'])
+@pytest.mark.parametrize(
+    "content", ["{}", "not json", '{"format": "crystal-rt-engine", "format_version": 99}']
+)
 def test_bad_manifests(tiny, tmp_path, content):
     dst, manifest_path = _copy_engine(tiny, tmp_path)
     manifest_path.write_text(content)
@@ -99,23 +109,26 @@ def test_tensorrt_backend_without_tensorrt(tiny, tmp_path):
         pytest.skip("TensorRT is installed here")
     with pytest.raises(MissingDependency) as err:
         build_engine(tiny.onnx, tmp_path, backend="tensorrt")
-    assert 'crystal-rt[gpu]' in str(err.value)
+    assert "crystal-rt[gpu]" in str(err.value)
 
 
 def test_build_refuses_non_crystal_rt_onnx(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     path = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(InvalidModel, match="crystal-rt export"):
         build_engine(path, tmp_path / "out")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(InvalidModel, match="garbage.onnx"):
+    with pytest.raises(InvalidModel, match=r"garbage\.onnx"):
         build_engine(garbage, tmp_path / "out")
 
 

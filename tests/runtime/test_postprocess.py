@@ -283,4 +283,6 @@ def test_postprocess_masks_follow_the_mapped_box() -> None:
 
 def test_postprocess_nothing_kept() -> None:
     out = _outputs(np.zeros((3, 4)), [0.0, 0.0, 0.0], [0, 0, 0])
-    assert postprocess(out, scale=1.0, height=10, width=10, score_threshold=0.5, class_names=CLASS_NAMES) == []
+    assert (
+        postprocess(out, scale=1.0, height=10, width=10, score_threshold=0.5, class_names=CLASS_NAMES) == []
+    )

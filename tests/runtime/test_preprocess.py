@@ -43,7 +43,9 @@ CLAHE_CASES = [
 
 @pytest.mark.parametrize(("shape", "grid", "clip"), CLAHE_CASES)
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_clahe_gray_bit_exact(shape: tuple[int, int], grid: tuple[int, int], clip: float, dtype: type) -> None:
+def test_clahe_gray_bit_exact(
+    shape: tuple[int, int], grid: tuple[int, int], clip: float, dtype: type
+) -> None:
     rng = _rng(shape[0] * 1000 + shape[1] + np.dtype(dtype).itemsize)
     top = np.iinfo(dtype).max
     for image in (
@@ -209,7 +211,9 @@ def _random_image(rng: np.random.Generator, h: int, w: int, channels: int, dtype
 
 
 @pytest.mark.parametrize(("h", "w"), LETTERBOX_SHAPES)
-@pytest.mark.parametrize(("channels", "dtype"), [(1, np.uint8), (3, np.uint8), (1, np.uint16), (3, np.uint16)])
+@pytest.mark.parametrize(
+    ("channels", "dtype"), [(1, np.uint8), (3, np.uint8), (1, np.uint16), (3, np.uint16)]
+)
 def test_letterbox_content(h: int, w: int, channels: int, dtype: type) -> None:
     size = 512
     rng = _rng(h * 7919 + w * 31 + channels)
@@ -269,7 +273,9 @@ def _reference_normalize(canvas: np.ndarray, spec: PreprocessSpec) -> np.ndarray
     return ((x - mean) / std).transpose(2, 0, 1)[None]
 
 
-@pytest.mark.parametrize(("channels", "dtype"), [(3, np.uint8), (1, np.uint8), (3, np.uint16), (1, np.uint16)])
+@pytest.mark.parametrize(
+    ("channels", "dtype"), [(3, np.uint8), (1, np.uint8), (3, np.uint16), (1, np.uint16)]
+)
 @pytest.mark.parametrize(
     "spec",
     [

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..io.writers import FORMATS
+from ..io import RESULT_FORMATS as FORMATS
 
 
 def parse_formats(text: str) -> list[str]:
@@ -50,6 +50,7 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from time import perf_counter
 
+    from rich.markup import escape
     from rich.table import Table
 
     from ..errors import CrystalRtError
@@ -59,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.result import DetectionResult
     from .console import console, err_console, progress
 
+    detector = Detector.load(args.engine, score_threshold=args.score_threshold, threads=args.threads)
     paths = list_images(args.inputs)
     if not paths:
         raise CrystalRtError("no images found in " + ", ".join(map(str, args.inputs)))
-    detector = Detector.load(args.engine, score_threshold=args.score_threshold, threads=args.threads)
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     results: list[DetectionResult] = []
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 results.append(result)
             except CrystalRtError as exc:
                 failed.append((path, exc.message))
-                err_console.print(f"[yellow]skipped[/] {path}: {exc.message}", highlight=False)
+                err_console.print(f"[yellow]skipped[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             bar.advance(task)
     if "coco" in args.format:
         write_coco(results, out / "coco_results.json")

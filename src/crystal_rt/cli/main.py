@@ -52,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrystalRtError as exc:
         if args.debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

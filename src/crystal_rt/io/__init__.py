@@ -1,0 +1,3 @@
+"""Image decoding and result writers."""
+
+RESULT_FORMATS = ("json", "coco", "csv", "overlay")

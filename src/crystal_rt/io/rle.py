@@ -32,10 +32,10 @@ def crop_to_rle(mask: np.ndarray, x0: int, y0: int, height: int, width: int) -> 
         runs[0] += x0 * height
         # The last run in the strip is zeros only if the strip ends in zero.
         tail = (width - x0 - w) * height
-        if flat[-1]:
-            runs.append(tail)
-        else:
+        if not flat[-1]:
             runs[-1] += tail
+        elif tail:
+            runs.append(tail)
         counts = runs
     rle = mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
     counts_out = rle["counts"]

@@ -18,7 +18,6 @@ import numpy as np
 
 from ..runtime.result import DetectionResult
 
-FORMATS = ("json", "coco", "csv", "overlay")
 POINT_FIELDS = ("image", "x", "y", "score", "label")
 
 
