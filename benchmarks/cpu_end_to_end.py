@@ -45,9 +45,13 @@ def environment() -> dict[str, Any]:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return {
-        "cpu": cpu_model(), "cores": cores, "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "onnxruntime": onnxruntime.__version__,
+        "cpu": cpu_model(),
+        "cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
     }
 
@@ -86,10 +90,14 @@ def summary(samples: list[float]) -> dict[str, float]:
 def report(res: dict[str, Any]) -> None:
     env, tv, cr = res["environment"], res["torchvision"], res["crystal_rt"]
     print(f"CPU: {env['cpu']} ({env['cores']} cores), torch threads {env['torch_threads']}")
-    print(f"torch {env['torch']}, torchvision {env['torchvision']}, onnxruntime {env['onnxruntime']}, "
-          f"numpy {env['numpy']}, python {env['python']}")
-    print(f"image: {res['image']} ({res['width']}x{res['height']}), S={INPUT_SIZE}, threshold {THRESHOLD}, "
-          f"{res['runs']} runs (ABAB) after {res['warmup']} warm-up")
+    print(
+        f"torch {env['torch']}, torchvision {env['torchvision']}, onnxruntime {env['onnxruntime']}, "
+        f"numpy {env['numpy']}, python {env['python']}"
+    )
+    print(
+        f"image: {res['image']} ({res['width']}x{res['height']}), S={INPUT_SIZE}, threshold {THRESHOLD}, "
+        f"{res['runs']} runs (ABAB) after {res['warmup']} warm-up"
+    )
     print(f"engine build (export + ORT optimise, not timed below): {res['build_s']:.1f} s")
     rows = [("torchvision eager", tv), ("crystal-rt detect (ORT)", cr)]
     try:
@@ -100,18 +108,27 @@ def report(res: dict[str, Any]) -> None:
         for col in ("pipeline", "median", "min", "max", "detections"):
             table.add_column(col, justify="left" if col == "pipeline" else "right")
         for name, r in rows:
-            table.add_row(name, f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
-                          str(r["detections"]))
+            table.add_row(
+                name,
+                f"{r['median_ms']:.1f}",
+                f"{r['min_ms']:.1f}",
+                f"{r['max_ms']:.1f}",
+                str(r["detections"]),
+            )
         Console().print(table)
     except ImportError:
         for name, r in rows:
-            print(f"{name:26s} median {r['median_ms']:8.1f} ms  min {r['min_ms']:8.1f} ms  "
-                  f"detections {r['detections']}")
+            print(
+                f"{name:26s} median {r['median_ms']:8.1f} ms  min {r['min_ms']:8.1f} ms  "
+                f"detections {r['detections']}"
+            )
     stages = ", ".join(f"{k} {v:.1f}" for k, v in cr["stage_medians_ms"].items())
     print(f"crystal-rt stage medians (ms): {stages}")
     verdict = "meets" if res["ratio"] <= TARGET else "misses"
-    print(f"ratio crystal-rt / torchvision = {res['ratio']:.3f}x ({verdict} the <= {TARGET:.2f}x target); "
-          f"ratio of minimums {res['ratio_of_min']:.3f}x")
+    print(
+        f"ratio crystal-rt / torchvision = {res['ratio']:.3f}x ({verdict} the <= {TARGET:.2f}x target); "
+        f"ratio of minimums {res['ratio_of_min']:.3f}x"
+    )
     print(f"load average (1/5/15 min) before {res['load_before']}, after {res['load_after']}")
 
 
@@ -177,16 +194,31 @@ def main(argv: list[str] | None = None) -> int:
     tv, cr = summary(tv_ms), summary(cr_ms)
     res: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "image": str(args.image), "width": width, "height": height, "arch": ARCH,
-        "num_classes": NUM_CLASSES, "input_size": INPUT_SIZE, "score_threshold": THRESHOLD,
-        "seed": args.seed, "runs": args.runs, "warmup": args.warmup, "build_s": build_s,
+        "image": str(args.image),
+        "width": width,
+        "height": height,
+        "arch": ARCH,
+        "num_classes": NUM_CLASSES,
+        "input_size": INPUT_SIZE,
+        "score_threshold": THRESHOLD,
+        "seed": args.seed,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "build_s": build_s,
         "environment": environment(),
         "torchvision": {**tv, "samples_ms": tv_ms, "detections": counts["torchvision"]},
-        "crystal_rt": {**cr, "samples_ms": cr_ms, "detections": counts["crystal_rt"],
-                       "stage_medians_ms": {k: statistics.median(v) for k, v in stage_samples.items() if v},
-                       "stage_samples_ms": stage_samples},
-        "ratio": cr["median_ms"] / tv["median_ms"], "ratio_of_min": cr["min_ms"] / tv["min_ms"],
-        "target": TARGET, "load_before": load_before, "load_after": loadavg(),
+        "crystal_rt": {
+            **cr,
+            "samples_ms": cr_ms,
+            "detections": counts["crystal_rt"],
+            "stage_medians_ms": {k: statistics.median(v) for k, v in stage_samples.items() if v},
+            "stage_samples_ms": stage_samples,
+        },
+        "ratio": cr["median_ms"] / tv["median_ms"],
+        "ratio_of_min": cr["min_ms"] / tv["min_ms"],
+        "target": TARGET,
+        "load_before": load_before,
+        "load_after": loadavg(),
     }
     report(res)
     if args.json is not None:
