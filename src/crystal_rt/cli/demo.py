@@ -99,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
     write_points_csv(results, results_dir / "points.csv")
 
     table = Table(title="latency per stage (ms)", title_justify="left")
-    table.add_column("image", no_wrap=True)
+    table.add_column("image", no_wrap=True, overflow="ellipsis", max_width=16)
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("n", justify="right")
     for stage in (*STAGES, "total"):
-        table.add_column(stage, justify="right")
+        table.add_column(stage, justify="right", min_width=len(stage), no_wrap=True)
     for r in results:
         table.add_row(
             Path(r.image or "").name,

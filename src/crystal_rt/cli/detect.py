@@ -93,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
     table = Table(title=f"{len(results)} image(s) -> {out}", title_justify="left")
     for col in ("image", "instances", "decode", "clahe", "letterbox", "engine", "paste", "total ms"):
-        table.add_column(col, justify="left" if col == "image" else "right")
+        table.add_column(
+            col,
+            justify="left" if col == "image" else "right",
+            min_width=min(len(col), 9),
+            no_wrap=col != "image",
+        )
     for r in results:
         t = r.timings_ms
         table.add_row(
