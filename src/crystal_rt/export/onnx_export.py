@@ -54,6 +54,24 @@ def validation_images(size: int) -> list[tuple[str, np.ndarray]]:
     ]
 
 
+def trace_to_onnx(core: CoreMaskRCNN, tensor: np.ndarray, path: Path) -> None:
+    """``torch.onnx.export`` of the core module: TorchScript tracing (dynamo=False), opset 17."""
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad(), export_friendly_nms():
+        warnings.simplefilter("ignore")  # TracerWarnings about constant shapes are expected here
+        torch.onnx.export(
+            core,
+            (torch.from_numpy(tensor),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+
+
 def check_empty_path(core: CoreMaskRCNN, tensor: np.ndarray, output: Path) -> None:
     """Export the same graph with a score threshold nothing passes and run it on ONNX Runtime.
 
@@ -69,17 +87,7 @@ def check_empty_path(core: CoreMaskRCNN, tensor: np.ndarray, output: Path) -> No
     core.roi_heads.score_thresh = 1.0
     probe = output.with_name(output.stem + ".empty-probe.onnx")
     try:
-        with warnings.catch_warnings(), torch.no_grad(), export_friendly_nms():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                core,
-                (torch.from_numpy(tensor),),
-                str(probe),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                opset_version=OPSET,
-                dynamo=False,
-            )
+        trace_to_onnx(core, tensor, probe)
         torch_scores = run_core(core, torch.from_numpy(tensor))[1].numpy()
         try:
             backend = OnnxRuntimeBackend(probe)
@@ -108,7 +116,7 @@ def export_core_onnx(
     Raises LintError for an op TensorRT cannot import and ValidationFailed, naming the worst
     detection, when ONNX Runtime does not reproduce the PyTorch model.
     """
-    torch = require("torch", "Exporting a model")
+    require("torch", "Exporting a model")
     onnx = require("onnx", "Exporting a model")
     output = Path(output)
     pre = (
@@ -131,18 +139,7 @@ def export_core_onnx(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     try:
-        with warnings.catch_warnings(), torch.no_grad(), export_friendly_nms():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                core,
-                (torch.from_numpy(trace_input),),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                opset_version=OPSET,
-                dynamo=False,
-                do_constant_folding=True,
-            )
+        trace_to_onnx(core, trace_input, tmp)
         model = onnx.load(str(tmp))
     except Exception as exc:  # torch.onnx raises many types; the user needs one sentence
         tmp.unlink(missing_ok=True)
