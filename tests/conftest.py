@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -61,6 +61,7 @@ class TinyModel:
     arch: str = TINY_ARCH
     size: int = TINY_SIZE
     k: int = TINY_K
+    options: dict[str, int] = field(default_factory=lambda: dict(TINY_OPTIONS))
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,11 @@ runtime, so an engine never runs with preprocessing other than the one it was tr
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .errors import InvalidSpec
+from .errors import InvalidModel, InvalidSpec
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -137,3 +138,18 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
     if num_classes == 2:
         return ("__background__", "crystal")
     return ("__background__", *(f"class_{i}" for i in range(1, num_classes)))
+
+
+def specs_from_metadata(
+    metadata: dict[str, str], path: str | os.PathLike[str]
+) -> tuple[ModelSpec, PreprocessSpec]:
+    """ModelSpec and PreprocessSpec stored in a core ONNX's metadata_props."""
+    missing = [k for k in (MODEL_METADATA_KEY, SPEC_METADATA_KEY) if k not in metadata]
+    if missing:
+        raise InvalidModel(
+            f"not a crystal-rt core ONNX (metadata lacks {', '.join(missing)}); "
+            "export it with crystal-rt export",
+            path=path,
+        )
+    model = ModelSpec.from_json(metadata[MODEL_METADATA_KEY])
+    return model, PreprocessSpec.from_json(metadata[SPEC_METADATA_KEY])

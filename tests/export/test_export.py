@@ -15,31 +15,22 @@ from crystal_rt.export.lint import lint_model, lint_onnx  # noqa: E402
 from crystal_rt.export.models import build_maskrcnn, load_checkpoint  # noqa: E402
 from crystal_rt.spec import MODEL_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec, PreprocessSpec  # noqa: E402
 
-TINY_ARCH = "maskrcnn_resnet18_fpn"
-TINY_SIZE = 256
-TINY_K = 20
-TINY_OPTIONS = {"rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100}
-
 
 def _dims(value_info: object) -> list[int | str]:
     dims = value_info.type.tensor_type.shape.dim  # type: ignore[attr-defined]
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
 
 
-def test_tiny_constants_match_fixture(tiny):
-    assert (tiny.arch, tiny.size, tiny.k) == (TINY_ARCH, TINY_SIZE, TINY_K)
-
-
 def test_core_graph_contract(tiny):
     model = onnx.load(str(tiny.onnx))
     assert [i.name for i in model.graph.input] == ["images"]
-    assert _dims(model.graph.input[0]) == [1, 3, TINY_SIZE, TINY_SIZE]
+    assert _dims(model.graph.input[0]) == [1, 3, tiny.size, tiny.size]
     outputs = {o.name: _dims(o) for o in model.graph.output}
     assert outputs == {
-        "boxes": [TINY_K, 4],
-        "scores": [TINY_K],
-        "labels": [TINY_K],
-        "masks": [TINY_K, 28, 28],
+        "boxes": [tiny.k, 4],
+        "scores": [tiny.k],
+        "labels": [tiny.k],
+        "masks": [tiny.k, 28, 28],
     }
     label_type = next(o for o in model.graph.output if o.name == "labels").type.tensor_type.elem_type
     assert label_type == onnx.TensorProto.INT64
@@ -52,10 +43,10 @@ def test_core_graph_contract(tiny):
 
 def test_metadata_round_trip(tiny):
     meta = {p.key: p.value for p in onnx.load(str(tiny.onnx)).metadata_props}
-    assert PreprocessSpec.from_json(meta[SPEC_METADATA_KEY]) == PreprocessSpec(input_size=TINY_SIZE)
+    assert PreprocessSpec.from_json(meta[SPEC_METADATA_KEY]) == PreprocessSpec(input_size=tiny.size)
     spec = ModelSpec.from_json(meta[MODEL_METADATA_KEY])
-    assert spec.arch == TINY_ARCH
-    assert spec.max_detections == TINY_K
+    assert spec.arch == tiny.arch
+    assert spec.max_detections == tiny.k
     assert spec.class_names == ("__background__", "crystal")
 
 
@@ -75,8 +66,8 @@ def test_zero_detections_run_on_both(tiny, tmp_path):
     from crystal_rt.export.onnx_export import check_empty_path
 
     loaded = load_checkpoint(tiny.checkpoint)
-    core = CoreMaskRCNN(loaded.model, TINY_SIZE, TINY_K)
-    tensor = np.random.default_rng(0).standard_normal((1, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+    core = CoreMaskRCNN(loaded.model, tiny.size, tiny.k)
+    tensor = np.random.default_rng(0).standard_normal((1, 3, tiny.size, tiny.size)).astype(np.float32)
     check_empty_path(core, tensor, tmp_path / "m.onnx")  # raises ValidationFailed on any difference
     assert core.roi_heads.score_thresh == pytest.approx(0.05)  # restored afterwards
 
@@ -104,7 +95,7 @@ def test_core_matches_torchvision_eager(tiny):
     from crystal_rt.runtime.result import DetectionResult, Instance, InstanceMask
 
     loaded = load_checkpoint(tiny.checkpoint)
-    image = make_drop(5, TINY_SIZE, TINY_SIZE).image
+    image = make_drop(5, tiny.size, tiny.size).image
     ours = Detector.from_checkpoint(tiny.checkpoint, score_threshold=0.05).detect(image, name="drop")
 
     enhanced = apply_clahe(image, loaded.preprocess)
@@ -120,38 +111,38 @@ def test_core_matches_torchvision_eager(tiny):
                 "crystal",
                 float(score),
                 tuple(float(v) for v in box),
-                InstanceMask(full, 0, 0, TINY_SIZE, TINY_SIZE),
+                InstanceMask(full, 0, 0, tiny.size, tiny.size),
             )
         )
-    theirs = DetectionResult(TINY_SIZE, TINY_SIZE, instances, image="drop")
+    theirs = DetectionResult(tiny.size, tiny.size, instances, image="drop")
     report = compare_results(
         theirs,
         ours,
         score_threshold=0.05,
-        max_detections=TINY_K,
+        max_detections=tiny.k,
         tolerances=Tolerances(box_iou=0.99, mask_iou=0.97, score=1e-3),
     )
     assert report.matched >= len(instances) - 2
     assert not report.failures, report.failures[:3]
 
 
-def test_plain_state_dict_needs_arch_and_infers_classes(tmp_path):
+def test_plain_state_dict_needs_arch_and_infers_classes(tiny, tmp_path):
     torch.manual_seed(1)
-    model = build_maskrcnn(TINY_ARCH, 3, **TINY_OPTIONS)
+    model = build_maskrcnn(tiny.arch, 3, **tiny.options)
     path = tmp_path / "plain.pth"
     torch.save(model.state_dict(), path)
     with pytest.raises(InvalidModel, match="--arch"):
         load_checkpoint(path)
-    loaded = load_checkpoint(path, arch=TINY_ARCH)
+    loaded = load_checkpoint(path, arch=tiny.arch)
     assert loaded.model_spec.num_classes == 3
     assert loaded.model_spec.class_names == ("__background__", "class_1", "class_2")
     # torchvision's reference scripts wrap the state_dict as {"model": ...}
     torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "wrapped.pth")
-    assert load_checkpoint(tmp_path / "wrapped.pth", arch=TINY_ARCH).model_spec.num_classes == 3
+    assert load_checkpoint(tmp_path / "wrapped.pth", arch=tiny.arch).model_spec.num_classes == 3
     with pytest.raises(InvalidModel, match="weights do not fit"):
         load_checkpoint(path, arch="maskrcnn_mobilenet_v3_large_fpn")
     with pytest.raises(InvalidModel, match="classes"):
-        load_checkpoint(path, arch=TINY_ARCH, num_classes=2)
+        load_checkpoint(path, arch=tiny.arch, num_classes=2)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04broken zip"])

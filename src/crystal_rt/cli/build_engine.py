@@ -12,7 +12,7 @@ from .export import add_checkpoint_options, checkpoint_options
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "build-engine",
-        help="build an engine (TensorRT if present, else ONNX Runtime)",
+        help="build an engine for this machine (ONNX Runtime; TensorRT is not built yet)",
         description=__doc__ + " MODEL is a core ONNX (no torch needed) or a checkpoint "
         "(exported first; needs the export extra).",
     )
@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
         "--backend",
         choices=("auto", "onnxruntime", "tensorrt"),
         default="auto",
-        help="auto: TensorRT where installed, else ONNX Runtime (default)",
+        help="auto (default): the best backend this version can build here, today ONNX Runtime",
     )
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument("--name", help="engine name (default: the model file's name)")

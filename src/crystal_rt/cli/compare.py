@@ -8,8 +8,12 @@ counterpart (other than borderline ones at the score threshold or the K-th place
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_parser(sub: Any) -> None:
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..errors import ParityError
-    from ..evaluate.parity import ParityReport, Tolerances, compare_results, worst_failure
+    from ..evaluate.parity import Tolerances, compare_detectors, worst_failure
     from ..io.decode import list_images, read_image
     from ..runtime.detector import Detector
     from .console import console, progress
@@ -50,29 +54,22 @@ def run(args: argparse.Namespace) -> int:
         max_detections=engine.model.max_detections,
     )
     tol = Tolerances(box_iou=args.box_iou, mask_iou=args.mask_iou, score=args.score_tol)
-    per_image = []
     paths = list_images(args.images)
-    with progress() as bar:
-        task = bar.add_task("comparing", total=len(paths))
-        for path in paths:
-            pixels = read_image(path)
-            ref = reference.detect_pixels(pixels, name=str(path))
-            cand = engine.detect_pixels(pixels, name=str(path))
-            per_image.append(
-                compare_results(
-                    ref,
-                    cand,
-                    score_threshold=args.score_threshold,
-                    max_detections=engine.model.max_detections,
-                    tolerances=tol,
-                )
-            )
-            bar.advance(task)
-    report = ParityReport(per_image, tol)
+
+    def images() -> Iterator[tuple[str, np.ndarray]]:
+        with progress() as bar:
+            task = bar.add_task("comparing", total=len(paths))
+            for path in paths:
+                yield str(path), read_image(path)
+                bar.advance(task)
+
+    report = compare_detectors(
+        reference, engine, images(), score_threshold=args.score_threshold, tolerances=tol
+    )
     table = Table(title=f"{engine.backend.name} vs torch reference", title_justify="left")
     for col in ("image", "torch", "engine", "matched", "min box IoU", "min mask IoU", "max |d score|", "ok"):
         table.add_column(col, justify="left" if col == "image" else "right")
-    for img in per_image:
+    for img in report.images:
         table.add_row(
             Path(img.image).name,
             str(img.num_reference),

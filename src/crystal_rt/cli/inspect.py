@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         if target.suffix != ".onnx" or not target.is_file():
             raise
         from .._lazy import require
-        from ..runtime.detector import specs_from_metadata
+        from ..spec import specs_from_metadata
 
         onnx = require("onnx", "Inspecting an ONNX file")
         model = onnx.load(str(target), load_external_data=False)

@@ -10,12 +10,16 @@ label, scores within ``score_tol`` (TopK and NMS may keep either of two equally 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..runtime.result import DetectionResult, Instance, InstanceMask
+
+if TYPE_CHECKING:
+    from ..runtime.detector import Detector
 
 MATCH_IOU = 0.5
 
@@ -35,13 +39,15 @@ class ImageParity:
     box_ious: list[float] = field(default_factory=list)
     mask_ious: list[float] = field(default_factory=list)
     score_diffs: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    severities: list[float] = field(default_factory=list)
+    problems: list[tuple[float, str]] = field(default_factory=list)  # (severity, message)
     borderline: int = 0
 
     def fail(self, severity: float, message: str) -> None:
-        self.failures.append(message)
-        self.severities.append(severity)
+        self.problems.append((severity, message))
+
+    @property
+    def failures(self) -> list[str]:
+        return [message for _, message in self.problems]
 
     @property
     def matched(self) -> int:
@@ -101,7 +107,7 @@ def mask_iou(a: InstanceMask, b: InstanceMask) -> float:
         canvas[i, m.y0 - y0 : m.y0 - y0 + h, m.x0 - x0 : m.x0 - x0 + w] = m.crop
     inter = np.count_nonzero(canvas[0] & canvas[1])
     union = np.count_nonzero(canvas[0] | canvas[1])
-    return inter / union
+    return float(inter / union)
 
 
 def _describe(inst: Instance) -> str:
@@ -187,11 +193,29 @@ def compare_results(
 def worst_failure(report: ParityReport) -> str:
     """The worst failure: a missing or extra detection first, else the lowest IoU / largest score gap."""
     worst = max(
-        (
-            (sev, f"{img.image}: {msg}")
-            for img in report.images
-            for sev, msg in zip(img.severities, img.failures, strict=False)
-        ),
+        ((sev, f"{img.image}: {msg}") for img in report.images for sev, msg in img.problems),
         default=(0.0, ""),
     )
     return worst[1]
+
+
+def compare_detectors(
+    reference: Detector,
+    candidate: Detector,
+    images: Iterable[tuple[str, np.ndarray]],
+    *,
+    score_threshold: float,
+    tolerances: Tolerances | None = None,
+) -> ParityReport:
+    """Run both detectors on each (name, pixels) image and match their detections."""
+    per_image = [
+        compare_results(
+            reference.detect_pixels(pixels, name=name, score_threshold=score_threshold),
+            candidate.detect_pixels(pixels, name=name, score_threshold=score_threshold),
+            score_threshold=score_threshold,
+            max_detections=candidate.model.max_detections,
+            tolerances=tolerances,
+        )
+        for name, pixels in images
+    ]
+    return ParityReport(per_image, tolerances or Tolerances())

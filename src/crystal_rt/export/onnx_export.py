@@ -18,7 +18,7 @@ import numpy as np
 from .._lazy import require
 from .._version import __version__
 from ..errors import ExportError, ValidationFailed
-from ..evaluate.parity import ParityReport, Tolerances, compare_results, worst_failure
+from ..evaluate.parity import ParityReport, Tolerances, compare_detectors, worst_failure
 from ..spec import MODEL_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec, PreprocessSpec
 from .core import INPUT_NAME, OUTPUT_NAMES, CoreMaskRCNN, export_friendly_nms
 from .lint import lint_onnx
@@ -165,22 +165,11 @@ def export_core_onnx(
     if validate:
         reference = Detector.from_core(core, spec, pre, score_threshold=VALIDATION_SCORE_THRESHOLD)
         candidate = Detector.from_onnx(output, score_threshold=VALIDATION_SCORE_THRESHOLD)
-        per_image = []
-        for name, image in images:
-            ref = reference.detect(image, name=name)
-            cand = candidate.detect(image, name=name)
-            per_image.append(
-                compare_results(
-                    ref,
-                    cand,
-                    score_threshold=VALIDATION_SCORE_THRESHOLD,
-                    max_detections=spec.max_detections,
-                    tolerances=tolerances,
-                )
-            )
+        parity = compare_detectors(
+            reference, candidate, images, score_threshold=VALIDATION_SCORE_THRESHOLD, tolerances=tolerances
+        )
         candidate.close()
         check_empty_path(core, trace_input, output)
-        parity = ParityReport(per_image, tolerances or Tolerances())
         if not parity.ok:
             raise ValidationFailed(
                 f"ONNX Runtime does not reproduce PyTorch ({len(parity.failures)} problem(s)); worst: "

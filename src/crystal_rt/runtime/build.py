@@ -25,13 +25,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
-def tensorrt_available() -> bool:
-    """True when the TensorRT Python package imports (a GPU is checked when building)."""
-    import importlib.util
-
-    return importlib.util.find_spec("tensorrt") is not None
-
-
 def is_checkpoint(path: Path) -> bool:
     """A PyTorch checkpoint (by suffix, or torch.save's zip container) rather than an ONNX file."""
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
@@ -68,7 +61,9 @@ def build_engine(
     if precision not in PRECISIONS:
         raise CrystalRtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if backend == "auto":
-        backend = "tensorrt" if tensorrt_available() else "onnxruntime"
+        # TensorRT where present once its builder lands (DESIGN.md); until then picking it would
+        # only fail, so every machine gets ONNX Runtime.
+        backend = "onnxruntime"
     if backend == "tensorrt":
         require("tensorrt", "Building a TensorRT engine", extra="gpu")
         raise BackendUnavailable(
@@ -100,8 +95,8 @@ def _build_onnxruntime(
     say: Callable[[str], None],
 ) -> Manifest:
     ort = require("onnxruntime", "Building an ONNX Runtime engine", extra="cpu")
+    from ..spec import specs_from_metadata
     from .backends.onnxruntime import create_session, session_options
-    from .detector import specs_from_metadata
 
     if precision == "fp16":
         raise BackendUnavailable(
@@ -135,7 +130,7 @@ def _build_onnxruntime(
         engine_file=engine.name,
         engine_sha256=sha256_file(engine),
         engine_bytes=engine.stat().st_size,
-        source_onnx=str(source),
+        source_onnx=str(source.resolve()),
         source_onnx_sha256=sha256_file(source),
         precision=precision,
         input_shape=input_shape,

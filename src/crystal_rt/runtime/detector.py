@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import EngineIncompatible
 from ..io.decode import DEFAULT_MAX_PIXELS, read_image
-from ..spec import MODEL_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec, PreprocessSpec
+from ..spec import ModelSpec, PreprocessSpec, specs_from_metadata
 from .artifacts import Manifest, resolve_manifest
 from .backends.base import Backend
 from .postprocess import postprocess
@@ -178,24 +178,6 @@ class Detector:
             f"Detector(backend={self.backend.name!r}, arch={self.model.arch!r}, "
             f"input_size={self.preprocess.input_size}, score_threshold={self.score_threshold})"
         )
-
-
-def specs_from_metadata(
-    metadata: dict[str, str], path: str | os.PathLike[str]
-) -> tuple[ModelSpec, PreprocessSpec]:
-    """ModelSpec and PreprocessSpec stored in a core ONNX's metadata_props."""
-    from ..errors import InvalidModel
-
-    missing = [k for k in (MODEL_METADATA_KEY, SPEC_METADATA_KEY) if k not in metadata]
-    if missing:
-        raise InvalidModel(
-            f"not a crystal-rt core ONNX (metadata lacks {', '.join(missing)}); "
-            "export it with crystal-rt export",
-            path=path,
-        )
-    return ModelSpec.from_json(metadata[MODEL_METADATA_KEY]), PreprocessSpec.from_json(
-        metadata[SPEC_METADATA_KEY]
-    )
 
 
 def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:

@@ -26,8 +26,13 @@ class InstanceMask:
     def area(self) -> int:
         return int(np.count_nonzero(self.crop))
 
-    def to_rle(self) -> dict[str, Any]:
+    @cached_property
+    def rle(self) -> dict[str, Any]:
+        """COCO compressed RLE, computed once (the JSON and COCO writers both need it)."""
         return crop_to_rle(self.crop, self.x0, self.y0, self.image_height, self.image_width)
+
+    def to_rle(self) -> dict[str, Any]:
+        return dict(self.rle)
 
     def to_full(self) -> np.ndarray:
         """The mask at full image size (allocates H x W; for tests and overlays)."""
