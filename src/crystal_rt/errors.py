@@ -68,3 +68,7 @@ class EngineIncompatible(CrystalRtError):
 
 class BackendUnavailable(CrystalRtError):
     """The requested backend cannot run on this machine."""
+
+
+class InvalidDataset(CrystalRtError):
+    """An annotation file (COCO, Labelme, mask folder) that is malformed; the message names the field."""

@@ -24,6 +24,10 @@ CHECKPOINT_VERSION = 1
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 MOBILENETS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+# Options (checkpoint model_kwargs) that make a ResNet-FPN model smaller and faster: the ResNet
+# stages feeding the FPN, the FPN width, the box head's hidden size, the mask head's width, and one
+# anchor size per FPN level (the max-pool level included). The demo model uses them.
+SLIM_OPTIONS = ("returned_layers", "fpn_channels", "box_head_size", "mask_head_channels", "anchor_sizes")
 ARCHS = (
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",
@@ -74,8 +78,12 @@ def build_maskrcnn(
             weights=None, weights_backbone=None, num_classes=num_classes, **options
         )
     elif arch.startswith("maskrcnn_") and arch.endswith("_fpn") and arch[9:-4] in RESNETS:
-        backbone = resnet_fpn_backbone(backbone_name=arch[9:-4], weights=None, trainable_layers=5)
-        model = MaskRCNN(backbone, num_classes=num_classes, **options)
+        custom = {k: options.pop(k) for k in SLIM_OPTIONS if k in options}
+        if custom:
+            model = _slim_resnet_maskrcnn(arch[9:-4], num_classes, custom, options)
+        else:
+            backbone = resnet_fpn_backbone(backbone_name=arch[9:-4], weights=None, trainable_layers=5)
+            model = MaskRCNN(backbone, num_classes=num_classes, **options)
     elif arch.startswith("maskrcnn_") and arch.endswith("_fpn") and arch[9:-4] in MOBILENETS:
         backbone = mobilenet_backbone(backbone_name=arch[9:-4], weights=None, fpn=True, trainable_layers=6)
         levels = 3  # two feature maps + the FPN's pool level
@@ -91,6 +99,54 @@ def build_maskrcnn(
     else:
         raise InvalidModel(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     return model.eval()  # type: ignore[return-value]
+
+
+def _slim_resnet_maskrcnn(
+    backbone_name: str, num_classes: int, custom: dict[str, Any], options: dict[str, Any]
+) -> MaskRCNN:
+    """A ResNet-FPN Mask R-CNN with chosen FPN levels, widths and anchor sizes (see SLIM_OPTIONS)."""
+    from torchvision.models import resnet
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    returned = [int(k) for k in custom.get("returned_layers", (1, 2, 3, 4))]
+    if not returned or sorted(set(returned)) != returned or not all(1 <= k <= 4 for k in returned):
+        raise InvalidModel(f"returned_layers must be increasing stage numbers in 1..4, not {returned}")
+    channels = int(custom.get("fpn_channels", 256))
+    box_size = int(custom.get("box_head_size", 1024))
+    mask_channels = int(custom.get("mask_head_channels", 256))
+    levels = len(returned) + 1  # plus the FPN's max-pool level
+    sizes = [int(v) for v in custom.get("anchor_sizes", [32 * 2**i for i in range(levels)])]
+    if len(sizes) != levels:
+        raise InvalidModel(f"anchor_sizes needs {levels} sizes (one per FPN level), not {len(sizes)}")
+    body = getattr(resnet, backbone_name)(weights=None, norm_layer=FrozenBatchNorm2d)
+    top = body.inplanes  # channels of layer4: 512 (basic blocks) or 2048 (bottlenecks)
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={f"layer{k}": str(i) for i, k in enumerate(returned)},
+        in_channels_list=[top // 2 ** (4 - k) for k in returned],
+        out_channels=channels,
+    )
+    names = [str(i) for i in range(len(returned))]
+    anchors = AnchorGenerator(tuple((size,) for size in sizes), ((0.5, 1.0, 2.0),) * levels)
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * 49, box_size),
+        box_predictor=FastRCNNPredictor(box_size, num_classes),
+        mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(channels, [mask_channels] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes),
+        **options,
+    )
+    return model
 
 
 def save_checkpoint(

@@ -1,0 +1,70 @@
+"""``crystal-rt evaluate MODEL --data COCO_JSON``: mAP@0.50/0.65, COCO AP, precision and recall.
+
+MODEL is an engine (folder, manifest or prefix), a core ONNX, or a PyTorch checkpoint: every
+backend is scored the same way, so backends can be compared on accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a model or engine on an annotated dataset", description=__doc__
+    )
+    p.add_argument("model", help="engine folder / manifest / prefix, core .onnx, or checkpoint .pt")
+    p.add_argument("--data", required=True, help="COCO instance JSON")
+    p.add_argument(
+        "--images", help="folder the JSON's file_name values are relative to (default: its folder)"
+    )
+    p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--pr-curve", type=Path, help="write precision-recall curves here (PNG)")
+    p.add_argument("--score-threshold", type=float, help="operating threshold (default: the model's)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.set_defaults(run=run)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ..data.coco import load_coco
+    from ..evaluate.metrics import write_pr_curve
+    from ..evaluate.run import evaluate_detector, open_model
+    from ..io.writers import atomic_write_bytes
+    from .console import console, info, progress
+
+    dataset = load_coco(args.data, args.images)
+    with open_model(args.model, threads=args.threads) as detector, progress() as bar:
+        task = bar.add_task("evaluating", total=len(dataset))
+        report, _ = evaluate_detector(
+            detector, dataset, score_threshold=args.score_threshold, on_image=lambda: bar.advance(task)
+        )
+    data = report.to_dict()
+    keys = ("map50", "map65", "coco_segm_ap", "coco_bbox_ap", "precision", "recall")
+    table = Table(title=f"{args.model} on {args.data} ({report.num_images} images)")
+    table.add_column("class")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name, values in data["classes"].items():
+        table.add_row(name, *(_fmt(values.get(k)) for k in keys))
+    table.add_row("[bold]all[/]", *(_fmt(data.get(k)) for k in keys))
+    console.print(table)
+    info(f"precision/recall at score >= {report.score_threshold:g}, mask IoU >= 0.5")
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(data, indent=2).encode())
+        info(f"wrote {args.json}")
+    if args.pr_curve:
+        write_pr_curve(report, args.pr_curve)
+        info(f"wrote {args.pr_curve}")
+    return 0

@@ -1,0 +1,130 @@
+"""``crystal-rt train --data COCO_JSON -o RUN``: fine-tune a Mask R-CNN; RUN/best.pt is what export reads."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``8x8`` -> (8, 8), in cv2's (columns, rows) order."""
+    try:
+        cols, rows = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected COLSxROWS such as 8x8, not {text!r}") from None
+    if cols < 1 or rows < 1:
+        raise argparse.ArgumentTypeError("tile grid sizes must be at least 1")
+    return cols, rows
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="fine-tune a Mask R-CNN on a COCO dataset", description=__doc__)
+    p.add_argument("--data", required=True, help="COCO instance JSON (crystal-rt convert makes one)")
+    p.add_argument(
+        "--images", help="folder the JSON's file_name values are relative to (default: its folder)"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="run folder (checkpoints, log)")
+    p.add_argument("--val-data", help="a separate validation COCO JSON (default: hold out --val-fraction)")
+    p.add_argument("--val-images", help="images folder for --val-data")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="images held out for validation (0.1)")
+    p.add_argument("--arch", default="maskrcnn_resnet18_fpn", help="architecture (default: %(default)s)")
+    p.add_argument("--input-size", type=int, default=512, help="engine input size S (default 512)")
+    p.add_argument("--no-clahe", dest="clahe", action="store_false", help="train (and deploy) without CLAHE")
+    p.add_argument("--clip-limit", type=float, default=2.0, help="CLAHE clip limit (default 2.0)")
+    p.add_argument("--tile-grid", type=parse_grid, default=(8, 8), help="CLAHE tiles COLSxROWS (default 8x8)")
+    p.add_argument(
+        "--slim", action="store_true", help="ResNet stages 1-3, 128-wide FPN, small heads (the demo model)"
+    )
+    p.add_argument(
+        "--init", help="initial weights: a local checkpoint or torchvision .pth (never downloaded)"
+    )
+    p.add_argument("--norm", choices=("auto", "frozen", "batch"), default="auto", help="backbone norm layers")
+    p.add_argument("--iterations", type=int, default=2000, help="optimiser steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=8, help="crops per step (default 8)")
+    p.add_argument("--crop-size", type=int, default=256, help="training crop size (default 256)")
+    p.add_argument("--lr", type=float, default=0.02, help="peak learning rate (default 0.02)")
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default 100)")
+    p.add_argument("--val-every", type=int, default=250, help="validate and checkpoint every N steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="PyTorch CPU threads (default: all cores)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--max-detections", type=int, default=50, help="engine K (default 50)")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="operating threshold stored (0.5)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._lazy import require
+
+    require("torchvision", "Training", extra="train")
+    from rich.markup import escape
+
+    from ..train.loop import Hooks, TrainConfig, train
+    from .console import err_console, info, progress
+
+    config = TrainConfig(
+        data=args.data,
+        images=args.images,
+        output=str(args.output),
+        val_data=args.val_data,
+        val_images=args.val_images,
+        val_fraction=args.val_fraction,
+        arch=args.arch,
+        input_size=args.input_size,
+        clahe=args.clahe,
+        clip_limit=args.clip_limit,
+        tile_grid=args.tile_grid,
+        slim=args.slim,
+        init=args.init,
+        norm=args.norm,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        val_every=args.val_every,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        max_detections=args.max_detections,
+        score_threshold=args.score_threshold,
+    )
+    bar = progress()
+    task = bar.add_task("training", total=None)
+    log_plain = not err_console.is_terminal
+
+    def on_cache(total: int) -> Any:
+        cache_task = bar.add_task("preparing images", total=total)
+        return lambda: bar.advance(cache_task)
+
+    def on_start(start: int, total: int) -> None:
+        bar.update(task, completed=start, total=total)
+
+    def on_step(iteration: int, losses: dict[str, float]) -> None:
+        bar.update(task, completed=iteration, description=f"training (loss {losses['loss']:.3f})")
+        if log_plain and iteration % config.log_every == 0:
+            info(f"step {iteration}/{config.iterations}: loss {losses['loss']:.4f} lr {losses['lr']:.5f}")
+
+    def on_validation(iteration: int, metrics: dict[str, Any]) -> None:
+        parts = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+        mark = " (best so far)" if metrics.get("best") else ""
+        bar.console.print(
+            escape(f"validation at step {iteration}: {', '.join(parts)}{mark}"), highlight=False
+        )
+
+    hooks = Hooks(
+        on_start=on_start,
+        on_step=on_step,
+        on_validation=on_validation,
+        on_message=lambda text: bar.console.print(escape(text), highlight=False),
+        on_cache=on_cache,
+    )
+    with bar:
+        result = train(config, resume=args.resume, hooks=hooks)
+    info(
+        f"trained {result.iterations} steps in {result.seconds / 60:.1f} min; best checkpoint: {result.best}"
+    )
+    info(f"next: crystal-rt export {result.best} -o model.onnx")
+    return 0

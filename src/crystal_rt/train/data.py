@@ -1,0 +1,93 @@
+"""Training images cached at the engine's scale, after the engine's own preprocessing.
+
+Each image is decoded, CLAHE-enhanced as ``PreprocessSpec`` says (at full resolution, exactly
+as ``Detector`` does) and resized by the letterbox scale, so the network trains on what it will
+see at inference. Masks are resized with area interpolation and kept as COCO RLE to save memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from ..io.decode import read_image
+from ..runtime.preprocess import apply_clahe, letterbox_size
+from ..spec import PreprocessSpec
+
+if TYPE_CHECKING:
+    from ..data.coco import CocoDataset
+
+
+@dataclass
+class CachedImage:
+    """One training image: float16 [0, 1] pixels (H, W) or (H, W, 3) at engine scale, masks as RLE."""
+
+    name: str
+    pixels: np.ndarray
+    rles: list[dict[str, object]]
+    labels: np.ndarray  # int64 (N,), contiguous 1..C
+    areas: np.ndarray  # float64 (N,), mask areas at engine scale
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    def masks(self) -> np.ndarray:
+        """(N, H, W) uint8 masks at engine scale."""
+        from pycocotools import mask as mask_utils
+
+        h, w = self.shape
+        if not self.rles:
+            return np.zeros((0, h, w), np.uint8)
+        decoded = mask_utils.decode(self.rles)  # (H, W, N)
+        return np.ascontiguousarray(np.moveaxis(decoded, 2, 0))
+
+
+def prepare_image(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, float]:
+    """CLAHE (per spec) then resize by the letterbox scale: float16 [0, 1], and the scale."""
+    enhanced = apply_clahe(pixels, spec)
+    height, width = enhanced.shape[:2]
+    scale, new_w, new_h = letterbox_size(height, width, spec.input_size)
+    if (new_w, new_h) != (width, height):
+        enhanced = cv2.resize(enhanced, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top = 65535.0 if enhanced.dtype == np.uint16 else 255.0
+    return (enhanced.astype(np.float32) / np.float32(top)).astype(np.float16), scale
+
+
+def cache_image(dataset: CocoDataset, image_id: int, spec: PreprocessSpec) -> CachedImage:
+    from pycocotools import mask as mask_utils
+
+    path = dataset.image_path(image_id)
+    pixels, _ = prepare_image(read_image(path), spec)
+    masks, labels, crowd = dataset.masks(image_id)
+    h, w = pixels.shape[:2]
+    rles: list[dict[str, object]] = []
+    keep: list[int] = []
+    for i, mask in enumerate(masks):
+        if crowd[i]:
+            continue
+        small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+        if not small.any():
+            continue
+        rles.append(mask_utils.encode(np.asfortranarray(small.astype(np.uint8))))
+        keep.append(i)
+    areas = np.array([float(mask_utils.area(r)) for r in rles], dtype=np.float64)
+    return CachedImage(str(path.name), pixels, rles, labels[keep].astype(np.int64), areas)
+
+
+def cache_dataset(
+    dataset: CocoDataset,
+    image_ids: Sequence[int],
+    spec: PreprocessSpec,
+    on_image: Callable[[], None] | None = None,
+) -> list[CachedImage]:
+    cached = []
+    for image_id in image_ids:
+        cached.append(cache_image(dataset, image_id, spec))
+        if on_image is not None:
+            on_image()
+    return cached

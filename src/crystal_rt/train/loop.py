@@ -1,0 +1,390 @@
+"""The fine-tuning loop: SGD with warm-up and cosine decay over crops, periodic validation mAP
+through the same inference path every engine uses, checkpoints and resume.
+
+Output folder:
+- ``last.pt`` — the latest checkpoint (model, optimiser, schedule, RNG state: ``--resume`` reads it)
+- ``best.pt`` — the checkpoint with the best validation mAP@0.50 (what ``crystal-rt export`` reads)
+- ``log.jsonl`` — one line per logged step and per validation
+- ``config.json`` — the training configuration
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import CrystalRtError, InvalidDataset
+from ..spec import ModelSpec, PreprocessSpec
+
+if TYPE_CHECKING:
+    from torchvision.models.detection import MaskRCNN
+
+    from ..data.coco import CocoDataset
+    from ..evaluate.metrics import EvaluationReport
+    from .data import CachedImage
+
+NORMS = ("auto", "frozen", "batch")
+# The demo model's shape (see export.models.SLIM_OPTIONS): ResNet stages 1-3 into a 128-wide FPN,
+# small heads and 16..128 px anchors; about 5.8 M parameters with a ResNet-18.
+SLIM = {
+    "returned_layers": [1, 2, 3],
+    "fpn_channels": 128,
+    "box_head_size": 256,
+    "mask_head_channels": 128,
+    "anchor_sizes": [16, 32, 64, 128],
+}
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    images: str | None
+    output: str
+    val_data: str | None = None
+    val_images: str | None = None
+    val_fraction: float = 0.1
+    arch: str = "maskrcnn_resnet18_fpn"
+    input_size: int = 512
+    clahe: bool = True
+    clip_limit: float = 2.0
+    tile_grid: tuple[int, int] = (8, 8)
+    slim: bool = False
+    init: str | None = None
+    norm: str = "auto"  # auto: trainable BatchNorm from scratch, frozen when initialised from weights
+    iterations: int = 2000
+    batch_size: int = 8
+    crop_size: int = 256
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    val_every: int = 250
+    log_every: int = 20
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    max_detections: int = 50
+    score_threshold: float = 0.5
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {
+            "rpn_pre_nms_top_n_test": 500,
+            "rpn_post_nms_top_n_test": 200,
+            "rpn_pre_nms_top_n_train": 1000,
+            "rpn_post_nms_top_n_train": 500,
+            "box_batch_size_per_image": 128,
+        }
+    )
+
+    def builder_options(self) -> dict[str, Any]:
+        return {**(SLIM if self.slim else {}), **self.model_kwargs}
+
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec(
+            clahe=self.clahe, clip_limit=self.clip_limit, tile_grid=self.tile_grid, input_size=self.input_size
+        )
+
+    def validate(self) -> None:
+        checks = [
+            (self.iterations >= 1, "--iterations must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (32 <= self.crop_size <= self.input_size, "--crop-size must be between 32 and --input-size"),
+            (self.lr > 0, "--lr must be positive"),
+            (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
+            (self.norm in NORMS, f"--norm must be one of {', '.join(NORMS)}"),
+            (self.val_every >= 1 and self.log_every >= 1, "--val-every and --log-every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CrystalRtError(message)
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    best: Path
+    last: Path
+    iterations: int
+    best_map50: float
+    final: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class Hooks:
+    """Callbacks for progress reporting (the CLI feeds a progress bar and log lines from these)."""
+
+    on_start: Callable[[int, int], None] = lambda start, total: None
+    on_step: Callable[[int, dict[str, float]], None] = lambda it, losses: None
+    on_validation: Callable[[int, dict[str, Any]], None] = lambda it, metrics: None
+    on_message: Callable[[str], None] = lambda text: None
+    on_cache: Callable[[int], Callable[[], None]] = lambda total: lambda: None
+
+
+def split_ids(dataset: CocoDataset, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    ids = [im.id for im in dataset.images]
+    if fraction <= 0 or len(ids) < 2:
+        return ids, []
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    n_val = max(1, round(len(ids) * fraction))
+    val = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    return train, val
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CrystalRtError(f"--device {name}: no CUDA device is available to PyTorch here")
+    return torch.device(name)
+
+
+def _schedule(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup:
+            return 0.001 + (1 - 0.001) * step / max(1, config.warmup)
+        progress = (step - config.warmup) / max(1, config.iterations - config.warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_model(config: TrainConfig, num_classes: int, hooks: Hooks) -> tuple[MaskRCNN, str]:
+    from ..export.models import build_maskrcnn
+    from .weights import load_initial_weights, use_batch_norm
+
+    model = build_maskrcnn(
+        config.arch,
+        num_classes,
+        preprocess=config.preprocess(),
+        max_detections=config.max_detections,
+        **config.builder_options(),
+    )
+    norm = config.norm
+    if config.init:
+        report = load_initial_weights(model, config.init)
+        hooks.on_message(report.describe())
+        if norm == "auto":
+            norm = "batch" if report.backbone_only else "frozen"
+    elif norm == "auto":
+        norm = "batch"
+    if norm == "batch":
+        use_batch_norm(model)
+    return model, norm
+
+
+def _to_targets(samples: list[Any], device: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+    import torch
+
+    images = [torch.from_numpy(s.image).to(device) for s in samples]
+    targets = [
+        {
+            "boxes": torch.from_numpy(s.boxes).to(device),
+            "labels": torch.from_numpy(s.labels).to(device),
+            "masks": torch.from_numpy(s.masks).to(device),
+        }
+        for s in samples
+    ]
+    return images, targets
+
+
+def validate(
+    model: MaskRCNN, config: TrainConfig, model_spec: ModelSpec, dataset: CocoDataset, ids: list[int]
+) -> EvaluationReport:
+    """Score the current weights on the validation images through the Detector path (CPU)."""
+    import copy
+
+    from ..evaluate.run import evaluate_detector
+    from ..export.core import CoreMaskRCNN
+    from ..runtime.detector import Detector
+
+    snapshot = copy.deepcopy(model).cpu().eval()
+    core = CoreMaskRCNN(snapshot, config.input_size, config.max_detections)
+    detector = Detector.from_core(core, model_spec, config.preprocess())
+    report, _ = evaluate_detector(detector, dataset, ids, score_threshold=config.score_threshold)
+    return report
+
+
+def _save(
+    path: Path,
+    model: MaskRCNN,
+    config: TrainConfig,
+    model_spec: ModelSpec,
+    extra: dict[str, Any],
+) -> None:
+    from ..export.models import save_checkpoint
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_checkpoint(
+        tmp,
+        model,
+        model_spec,
+        config.preprocess(),
+        extra={"train": extra},
+        model_kwargs=config.builder_options(),
+    )
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = None) -> TrainResult:
+    """Fine-tune a Mask R-CNN as ``config`` says; returns where the checkpoints are."""
+    import torch
+
+    from ..data.coco import load_coco
+    from .augment import AugmentConfig, sample_crop
+    from .data import cache_dataset
+
+    hooks = hooks or Hooks()
+    config.validate()
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    start_state: dict[str, Any] | None = None
+    if resume:
+        if not last_path.is_file():
+            raise CrystalRtError("nothing to resume: no last.pt", path=out)
+        payload = torch.load(last_path, map_location="cpu", weights_only=True)
+        start_state = payload.get("train")
+        if not isinstance(start_state, dict):
+            raise CrystalRtError("last.pt has no training state to resume from", path=last_path)
+        saved = dict(start_state["config"])
+        saved["tile_grid"] = tuple(saved["tile_grid"])
+        saved["iterations"] = config.iterations  # resuming may extend the run
+        config = TrainConfig(**saved)
+
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device(config.device)
+    dataset = load_coco(config.data, config.images)
+    if not len(dataset):
+        raise InvalidDataset("the dataset has no images", path=config.data)
+    if config.val_data:
+        train_set, train_ids = dataset, [im.id for im in dataset.images]
+        val_set = load_coco(config.val_data, config.val_images)
+        val_ids = [im.id for im in val_set.images]
+    else:
+        train_set, val_set = dataset, dataset
+        train_ids, val_ids = split_ids(dataset, config.val_fraction, config.seed)
+    class_names = train_set.class_names
+    model_spec = ModelSpec(
+        arch=config.arch,
+        num_classes=len(class_names) + 1,
+        class_names=("__background__", *class_names),
+        max_detections=config.max_detections,
+        score_threshold=config.score_threshold,
+    )
+    model, norm = build_model(config, model_spec.num_classes, hooks)
+    if start_state is not None:
+        model.load_state_dict(payload["state_dict"], strict=False)
+    model.to(device)
+    model.transform.min_size = (config.crop_size,)
+    model.transform.max_size = config.crop_size
+
+    hooks.on_message(
+        f"{len(train_ids)} training and {len(val_ids)} validation images; classes: {', '.join(class_names)}; "
+        f"{config.arch} at {config.input_size} px, CLAHE {'on' if config.clahe else 'off'}, norm {norm}, "
+        f"device {device}"
+    )
+    cached: list[CachedImage] = cache_dataset(
+        train_set, train_ids, config.preprocess(), on_image=hooks.on_cache(len(train_ids))
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    rng = np.random.default_rng(config.seed)
+    start, best_map50, history = 0, -1.0, []
+    if start_state is not None:
+        optimizer.load_state_dict(start_state["optimizer"])
+        scheduler.load_state_dict(start_state["scheduler"])
+        start = int(start_state["iteration"])
+        best_map50 = float(start_state.get("best_map50", -1.0))
+        rng = np.random.default_rng([config.seed, start])
+    augment = AugmentConfig(crop_size=config.crop_size)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    log = (out / "log.jsonl").open("a")
+
+    def state(iteration: int) -> dict[str, Any]:
+        return {
+            "iteration": iteration,
+            "config": asdict(config),
+            "norm": norm,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best_map50": best_map50,
+        }
+
+    t0 = time.perf_counter()
+    hooks.on_start(start, config.iterations)
+    final: dict[str, Any] = {}
+    model.train()
+    try:
+        for iteration in range(start + 1, config.iterations + 1):
+            picks = rng.integers(0, len(cached), config.batch_size)
+            batch = [sample_crop(rng, cached[int(i)], augment) for i in picks]
+            images, targets = _to_targets(batch, device)
+            losses = model(images, targets)
+            total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()  # type: ignore[union-attr]
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            optimizer.step()
+            scheduler.step()
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            values["loss"] = float(total.detach())  # type: ignore[union-attr]
+            values["lr"] = float(optimizer.param_groups[0]["lr"])
+            if not all(math.isfinite(v) for v in values.values()):
+                raise CrystalRtError(
+                    f"the loss became {values['loss']} at iteration {iteration}; lower --lr and --resume"
+                )
+            hooks.on_step(iteration, values)
+            if iteration % config.log_every == 0:
+                log.write(json.dumps({"iteration": iteration, **values}) + "\n")
+                log.flush()
+            last = iteration == config.iterations
+            if iteration % config.val_every == 0 or last:
+                metrics: dict[str, Any] = {"iteration": iteration}
+                if val_ids:
+                    report = validate(model, config, model_spec, val_set, val_ids)
+                    model.train()
+                    metrics.update({k: report.to_dict()[k] for k in ("map50", "map65", "coco_segm_ap")})
+                    metrics.update({k: report.to_dict()[k] for k in ("precision", "recall")})
+                    score = metrics["map50"] if metrics["map50"] is not None else -1.0
+                else:
+                    score = float(iteration)  # no validation set: the latest is the best
+                improved = score > best_map50
+                if improved:
+                    best_map50 = score
+                metrics["best"] = improved
+                history.append(metrics)
+                log.write(json.dumps({"validation": metrics}) + "\n")
+                log.flush()
+                hooks.on_validation(iteration, metrics)
+                _save(last_path, model, config, model_spec, state(iteration))
+                if improved:
+                    _save(best_path, model, config, model_spec, {**state(iteration), "optimizer": {}})
+                final = metrics
+    finally:
+        log.close()
+    return TrainResult(
+        output=out,
+        best=best_path,
+        last=last_path,
+        iterations=config.iterations,
+        best_map50=best_map50,
+        final=final,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,141 @@
+"""Training end to end on a tiny synthetic set: checkpoints export, resume continues, evaluate scores.
+
+Small crops, a handful of steps: this checks the plumbing (data cache, crops, heads, validation,
+checkpoint format, resume), not accuracy; benchmarks/clahe_ablation.py and the demo model's
+script measure accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from crystal_rt.data.synth_writer import SynthOptions, write_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    return write_synthetic(root, SynthOptions(count=5, seed=3, size=(192, 224), max_crystals=5))
+
+
+def _config(data: Path, out: Path, **overrides: object) -> object:
+    from crystal_rt.train.loop import TrainConfig
+
+    options: dict[str, object] = {
+        "data": str(data),
+        "images": None,
+        "output": str(out),
+        "input_size": 128,
+        "crop_size": 64,
+        "batch_size": 2,
+        "iterations": 3,
+        "val_every": 2,
+        "val_fraction": 0.2,
+        "slim": True,
+        "warmup": 1,
+        "threads": 2,
+    }
+    options.update(overrides)
+    return TrainConfig(**options)  # type: ignore[arg-type]
+
+
+def test_sample_crop_keeps_visible_instances(dataset: Path) -> None:
+    from crystal_rt.data.coco import load_coco
+    from crystal_rt.spec import PreprocessSpec
+    from crystal_rt.train.augment import AugmentConfig, sample_crop
+    from crystal_rt.train.data import cache_image
+
+    data = load_coco(dataset)
+    item = cache_image(data, data.images[0].id, PreprocessSpec(input_size=128))
+    assert item.pixels.dtype == np.float16 and max(item.shape) == 128
+    assert len(item.rles) == len(item.labels) == len(item.areas) > 0
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        sample = sample_crop(rng, item, AugmentConfig(crop_size=64))
+        assert sample.image.shape == (3, 64, 64) and sample.image.dtype == np.float32
+        assert 0.0 <= sample.image.min() and sample.image.max() <= 1.0
+        assert sample.masks.shape == (len(sample.boxes), 64, 64)
+        for box, mask in zip(sample.boxes, sample.masks, strict=True):
+            ys, xs = np.nonzero(mask)
+            assert (box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).all()
+
+
+def test_train_checkpoint_resume_export_evaluate(dataset: Path, tmp_path: Path) -> None:
+    from crystal_rt.cli.main import main
+    from crystal_rt.export.models import load_checkpoint
+    from crystal_rt.train.loop import Hooks, train
+
+    seen: list[int] = []
+    validations: list[dict[str, object]] = []
+    hooks = Hooks(on_step=lambda i, losses: seen.append(i), on_validation=lambda i, m: validations.append(m))
+    result = train(_config(dataset, tmp_path / "run"), hooks=hooks)  # type: ignore[arg-type]
+    assert seen == [1, 2, 3] and [v["iteration"] for v in validations] == [2, 3]
+    assert result.best.is_file() and result.last.is_file()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert sum("validation" in line for line in log) == 2
+
+    loaded = load_checkpoint(result.best)  # what `crystal-rt export` reads
+    assert loaded.model_spec.class_names == ("__background__", "crystal")
+    assert loaded.preprocess.input_size == 128 and loaded.model_kwargs["fpn_channels"] == 128
+
+    resumed = train(_config(dataset, tmp_path / "run", iterations=4), resume=True, hooks=Hooks())
+    assert resumed.iterations == 4
+    state = torch.load(result.last, map_location="cpu", weights_only=True)
+    assert state["train"]["iteration"] == 4
+
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", str(result.best), "--data", str(dataset), "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    for key in ("map50", "map65", "coco_segm_ap", "coco_bbox_ap", "precision", "recall", "classes"):
+        assert key in data
+    assert data["num_images"] == 5
+
+
+def test_resume_without_a_run_is_a_clear_error(dataset: Path, tmp_path: Path) -> None:
+    from crystal_rt.errors import CrystalRtError
+    from crystal_rt.train.loop import train
+
+    with pytest.raises(CrystalRtError, match="nothing to resume"):
+        train(_config(dataset, tmp_path / "none"), resume=True)  # type: ignore[arg-type]
+
+
+def test_bad_config_is_refused(dataset: Path, tmp_path: Path) -> None:
+    from crystal_rt.errors import CrystalRtError
+    from crystal_rt.train.loop import train
+
+    with pytest.raises(CrystalRtError, match="--crop-size"):
+        train(_config(dataset, tmp_path / "x", crop_size=512))  # type: ignore[arg-type]
+
+
+def test_initial_weights_fit_or_are_refused(tmp_path: Path) -> None:
+    from crystal_rt.errors import InvalidModel
+    from crystal_rt.export.models import build_maskrcnn
+    from crystal_rt.train.weights import load_initial_weights
+
+    # An ImageNet-style ResNet-18 state_dict (backbone keys without a prefix) fits the backbone.
+    from torchvision.models import resnet18
+
+    backbone = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), backbone)
+    model = build_maskrcnn("maskrcnn_resnet18_fpn", 2)
+    report = load_initial_weights(model, backbone)
+    assert report.backbone_only and report.loaded >= 60 and report.skipped == 2  # fc.weight, fc.bias
+
+    # A detection model with another class count: everything but the class-specific heads fits.
+    other = tmp_path / "three_classes.pth"
+    torch.save(build_maskrcnn("maskrcnn_resnet18_fpn", 3).state_dict(), other)
+    report = load_initial_weights(model, other)
+    assert not report.backbone_only and report.skipped == 6  # cls_score, bbox_pred, mask logits (w, b)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(InvalidModel, match="cannot load"):
+        load_initial_weights(model, garbage)
+    with pytest.raises(InvalidModel, match="fit"):
+        torch.save({"a.weight": torch.zeros(3)}, tmp_path / "tiny.pth")
+        load_initial_weights(model, tmp_path / "tiny.pth")
