@@ -59,7 +59,7 @@ def test_sample_crop_keeps_visible_instances(dataset: Path) -> None:
     for _ in range(10):
         sample = sample_crop(rng, item, AugmentConfig(crop_size=64))
         assert sample.image.shape == (3, 64, 64) and sample.image.dtype == np.float32
-        assert 0.0 <= sample.image.min() and sample.image.max() <= 1.0
+        assert sample.image.min() >= 0.0 and sample.image.max() <= 1.0
         assert sample.masks.shape == (len(sample.boxes), 64, 64)
         for box, mask in zip(sample.boxes, sample.masks, strict=True):
             ys, xs = np.nonzero(mask)
@@ -114,12 +114,12 @@ def test_bad_config_is_refused(dataset: Path, tmp_path: Path) -> None:
 
 
 def test_initial_weights_fit_or_are_refused(tmp_path: Path) -> None:
+    # An ImageNet-style ResNet-18 state_dict (backbone keys without a prefix) fits the backbone.
+    from torchvision.models import resnet18
+
     from crystal_rt.errors import InvalidModel
     from crystal_rt.export.models import build_maskrcnn
     from crystal_rt.train.weights import load_initial_weights
-
-    # An ImageNet-style ResNet-18 state_dict (backbone keys without a prefix) fits the backbone.
-    from torchvision.models import resnet18
 
     backbone = tmp_path / "resnet18.pth"
     torch.save(resnet18(weights=None).state_dict(), backbone)

@@ -22,6 +22,10 @@ COMMANDS = {
     "detect": "detect",
     "compare": "compare",
     "inspect": "inspect",
+    "convert": "convert",
+    "synth": "synth",
+    "train": "train",
+    "evaluate": "evaluate",
 }
 
 
