@@ -130,6 +130,22 @@ def test_hand_computed_ap_with_a_false_positive_in_between() -> None:
     assert report.recall == pytest.approx(1.0)
 
 
+def test_best_f1_threshold() -> None:
+    # Same case: keeping >= .9 gives P 1, R 1/2 (F1 2/3); >= .8 gives P 1/2, R 1/2 (F1 1/2);
+    # >= .7 gives P 2/3, R 1 (F1 0.8): the best threshold is 0.7.
+    truths = [_truth(1, [A, B])]
+    preds = [_result([_pred(A, 0.9), _pred(FP, 0.8), _pred(B, 0.7)])]
+    best = evaluate(truths, preds, NAMES).best_f1
+    assert best["score_threshold"] == pytest.approx(0.7)
+    assert best["f1"] == pytest.approx(0.8)
+    assert (best["precision"], best["recall"]) == pytest.approx((2 / 3, 1.0))
+    # Ties: two predictions with the same score are kept or dropped together.
+    preds = [_result([_pred(A, 0.9), _pred(FP, 0.9)])]
+    best = evaluate(truths, preds, NAMES).best_f1
+    assert best["precision"] == pytest.approx(0.5) and best["recall"] == pytest.approx(0.5)
+    assert evaluate(truths, [_result([])], NAMES).best_f1 == {}
+
+
 def test_prediction_order_does_not_matter() -> None:
     truths = [_truth(1, [A, B])]
     shuffled = [_result([_pred(B, 0.7), _pred(A, 0.9), _pred(FP, 0.8)])]

@@ -134,7 +134,7 @@ def test_initial_weights_fit_or_are_refused(tmp_path: Path) -> None:
     assert not report.backbone_only and report.skipped == 6  # cls_score, bbox_pred, mask logits (w, b)
     garbage = tmp_path / "garbage.pth"
     garbage.write_text("not a checkpoint")
-    with pytest.raises(InvalidModel, match="cannot load"):
+    with pytest.raises(InvalidModel, match="not a PyTorch checkpoint"):
         load_initial_weights(model, garbage)
     with pytest.raises(InvalidModel, match="fit"):
         torch.save({"a.weight": torch.zeros(3)}, tmp_path / "tiny.pth")

@@ -61,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("[bold]all[/]", *(_fmt(data.get(k)) for k in keys))
     console.print(table)
     info(f"precision/recall at score >= {report.score_threshold:g}, mask IoU >= 0.5")
+    best = report.best_f1
+    if best:
+        info(
+            f"best F1 {best['f1']:.3f} at score >= {best['score_threshold']:.3f} "
+            f"(precision {best['precision']:.3f}, recall {best['recall']:.3f}); "
+            "crystal-rt export --score-threshold sets a model's operating threshold"
+        )
     if args.json:
         atomic_write_bytes(args.json, json.dumps(data, indent=2).encode())
         info(f"wrote {args.json}")

@@ -22,6 +22,12 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-detections", type=int, help="fixed number K of output rows (default 100)")
     p.add_argument(
+        "--score-threshold",
+        type=float,
+        help="operating threshold stored in the model (default: the checkpoint's, else 0.5; "
+        "crystal-rt evaluate reports the one with the best F1)",
+    )
+    p.add_argument(
         "--no-clahe", action="store_true", help="for a plain state_dict: the model was trained without CLAHE"
     )
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
@@ -36,6 +42,7 @@ def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
         "class_names": [s.strip() for s in args.class_names.split(",")] if args.class_names else None,
         "input_size": args.input_size,
         "max_detections": args.max_detections,
+        "score_threshold": args.score_threshold,
         "validate": not args.no_validate,
     }
     if args.no_clahe:

@@ -128,6 +128,8 @@ class EvaluationReport:
     score_threshold: float
     pr_curves: dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]
     iou_thresholds: tuple[float, float] = (0.5, 0.65)
+    # The score threshold that maximises F1 (mask IoU >= 0.5) on this data, with its numbers.
+    best_f1: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (plain floats and ints, NaN as None); PR curves are left out."""
@@ -150,6 +152,7 @@ class EvaluationReport:
             "num_predictions": int(self.num_predictions),
             "score_threshold": float(self.score_threshold),
             "iou_thresholds": [float(t) for t in self.iou_thresholds],
+            "best_f1": {key: _json_float(value) for key, value in self.best_f1.items()},
             "definitions": definitions(self.iou_thresholds, self.score_threshold),
         }
 
@@ -326,6 +329,29 @@ def _pr_curve(matches: Sequence[_ImageMatches], t: float, label: int | None) -> 
     return cum / num_truth, cum / np.arange(1, cum.size + 1)
 
 
+def best_f1(matches: Sequence[_ImageMatches]) -> dict[str, float]:
+    """The score threshold with the highest F1 at the operating IoU, pooled over all images."""
+    scores = np.concatenate([m.scores for m in matches]) if matches else np.zeros(0)
+    hits = np.concatenate([m.tp[OPERATING_IOU] for m in matches]) if matches else np.zeros(0, bool)
+    num_truth = sum(m.truth_labels.size for m in matches)
+    if scores.size == 0 or num_truth == 0:
+        return {}
+    order = np.argsort(-scores, kind="stable")
+    scores, tp = scores[order], np.cumsum(hits[order], dtype=np.float64)
+    last = np.r_[scores[1:] != scores[:-1], True]  # a threshold keeps every tie
+    precision = tp / np.arange(1, tp.size + 1)
+    recall = tp / num_truth
+    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    f1 = np.where(last, f1, -1.0)
+    i = int(np.argmax(f1))
+    return {
+        "score_threshold": float(scores[i]),
+        "precision": float(precision[i]),
+        "recall": float(recall[i]),
+        "f1": float(f1[i]),
+    }
+
+
 def _coco_ap(
     truths: Sequence[ImageTruth], predictions: Sequence[DetectionResult], num_classes: int
 ) -> dict[str, tuple[float, dict[int, float]]]:
@@ -495,6 +521,7 @@ def evaluate(
         score_threshold=float(score_threshold),
         pr_curves=pr_curves,
         iou_thresholds=(t50, t65),
+        best_f1=best_f1(matches),
     )
 
 

@@ -21,6 +21,7 @@ def export_checkpoint(
     max_detections: int | None = None,
     preprocess: PreprocessSpec | None = None,
     validate: bool = True,
+    score_threshold: float | None = None,
 ) -> ExportResult:
     """Load ``checkpoint`` (ours, or a torchvision state_dict with ``arch``) and export it."""
     require("torchvision", "Exporting a model")
@@ -33,6 +34,7 @@ def export_checkpoint(
         class_names=class_names,
         preprocess=preprocess,
         max_detections=max_detections,
+        score_threshold=score_threshold,
     )
     return export_core_onnx(
         loaded, Path(output), input_size=input_size, max_detections=max_detections, validate=validate

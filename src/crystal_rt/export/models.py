@@ -183,6 +183,22 @@ def save_checkpoint(
     return path
 
 
+def read_torch_file(path: Path, what: str) -> Any:
+    """``torch.load`` with ``weights_only=True`` (no pickled code), with one clear error."""
+    import torch
+
+    if not path.is_file():
+        raise InvalidModel(f"{what} not found", path=path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a non-checkpoint file
+        raise InvalidModel(
+            f"not a PyTorch checkpoint that can be loaded safely ({type(exc).__name__}); "
+            "save a state_dict or a crystal-rt checkpoint, not a pickled model",
+            path=path,
+        ) from exc
+
+
 def _infer_num_classes(state_dict: dict[str, Any]) -> int | None:
     weight = state_dict.get("roi_heads.box_predictor.cls_score.weight")
     return None if weight is None else int(weight.shape[0])
@@ -196,24 +212,14 @@ def load_checkpoint(
     class_names: list[str] | None = None,
     preprocess: PreprocessSpec | None = None,
     max_detections: int | None = None,
+    score_threshold: float | None = None,
 ) -> LoadedModel:
     """Load our checkpoint format or a plain torchvision state_dict (then ``arch`` is required).
 
     Arguments given here override what the checkpoint stores.
     """
-    import torch
-
     path = Path(path)
-    if not path.is_file():
-        raise InvalidModel("checkpoint not found", path=path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a non-checkpoint file
-        raise InvalidModel(
-            f"not a PyTorch checkpoint that can be loaded safely ({type(exc).__name__}); "
-            "save a state_dict or a crystal-rt checkpoint, not a pickled model",
-            path=path,
-        ) from exc
+    payload = read_torch_file(path, "checkpoint")
     if not isinstance(payload, dict):
         raise InvalidModel(
             f"expected a dict (state_dict or crystal-rt checkpoint), got {type(payload).__name__}", path=path
@@ -251,7 +257,9 @@ def load_checkpoint(
         num_classes=int(num_classes),
         class_names=tuple(names) if names else (),
         max_detections=int(max_detections or stored.get("max_detections") or 100),
-        score_threshold=float(stored.get("score_threshold", 0.5)),
+        score_threshold=float(
+            score_threshold if score_threshold is not None else stored.get("score_threshold", 0.5)
+        ),
     )
     model_kwargs = dict(stored.get("model_kwargs") or {})
     model = build_maskrcnn(

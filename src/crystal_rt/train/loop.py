@@ -254,7 +254,9 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
     if resume:
         if not last_path.is_file():
             raise CrystalRtError("nothing to resume: no last.pt", path=out)
-        payload = torch.load(last_path, map_location="cpu", weights_only=True)
+        from ..export.models import read_torch_file
+
+        payload = read_torch_file(last_path, "last.pt")
         start_state = payload.get("train")
         if not isinstance(start_state, dict):
             raise CrystalRtError("last.pt has no training state to resume from", path=last_path)

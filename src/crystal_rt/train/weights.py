@@ -48,14 +48,10 @@ def load_initial_weights(model: nn.Module, path: str | os.PathLike[str]) -> Init
     """Copy every tensor of ``path`` that fits into ``model``; refuse a file where almost none fit."""
     import torch
 
+    from ..export.models import read_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise InvalidModel("initial weights file not found", path=path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a non-checkpoint file
-        raise InvalidModel(f"cannot load as a PyTorch state_dict ({type(exc).__name__})", path=path) from exc
-    source = _state_dict(payload, path)
+    source = _state_dict(read_torch_file(path, "initial weights file"), path)
     target = model.state_dict()
     backbone_only = not any(str(k).startswith(("backbone.", "rpn.", "roi_heads.")) for k in source)
     update: dict[str, Any] = {}

@@ -1,0 +1,61 @@
+"""Scoring a model over a dataset: class matching by name, every model kind opens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crystal_rt.errors import CrystalRtError, EngineNotFound, InvalidModel
+from crystal_rt.evaluate.run import _relabel, label_map, open_model
+from crystal_rt.runtime.result import DetectionResult, Instance, InstanceMask
+
+
+def _result(*labels: int) -> DetectionResult:
+    mask = InstanceMask(np.ones((2, 2), bool), 0, 0, 4, 4)
+    names = {1: "a", 2: "b"}
+    instances = [Instance(lab, names[lab], 0.9, (0.0, 0.0, 2.0, 2.0), mask) for lab in labels]
+    return DetectionResult(4, 4, instances)
+
+
+def test_label_map_by_name() -> None:
+    assert label_map(("__background__", "crystal"), ("crystal",)) == {1: 1}
+    # The model knows more classes than the dataset: those detections are dropped.
+    assert label_map(("__background__", "drop", "crystal"), ("crystal",)) == {2: 1}
+    with pytest.raises(CrystalRtError, match="no class 'precipitate'"):
+        label_map(("__background__", "crystal"), ("crystal", "precipitate"))
+
+
+def test_relabel_drops_unknown_and_renumbers() -> None:
+    result = _relabel(_result(1, 2, 2), {2: 1})
+    assert [inst.label for inst in result.instances] == [1, 1]
+    same = _result(1)
+    assert _relabel(same, {1: 1}) is same
+
+
+def test_open_model_errors(tmp_path: Path) -> None:
+    with pytest.raises(InvalidModel, match="model file not found"):
+        open_model(tmp_path / "missing.onnx")
+    with pytest.raises(InvalidModel, match="checkpoint not found"):
+        open_model(tmp_path / "missing.pt")
+    with pytest.raises(EngineNotFound):
+        open_model(tmp_path)
+
+
+def test_every_model_kind_scores_the_same(tiny: object, tmp_path: Path) -> None:
+    """Checkpoint (PyTorch), core ONNX and built engine give the same report on the same drops."""
+    from crystal_rt.data.coco import load_coco
+    from crystal_rt.data.synth_writer import SynthOptions, write_synthetic
+    from crystal_rt.evaluate.run import evaluate_detector
+
+    data = load_coco(write_synthetic(tmp_path, SynthOptions(count=2, seed=5, size=(256, 320))))
+    reports = []
+    for model in (tiny.checkpoint, tiny.onnx, tiny.engine_dir):  # type: ignore[attr-defined]
+        with open_model(model) as detector:
+            report, results = evaluate_detector(detector, data, score_threshold=0.05)
+        assert len(results) == 2 and report.num_images == 2
+        reports.append(report.to_dict())
+    for other in reports[1:]:
+        for key in ("map50", "map65", "precision", "recall", "num_predictions"):
+            assert other[key] == pytest.approx(reports[0][key], abs=0.02), key
