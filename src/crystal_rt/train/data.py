@@ -7,6 +7,7 @@ see at inference. Masks are resized with area interpolation and kept as COCO RLE
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,7 +44,9 @@ class CachedImage:
         h, w = self.shape
         if not self.rles:
             return np.zeros((0, h, w), np.uint8)
-        decoded = mask_utils.decode(self.rles)  # (H, W, N)
+        with warnings.catch_warnings():  # pycocotools' Cython warns under numpy 2; harmless
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decoded = mask_utils.decode(self.rles)  # (H, W, N)
         return np.ascontiguousarray(np.moveaxis(decoded, 2, 0))
 
 
