@@ -134,7 +134,7 @@ def split_ids(dataset: CocoDataset, fraction: float, seed: int) -> tuple[list[in
         return ids, []
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ids))
-    n_val = max(1, round(len(ids) * fraction))
+    n_val = min(len(ids) - 1, max(1, round(len(ids) * fraction)))  # keep one to train on
     val = sorted(ids[i] for i in order[:n_val])
     train = sorted(ids[i] for i in order[n_val:])
     return train, val
@@ -308,7 +308,7 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     rng = np.random.default_rng(config.seed)
-    start, best_map50, history = 0, -1.0, []
+    start, best_map50 = 0, -1.0
     if start_state is not None:
         optimizer.load_state_dict(start_state["optimizer"])
         scheduler.load_state_dict(start_state["scheduler"])
@@ -371,7 +371,6 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
                 if improved:
                     best_map50 = score
                 metrics["best"] = improved
-                history.append(metrics)
                 log.write(json.dumps({"validation": metrics}) + "\n")
                 log.flush()
                 hooks.on_validation(iteration, metrics)
