@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Mapping, Sequence
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -24,3 +28,27 @@ def progress() -> Progress:
 
 def info(message: str) -> None:
     err_console.print(message, highlight=False)
+
+
+def latency_table(
+    title: str,
+    rows: Sequence[tuple[str, str, Mapping[str, float]]],
+    count_header: str,
+    stages: Sequence[str],
+    *,
+    median: bool = False,
+    name_width: int | None = None,
+) -> Table:
+    """Per-image stage timings in ms: rows of (image name, count text, timings), optional median row."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("image", no_wrap=name_width is not None, overflow="ellipsis", max_width=name_width)
+    table.add_column(count_header, justify="right")
+    for stage in stages:
+        table.add_column(stage, justify="right", min_width=min(len(stage), 9), no_wrap=True)
+    for name, count, timings in rows:
+        table.add_row(name, count, *(f"{timings.get(s, 0.0):.1f}" for s in stages))
+    if median and rows:
+        table.add_row(
+            "median", "", *(f"{statistics.median(t.get(s, 0.0) for _, _, t in rows):.1f}" for s in stages)
+        )
+    return table

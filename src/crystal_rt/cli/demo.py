@@ -9,7 +9,6 @@ install and ONNX Runtime (the ``cpu`` extra): no PyTorch.
 from __future__ import annotations
 
 import argparse
-import statistics
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -70,15 +69,13 @@ def _write_drops(folder: Path, count: int, seed: int) -> tuple[list[Path], list[
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from rich.table import Table
-
     from ..evaluate.metrics import evaluate
     from ..evaluate.run import AP_SCORE_THRESHOLD
     from ..io.decode import read_image
     from ..io.writers import write_coco, write_json, write_overlay, write_points_csv
     from ..runtime.build import build_engine
     from ..runtime.detector import STAGES, Detector
-    from .console import console, info
+    from .console import console, info, latency_table
 
     if args.images < 1:
         raise CrystalRtError("--images must be at least 1")
@@ -114,22 +111,12 @@ def run(args: argparse.Namespace) -> int:
     write_coco(results, results_dir / "coco_results.json")
     write_points_csv(results, results_dir / "points.csv")
 
+    rows = [
+        (Path(r.image or "").name, f"{len(r.instances)}/{len(truth.instances)}", r.timings_ms)
+        for r, truth in zip(results, truths, strict=True)
+    ]
     stages = (*STAGES, "total")
-    table = Table(title="latency per stage (ms)", title_justify="left")
-    table.add_column("image", no_wrap=True, overflow="ellipsis", max_width=12)
-    table.add_column("found", justify="right")
-    for stage in stages:
-        table.add_column(stage, justify="right", min_width=len(stage), no_wrap=True)
-    for r, truth in zip(results, truths, strict=True):
-        table.add_row(
-            Path(r.image or "").name,
-            f"{len(r.instances)}/{len(truth.instances)}",
-            *(f"{r.timings_ms[s]:.1f}" for s in stages),
-        )
-    table.add_row(
-        "median", "", *(f"{statistics.median(r.timings_ms[s] for r in results):.1f}" for s in stages)
-    )
-    console.print(table)
+    console.print(latency_table("latency per stage (ms)", rows, "found", stages, median=True, name_width=12))
     report = evaluate(truths, scored, ("crystal",), score_threshold=detector.score_threshold)
     console.print(
         f"on these {len(paths)} generated drops: mAP@0.50 {report.map50:.3f}, mAP@0.65 {report.map65:.3f}, "

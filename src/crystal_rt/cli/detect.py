@@ -51,14 +51,13 @@ def run(args: argparse.Namespace) -> int:
     from time import perf_counter
 
     from rich.markup import escape
-    from rich.table import Table
 
     from ..errors import CrystalRtError
     from ..io.decode import list_images, read_image
     from ..io.writers import write_coco, write_json, write_overlay, write_points_csv
-    from ..runtime.detector import Detector
+    from ..runtime.detector import STAGES, Detector
     from ..runtime.result import DetectionResult
-    from .console import console, err_console, progress
+    from .console import console, err_console, latency_table, progress
 
     detector = Detector.load(args.engine, score_threshold=args.score_threshold, threads=args.threads)
     paths = list_images(args.inputs)
@@ -91,22 +90,10 @@ def run(args: argparse.Namespace) -> int:
     if "csv" in args.format:
         write_points_csv(results, out / "points.csv")
 
-    table = Table(title=f"{len(results)} image(s) -> {out}", title_justify="left")
-    for col in ("image", "instances", "decode", "clahe", "letterbox", "engine", "paste", "total ms"):
-        table.add_column(
-            col,
-            justify="left" if col == "image" else "right",
-            min_width=min(len(col), 9),
-            no_wrap=col != "image",
-        )
-    for r in results:
-        t = r.timings_ms
-        table.add_row(
-            Path(r.image or "").name,
-            str(len(r.instances)),
-            *(f"{t.get(k, 0.0):.1f}" for k in ("decode", "clahe", "letterbox", "engine", "paste", "total")),
-        )
-    console.print(table)
+    rows = [(Path(r.image or "").name, str(len(r.instances)), r.timings_ms) for r in results]
+    console.print(
+        latency_table(f"{len(results)} image(s) -> {out} (ms)", rows, "instances", (*STAGES, "total"))
+    )
     if failed:
         err_console.print(f"[red]{len(failed)} of {len(paths)} image(s) could not be read[/]")
         return 1

@@ -54,6 +54,9 @@ class ImageRecord:
     width: int
     height: int
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "file_name": self.file_name, "width": self.width, "height": self.height}
+
 
 # ---------------------------------------------------------------------------------------------
 # Field checks shared by the readers
@@ -412,10 +415,7 @@ class CocoDataset:
     def to_dict(self) -> dict[str, Any]:
         return {
             **self._extra,
-            "images": [
-                {"id": im.id, "file_name": im.file_name, "width": im.width, "height": im.height}
-                for im in self.images
-            ],
+            "images": [im.to_dict() for im in self.images],
             "annotations": [dict(ann) for ann in self._annotations],
             "categories": [{"id": c.id, "name": c.name} for c in self.categories],
         }
@@ -614,10 +614,7 @@ class CocoBuilder:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "images": [
-                {"id": im.id, "file_name": im.file_name, "width": im.width, "height": im.height}
-                for im in self._images.values()
-            ],
+            "images": [im.to_dict() for im in self._images.values()],
             "annotations": list(self._annotations),
             "categories": [{"id": cat_id, "name": name} for name, cat_id in self._categories.items()],
         }

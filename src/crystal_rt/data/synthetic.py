@@ -11,7 +11,8 @@ of focus, some overlapping. A crystal's mask is its exact projected silhouette m
 later crystal covers; instances left with less than half their area are dropped.
 
 Gray or RGB (a warm light tint), 8- or 16-bit, any size (``random_size`` draws from 512 to
-2532x2028). The same seed gives the same image and masks on every machine.
+2532x2028; ``synth_writer`` picks sizes and formats for ``crystal-rt synth``). The same seed
+gives the same image and masks on every machine.
 """
 
 from __future__ import annotations
@@ -193,7 +194,10 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _illumination(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Uneven backlight: tilted gradient x vignetting x a soft blotch; dark side 0.25..0.6."""
+    """Uneven backlight: tilted gradient x vignetting x a soft blotch.
+
+    Over seeds 0-199 the darkest point gets 0.16-0.60 (median 0.24) of the brightest point's light.
+    """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     u, v = xx / width - 0.5, yy / height - 0.5
     angle = rng.uniform(0, 2 * np.pi)
@@ -427,12 +431,3 @@ def make_drop(
         habits=[habit_list[i] for i in keep],
         out_of_focus=[blurred[i] for i in keep],
     )
-
-
-def random_drop(seed: int, max_crystals: int = 12) -> SyntheticDrop:
-    """A drop with a random size (512 .. 2532x2028), gray or RGB, 8- or 16-bit, from ``seed``."""
-    rng = np.random.default_rng([seed, 7919])
-    height, width = random_size(rng)
-    rgb = bool(rng.random() < 0.5)
-    bit_depth = 16 if rng.random() < 0.2 else 8
-    return make_drop(seed, height, width, max_crystals, rgb=rgb, bit_depth=bit_depth)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CrystalRtError, InvalidModel
+from ..runtime.artifacts import MANIFEST_SUFFIX
 
 if TYPE_CHECKING:
     from ..data.coco import CocoDataset
@@ -28,7 +29,7 @@ def open_model(model: str | os.PathLike[str], *, threads: int | None = None) -> 
     path = Path(model)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         return Detector.from_checkpoint(path)
-    if path.suffix.lower() == ".onnx" and not Path(str(path)[: -len(".onnx")] + ".manifest.json").exists():
+    if path.suffix.lower() == ".onnx" and not path.with_suffix(MANIFEST_SUFFIX).exists():
         if not path.is_file():
             raise InvalidModel("model file not found", path=path)
         return Detector.from_onnx(path, threads=threads)
@@ -66,11 +67,10 @@ def evaluate_detector(
     ids = list(image_ids) if image_ids is not None else [im.id for im in dataset.images]
     remap = label_map(detector.model.class_names, dataset.class_names)
     results = [_relabel(r, remap) for r in detect_dataset(detector, dataset, ids, on_image=on_image)]
-    records = {im.id: im for im in dataset.images}
     truths = []
     for image_id in ids:
         masks, labels, crowd = dataset.masks(image_id)
-        truths.append(truth_from_masks(image_id, records[image_id].file_name, masks, labels, crowd))
+        truths.append(truth_from_masks(image_id, dataset.image(image_id).file_name, masks, labels, crowd))
     threshold = detector.score_threshold if score_threshold is None else score_threshold
     report = evaluate(truths, results, dataset.class_names, score_threshold=threshold)
     return report, results

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..io.decode import read_image
-from ..runtime.preprocess import apply_clahe, letterbox_size
+from ..runtime.preprocess import apply_clahe, letterbox, letterbox_size
 from ..spec import PreprocessSpec
 
 if TYPE_CHECKING:
@@ -53,12 +53,12 @@ class CachedImage:
 def prepare_image(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, float]:
     """CLAHE (per spec) then resize by the letterbox scale: float16 [0, 1], and the scale."""
     enhanced = apply_clahe(pixels, spec)
+    canvas, scale = letterbox(enhanced, spec.input_size)  # the engine's own resize
     height, width = enhanced.shape[:2]
-    scale, new_w, new_h = letterbox_size(height, width, spec.input_size)
-    if (new_w, new_h) != (width, height):
-        enhanced = cv2.resize(enhanced, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    top = 65535.0 if enhanced.dtype == np.uint16 else 255.0
-    return (enhanced.astype(np.float32) / np.float32(top)).astype(np.float16), scale
+    _, new_w, new_h = letterbox_size(height, width, spec.input_size)
+    content = canvas[:new_h, :new_w]
+    top = 65535.0 if content.dtype == np.uint16 else 255.0
+    return (content.astype(np.float32) / np.float32(top)).astype(np.float16), scale
 
 
 def cache_image(dataset: CocoDataset, image_id: int, spec: PreprocessSpec) -> CachedImage:

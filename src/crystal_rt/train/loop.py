@@ -362,8 +362,9 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
                 if val_ids:
                     report = validate(model, config, model_spec, val_set, val_ids)
                     model.train()
-                    metrics.update({k: report.to_dict()[k] for k in ("map50", "map65", "coco_segm_ap")})
-                    metrics.update({k: report.to_dict()[k] for k in ("precision", "recall")})
+                    summary = report.to_dict()
+                    keys = ("map50", "map65", "coco_segm_ap", "precision", "recall")
+                    metrics.update({k: summary[k] for k in keys})
                     score = metrics["map50"] if metrics["map50"] is not None else -1.0
                 else:
                     score = float(iteration)  # no validation set: the latest is the best
