@@ -72,3 +72,7 @@ class BackendUnavailable(CrystalRtError):
 
 class InvalidDataset(CrystalRtError):
     """An annotation file (COCO, Labelme, mask folder) that is malformed; the message names the field."""
+
+
+class CalibrationError(CrystalRtError):
+    """Calibration cannot run (too few usable images) or its graph loses too much accuracy."""

@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .calibrate import add_calibration_options
 from .export import add_checkpoint_options, checkpoint_options
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "build-engine",
-        help="build an engine for this machine (ONNX Runtime; TensorRT is not built yet)",
+        help="build an engine for this machine (ONNX Runtime FP32 or INT8; TensorRT is not built yet)",
         description=__doc__ + " MODEL is a core ONNX (no torch needed) or a checkpoint "
         "(exported first; needs the export extra).",
     )
@@ -29,14 +30,30 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument("--name", help="engine name (default: the model file's name)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    calib = p.add_argument_group(
+        "INT8 calibration (--precision int8 from an FP32 model; options as in crystal-rt calibrate)"
+    )
+    calib.add_argument("--calib", type=Path, metavar="DIR", help="folder of typical images to calibrate on")
+    add_calibration_options(calib)
     add_checkpoint_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import CrystalRtError
     from ..runtime.build import build_engine
     from .console import console, err_console, info
 
+    calib_options = {
+        "num_images": args.num_images,
+        "seed": args.seed,
+        "val": args.val,
+        "held_out": args.held_out,
+        "max_map_drop": args.max_map_drop,
+        "force": args.force,
+    }
+    if args.calib is not None and args.precision != "int8":
+        raise CrystalRtError(f"--calib calibrates for --precision int8, not {args.precision}")
     with err_console.status(f"building an engine from {args.model} ..."):
         manifest = build_engine(
             args.model,
@@ -46,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
             name=args.name,
             threads=args.threads,
             export_options=checkpoint_options(args),
+            calib=args.calib,
+            calib_options=calib_options,
             log=info,
         )
     console.print(

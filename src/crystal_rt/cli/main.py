@@ -18,6 +18,7 @@ from ..errors import CrystalRtError
 COMMANDS = {
     "demo": "demo",
     "export": "export",
+    "calibrate": "calibrate",
     "build-engine": "build_engine",
     "detect": "detect",
     "compare": "compare",

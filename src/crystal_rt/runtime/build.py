@@ -12,13 +12,17 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._lazy import require
 from .._version import __version__
 from ..errors import BackendUnavailable, CrystalRtError, InvalidModel
 from .artifacts import Manifest, sha256_file
+
+if TYPE_CHECKING:
+    from ..calibration.metadata import CalibrationInfo
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -44,6 +48,8 @@ def build_engine(
     name: str | None = None,
     threads: int | None = None,
     export_options: dict[str, Any] | None = None,
+    calib: str | os.PathLike[str] | None = None,
+    calib_options: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Build an engine for this machine and return its manifest (already written to ``output_dir``).
@@ -51,6 +57,11 @@ def build_engine(
     ``model`` is a core ONNX (no torch needed) or a checkpoint, exported first (needs the export
     extra; ``export_options`` go to ``crystal-rt export``'s options: arch, num_classes, input_size,
     max_detections, validate).
+
+    ``precision="int8"`` on ONNX Runtime needs a graph from ``crystal-rt calibrate`` (target
+    onnxruntime), or ``calib``, a folder of images to calibrate on first (``calib_options`` go to
+    :func:`crystal_rt.calibration.api.calibrate`: num_images, seed, val, held_out, max_map_drop,
+    force, on_step, on_image).
     """
     say = log or (lambda _msg: None)
     src = Path(model)
@@ -82,6 +93,16 @@ def build_engine(
             say(f"exporting {src} to the core ONNX")
             source = out / f"{stem}.core.onnx"
             export_checkpoint(src, source, **(export_options or {}))
+        if precision == "int8" and calib is not None:
+            from ..calibration.api import calibrate
+
+            calibrated = out / f"{stem}.int8.onnx"
+            say(f"calibrating {source.name} for ONNX Runtime INT8 on {calib}")
+            calibrate(
+                source, calib, calibrated, precision="int8", target="onnxruntime", threads=threads,
+                log=say, **(calib_options or {}),
+            )  # fmt: skip
+            source = calibrated
         return _build_onnxruntime(source, out, stem, precision, threads, Path(tmp), say)
 
 
@@ -102,11 +123,7 @@ def _build_onnxruntime(
         raise BackendUnavailable(
             "fp16 runs on GPUs only (TensorRT or ONNX Runtime's CUDA EP); use --precision fp32 on the CPU"
         )
-    if precision == "int8":
-        raise BackendUnavailable(
-            "int8 for ONNX Runtime needs a calibrated graph, which this version "
-            "cannot make yet; use --precision fp32"
-        )
+    calibration = _check_calibration(source, precision, threads)
     say(f"optimising {source.name} with ONNX Runtime {ort.__version__} for this CPU")
     staged = tmp / f"{name}.onnx"
     opts = session_options(threads, optimization="all")
@@ -139,8 +156,43 @@ def _build_onnxruntime(
         crystal_rt_version=__version__,
         build_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         machine=platform.machine(),
-        build_options={"graph_optimization_level": "all", "providers": ["CPUExecutionProvider"]},
+        build_options={
+            "graph_optimization_level": "all",
+            "providers": ["CPUExecutionProvider"],
+            **({"calibration": asdict(calibration)} if calibration else {}),
+        },
     )
     manifest.write(out)
     say(f"wrote {engine} and {manifest.path}")
     return manifest
+
+
+def _check_calibration(source: Path, precision: str, threads: int | None) -> CalibrationInfo | None:
+    """The graph's calibration record, refusing a graph that is not for ONNX Runtime at ``precision``."""
+    from ..calibration.metadata import read_calibration
+    from .backends.onnxruntime import create_session, session_options
+
+    session = create_session(source, session_options(threads, optimization="disable"))
+    info = read_calibration(session.get_modelmeta().custom_metadata_map, source)
+    del session
+    if precision == "int8":
+        if info is None:
+            raise BackendUnavailable(
+                "INT8 needs a calibrated graph: pass --calib DIR (a folder of typical images) or build "
+                "from the output of crystal-rt calibrate",
+                path=source,
+            )
+        if info.precision != "int8" or info.target != "onnxruntime":
+            raise BackendUnavailable(
+                f"this is a {info.precision} graph made for {info.target} ({info.tool}); ONNX Runtime "
+                "on the CPU needs its own INT8 graph: crystal-rt calibrate FP32.onnx --images DIR "
+                "--target onnxruntime",
+                path=source,
+            )
+    elif info is not None:
+        raise BackendUnavailable(
+            f"this graph is calibrated for {info.precision}; build it with --precision {info.precision}, "
+            "or build FP32 from the uncalibrated core ONNX",
+            path=source,
+        )
+    return info

@@ -1,0 +1,93 @@
+"""Calibration images: a seeded sample of a folder, preprocessed exactly as the engine will see them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CalibrationError, InvalidImage
+from ..io.decode import list_images, read_image
+from ..runtime.preprocess import apply_clahe, letterbox, normalize
+from ..spec import PreprocessSpec
+
+DEFAULT_NUM_IMAGES = 32
+MIN_IMAGES = 4
+
+
+@dataclass
+class CalibrationImages:
+    """``num_images`` images drawn (seeded) from ``folder``; unreadable files are skipped and counted.
+
+    Iterating yields the engine's input tensors, float32 [1, 3, S, S], through the model's own
+    PreprocessSpec (CLAHE, letterbox, normalise), so calibration sees what inference sees.
+    """
+
+    folder: Path
+    spec: PreprocessSpec
+    num_images: int = DEFAULT_NUM_IMAGES
+    seed: int = 0
+    exclude: Sequence[Path] = ()
+    paths: list[Path] = field(init=False)
+    skipped: list[str] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        folder = Path(self.folder)
+        if not folder.is_dir():
+            raise CalibrationError("calibration image folder not found", path=folder)
+        if self.num_images < MIN_IMAGES:
+            raise CalibrationError(f"calibrate on at least {MIN_IMAGES} images, not {self.num_images}")
+        excluded = {p.resolve() for p in self.exclude}
+        found = [p for p in list_images([folder]) if p.resolve() not in excluded]
+        random.Random(self.seed).shuffle(found)
+        self.paths = found[: self.num_images]
+
+    def tensors(self, on_image: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+        """Each usable image's input tensor; fails when fewer than MIN_IMAGES could be read."""
+        usable = 0
+        self.skipped = []
+        for path in self.paths:
+            try:
+                pixels = read_image(path)
+            except InvalidImage as exc:
+                self.skipped.append(f"{path.name}: {exc.message}")
+                continue
+            finally:
+                if on_image is not None:
+                    on_image()
+            canvas, _ = letterbox(apply_clahe(pixels, self.spec), self.spec.input_size)
+            usable += 1
+            yield normalize(canvas, self.spec)
+        if usable < MIN_IMAGES:
+            examples = "; ".join(self.skipped[:3])
+            detail = f" ({len(self.skipped)} unreadable: {examples})" if self.skipped else ""
+            raise CalibrationError(
+                f"only {usable} usable image(s) found, calibration needs at least {MIN_IMAGES}{detail}",
+                path=self.folder,
+            )
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the sampled files' names and contents: which images calibrated a graph."""
+        digest = hashlib.sha256()
+        for path in sorted(self.paths, key=lambda p: p.name):
+            digest.update(path.name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def sample_folder(
+    folder: str | os.PathLike[str], count: int, seed: int, exclude: Sequence[Path]
+) -> list[Path]:
+    """``count`` images of ``folder`` not in ``exclude``, in a seeded order (held-out accuracy checks)."""
+    excluded = {p.resolve() for p in exclude}
+    found = [p for p in list_images([Path(folder)]) if p.resolve() not in excluded]
+    random.Random(seed + 1).shuffle(found)
+    return found[:count]
