@@ -76,3 +76,15 @@ class InvalidDataset(CrystalRtError):
 
 class CalibrationError(CrystalRtError):
     """Calibration cannot run (too few usable images) or its graph loses too much accuracy."""
+
+
+class KernelBuildError(CrystalRtError):
+    """NVRTC could not compile a kernel; ``log`` holds the compiler output."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        self.log = log
+        super().__init__(f"{message}\n{log.rstrip()}" if log.strip() else message)
+
+
+class CudaError(CrystalRtError):
+    """A CUDA driver call failed (out of memory, bad launch, ...)."""

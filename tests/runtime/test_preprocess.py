@@ -10,6 +10,16 @@ from crystal_rt.runtime.preprocess import apply_clahe, letterbox, letterbox_size
 from crystal_rt.spec import PreprocessSpec
 
 
+def _opencv_own_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """cv2.resize INTER_LINEAR with Intel IPP off (the contract: OpenCV's own code on every platform)."""
+    before = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    finally:
+        cv2.ipp.setUseIPP(before)
+
+
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
@@ -224,10 +234,7 @@ def test_letterbox_content(h: int, w: int, channels: int, dtype: type) -> None:
     assert scale == size / max(h, w)
     assert canvas.dtype == dtype
     assert canvas.shape == ((size, size) if channels == 1 else (size, size, channels))
-    if (new_w, new_h) == (w, h):
-        expected = image
-    else:
-        expected = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    expected = image if (new_w, new_h) == (w, h) else _opencv_own_resize(image, new_w, new_h)
     np.testing.assert_array_equal(canvas[:new_h, :new_w], expected)
     # The padding is black (the image has no zero pixels, so any misplacement shows up).
     assert not canvas[new_h:].any()
@@ -256,7 +263,7 @@ def test_letterbox_non_contiguous_input() -> None:
     view = base[::2, ::-1]  # non-contiguous, negative strides
     canvas, _ = letterbox(view, 128)
     _, new_w, new_h = letterbox_size(100, 300, 128)
-    expected = cv2.resize(np.ascontiguousarray(view), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    expected = _opencv_own_resize(np.ascontiguousarray(view), new_w, new_h)
     np.testing.assert_array_equal(canvas[:new_h, :new_w], expected)
 
 
@@ -333,5 +340,25 @@ def test_full_pipeline_matches_reference() -> None:
     eq = cv2.createCLAHE(clipLimit=2.5, tileGridSize=(4, 6)).apply(image)
     _, new_w, new_h = letterbox_size(173, 97, 128)
     canvas = np.zeros((128, 128), dtype=np.uint16)
-    canvas[:new_h, :new_w] = cv2.resize(eq, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    canvas[:new_h, :new_w] = _opencv_own_resize(eq, new_w, new_h)
     np.testing.assert_allclose(out, _reference_normalize(canvas, spec), rtol=0, atol=1e-5)
+
+
+def test_resize_ignores_the_threads_ipp_setting() -> None:
+    """x86 wheels send 16-bit and float resizes to Intel IPP; ours is OpenCV's own code either way."""
+    import cv2
+
+    from crystal_rt.runtime.preprocess import resize_linear
+
+    rng = np.random.default_rng(5)
+    img16 = rng.integers(0, 65536, (300, 410), dtype=np.uint16)
+    before = cv2.ipp.useIPP()
+    try:
+        cv2.ipp.setUseIPP(False)
+        own = cv2.resize(img16, (157, 115), interpolation=cv2.INTER_LINEAR)
+        cv2.ipp.setUseIPP(True)
+        with_ipp_on = resize_linear(img16, 157, 115)
+        assert cv2.ipp.useIPP()  # the caller's setting is restored
+    finally:
+        cv2.ipp.setUseIPP(before)
+    np.testing.assert_array_equal(with_ipp_on, own)

@@ -27,6 +27,7 @@ COMMANDS = {
     "synth": "synth",
     "train": "train",
     "evaluate": "evaluate",
+    "cuda": "cuda",
 }
 
 

@@ -6,17 +6,19 @@ and truncated to integers, the map is resized bilinearly (half-pixel centres, as
 ``F.interpolate(..., align_corners=False)``) to the expanded box and placed, clipped to the
 image. It is computed only inside that box and thresholded there (``prob > 0.5``): a pixel at
 exactly 0.5 is background. OpenCV's float bilinear resize and PyTorch's differ in the last bit,
-so a pixel whose probability is within ~1e-6 of 0.5 can flip between the two.
+so a pixel whose probability is within ~1e-6 of 0.5 can flip between the two. The resize is
+OpenCV's own code (``preprocess.resize_linear``, never Intel IPP), which the CUDA paste kernel
+reproduces pixel for pixel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from .backends.base import CoreOutputs
+from .preprocess import resize_linear
 from .result import Instance, InstanceMask
 
 MASK_THRESHOLD = 0.5
@@ -41,7 +43,7 @@ def paste_mask(prob: np.ndarray, box: Sequence[float], height: int, width: int) 
     xe, ye = min(ex2 + 1, width), min(ey2 + 1, height)
     if xe <= x0 or ye <= y0:
         return InstanceMask(np.zeros((0, 0), dtype=bool), 0, 0, height, width)
-    resized = cv2.resize(padded, (box_w, box_h), interpolation=cv2.INTER_LINEAR)
+    resized = resize_linear(padded, box_w, box_h)
     crop = resized[y0 - ey1 : ye - ey1, x0 - ex1 : xe - ex1] > MASK_THRESHOLD
     return InstanceMask(crop, x0, y0, height, width)
 

@@ -1,0 +1,186 @@
+"""kernels/letterbox.cu through the CPU emulator: equals normalize(letterbox(img)) on the CPU.
+
+The launch comes from :func:`crystal_rt.cuda.launch.letterbox_launch` (sizes, gains, biases), so
+the host arithmetic of the GPU path is tested too; grids are capped for emulator speed (the
+kernel strides over the canvas).
+
+Reference: the CPU letterbox, whose resize is OpenCV's own code with Intel IPP switched off
+(``preprocess.resize_linear``): what cv2 computes on ARM/Jetson. cv2's x86 default would send
+16-bit resizes to IPP, which rounds some pixels a step or two differently.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crystal_rt.cuda.launch import LETTERBOX_ARGTYPES, letterbox_launch
+from crystal_rt.runtime.preprocess import letterbox, normalize
+from crystal_rt.spec import PreprocessSpec
+
+from .harness import build_library
+
+REPO = Path(__file__).resolve().parents[2]
+LETTERBOX_CU = REPO / "src" / "crystal_rt" / "cuda" / "kernels" / "letterbox.cu"
+TOL = 1e-6
+
+_ENTRY = """
+template <class... P, class... A>
+static int run_lb(void (*k)(P...), unsigned g0, unsigned g1, unsigned b0, unsigned b1, A... a) {
+    try { emu::launch(dim3(g0, g1), dim3(b0, b1), 0, k, a...); } catch (...) { return -1; }
+    return 0;
+}
+#define LB(T, SUF)                                                                                       \\
+    extern "C" int emu_letterbox_##SUF(unsigned g0, unsigned g1, unsigned b0, unsigned b1, const T* src, \\
+        long long sp, int w, int h, int ch, int nw, int nh, int s, float g0f, float g1f, float g2f,      \\
+        float b0f, float b1f, float b2f, float* out) {                                                   \\
+        return run_lb(crt_letterbox_normalize_##SUF, g0, g1, b0, b1, src, sp, w, h, ch, nw, nh, s, g0f,  \\
+                      g1f, g2f, b0f, b1f, b2f, out);                                                     \\
+    }
+LB(uint8_t, u8)
+LB(uint16_t, u16)
+"""
+
+_GEOM = [ctypes.c_uint] * 4
+EMU_BLOCK = (16, 4, 1)
+EMU_MAX_GRID = (4, 4)
+
+
+class EmuLetterbox:
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.fns = {}
+        for suf in ("u8", "u16"):
+            fn = getattr(lib, f"emu_letterbox_{suf}")
+            fn.argtypes, fn.restype = [*_GEOM, *LETTERBOX_ARGTYPES], ctypes.c_int
+            self.fns[suf] = fn
+
+    def __call__(self, img: np.ndarray, spec: PreprocessSpec, pad_cols: int = 5) -> tuple[np.ndarray, float]:
+        h, w = img.shape[:2]
+        channels = 1 if img.ndim == 2 else 3
+        # a pitched source (extra columns of garbage) exercises the pitch argument
+        src = np.full((h, w + pad_cols, *img.shape[2:]), 123, img.dtype)
+        src[:, :w] = img
+        size = spec.input_size
+        out = np.full((1, 3, size, size), np.nan, np.float32)
+        launch, scale = letterbox_launch(
+            src.ctypes.data,
+            src.strides[0],
+            h,
+            w,
+            channels,
+            img.dtype,
+            spec,
+            out.ctypes.data,
+            block=EMU_BLOCK,
+            max_grid=EMU_MAX_GRID,
+        )
+        fn = self.fns["u8" if img.dtype == np.uint8 else "u16"]
+        rc = fn(launch.grid[0], launch.grid[1], launch.block[0], launch.block[1], *launch.args)
+        assert rc == 0
+        return out, scale
+
+
+@pytest.fixture(scope="session")
+def emu() -> EmuLetterbox:
+    return EmuLetterbox(build_library([LETTERBOX_CU], _ENTRY, "letterbox"))
+
+
+def reference(img: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, float]:
+    canvas, scale = letterbox(img, spec.input_size)
+    return normalize(canvas, spec), scale
+
+
+def random_image(rng: np.random.Generator, h: int, w: int, dtype: type, rgb: bool) -> np.ndarray:
+    top = 255 if dtype == np.uint8 else 65535
+    shape = (h, w, 3) if rgb else (h, w)
+    img = rng.integers(0, top + 1, size=shape, dtype=np.int64)
+    # add smooth structure so that interpolation weights matter (pure noise hides rounding bugs less)
+    yy, xx = np.mgrid[0:h, 0:w]
+    ramp = ((xx * 7 + yy * 3) % (top + 1)).astype(np.int64)
+    if rgb:
+        ramp = ramp[..., None]
+    return np.where(rng.random(shape) < 0.5, img, ramp).astype(dtype)
+
+
+def check(emu: EmuLetterbox, img: np.ndarray, spec: PreprocessSpec) -> None:
+    got, scale = emu(img, spec)
+    want, want_scale = reference(img, spec)
+    assert scale == want_scale
+    assert not np.isnan(got).any(), "every output element must be written"
+    diff = float(np.abs(got - want).max())
+    assert diff <= TOL, f"{img.shape} {img.dtype}: max |gpu - cpu| = {diff}"
+
+
+# (h, w, S): 1x1, tall, wide, up- and downscale, exact 2x downscale, same size, odd sizes
+SHAPES = [
+    (1, 1, 32),
+    (1, 7, 32),
+    (9, 1, 32),
+    (3, 5, 64),
+    (31, 32, 32),
+    (32, 32, 32),
+    (64, 64, 32),
+    (64, 40, 32),
+    (128, 30, 64),
+    (17, 250, 64),
+    (250, 17, 64),
+    (100, 75, 96),
+    (193, 97, 96),
+    (77, 66, 128),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16], ids=["u8", "u16"])
+@pytest.mark.parametrize("rgb", [False, True], ids=["gray", "rgb"])
+@pytest.mark.parametrize(("h", "w", "size"), SHAPES)
+def test_letterbox_matches_cpu(emu: EmuLetterbox, h: int, w: int, size: int, dtype: type, rgb: bool) -> None:
+    rng = np.random.default_rng(h * 1000 + w + size + (7 if rgb else 0))
+    check(emu, random_image(rng, h, w, dtype, rgb), PreprocessSpec(input_size=size))
+
+
+def test_letterbox_random_sizes(emu: EmuLetterbox) -> None:
+    rng = np.random.default_rng(2024)
+    for i in range(40):
+        size = int(rng.choice([32, 64, 96]))
+        h, w = (int(v) for v in rng.integers(1, 3 * size, 2))
+        dtype = np.uint16 if i % 2 else np.uint8
+        check(emu, random_image(rng, h, w, dtype, bool(i % 3 == 0)), PreprocessSpec(input_size=size))
+
+
+def test_letterbox_exact_2x_uses_area_path(emu: EmuLetterbox) -> None:
+    """cv2 switches INTER_LINEAR to its 2x2-mean "area fast" code for exact 2x: (a+b+c+d+2)>>2."""
+    rng = np.random.default_rng(5)
+    spec = PreprocessSpec(input_size=32)
+    for dtype in (np.uint8, np.uint16):
+        for h, w in ((64, 64), (64, 18), (22, 64)):
+            img = random_image(rng, h, w, dtype, False)
+            got, _ = emu(img, spec)
+            a = img.astype(np.int64)
+            area = (a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2] + 2) >> 2
+            top = 255.0 if dtype == np.uint8 else 65535.0
+            gain = np.float32(1.0 / (top * spec.std[0]))
+            bias = np.float32(-spec.mean[0] / spec.std[0])
+            want = area.astype(np.float32) * gain + bias
+            assert np.abs(got[0, 0, : h // 2, : w // 2] - want).max() <= TOL
+            check(emu, img, spec)
+
+
+def test_letterbox_custom_mean_std(emu: EmuLetterbox) -> None:
+    spec = PreprocessSpec(input_size=64, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 0.125))
+    rng = np.random.default_rng(9)
+    check(emu, random_image(rng, 45, 70, np.uint16, True), spec)
+    check(emu, random_image(rng, 45, 70, np.uint8, False), spec)
+
+
+def test_letterbox_real_images(emu: EmuLetterbox, real_images: list[Path]) -> None:
+    from crystal_rt.io.decode import read_image
+
+    spec = PreprocessSpec()  # S = 512, as the engines use
+    for path in real_images:
+        img = read_image(path)
+        check(emu, img, spec)
+        # the 16-bit path on the same content
+        check(emu, img.astype(np.uint16) * 257, spec)
