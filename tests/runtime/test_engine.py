@@ -232,3 +232,11 @@ def test_torch_reference_matches_engine(tiny):
     eng = Detector.load(tiny.engine_dir, score_threshold=0.05).detect(image, name="a")
     report = compare_results(ref, eng, score_threshold=0.05, max_detections=tiny.k)
     assert report.matched > 0 and not report.failures
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan")])
+def test_detect_rejects_a_threshold_outside_0_1(tiny, threshold: float) -> None:
+    from crystal_rt.errors import InvalidSpec
+
+    with Detector.load(tiny.engine_dir) as detector, pytest.raises(InvalidSpec, match=r"in \[0, 1\]"):
+        detector.detect(np.zeros((64, 64), np.uint8), name="x.png", score_threshold=threshold)

@@ -28,6 +28,9 @@ COMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
     "cuda": "cuda",
+    "serve": "serve",
+    "watch": "watch",
+    "export-triton": "export_triton",
 }
 
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import EngineIncompatible
+from ..errors import EngineIncompatible, InvalidSpec
 from ..io.decode import DEFAULT_MAX_PIXELS, read_image
 from ..spec import ModelSpec, PreprocessSpec, specs_from_metadata
-from .artifacts import Manifest, resolve_manifest
+from .artifacts import Manifest, resolve_manifest, sha256_file
 from .backends.base import Backend
 from .postprocess import postprocess
 from .preprocess import apply_clahe, check_image, letterbox, normalize
@@ -149,6 +149,8 @@ class Detector:
         timings["engine"] = (t4 - t3) * 1e3
         height, width = pixels.shape[:2]
         threshold = self.score_threshold if score_threshold is None else float(score_threshold)
+        if not 0.0 <= threshold <= 1.0:  # also rejects NaN
+            raise InvalidSpec(f"score_threshold must be in [0, 1], got {score_threshold}", path=name)
         instances = postprocess(
             outputs,
             scale=scale,
@@ -221,5 +223,11 @@ def _check_engine_file(manifest: Manifest, engine: Path) -> None:
         raise EngineIncompatible(
             f"{engine.name} is {size} bytes, the manifest says {manifest.engine_bytes} "
             f"(truncated or replaced); {manifest.rebuild_hint()}",
+            path=manifest.path,
+        )
+    if sha256_file(engine) != manifest.engine_sha256:
+        raise EngineIncompatible(
+            f"{engine.name} does not match the SHA-256 in its manifest (replaced or corrupted); "
+            f"{manifest.rebuild_hint()}",
             path=manifest.path,
         )

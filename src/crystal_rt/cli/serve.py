@@ -1,0 +1,100 @@
+"""``crystal-rt serve ENGINE``: the HTTP detection service (uvicorn), on 127.0.0.1 unless --host says so.
+
+POST an image to /v1/detect (raw body or multipart field "image"); /healthz, /readyz, /v1/model;
+the OpenAPI page is at /docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def add_parser(sub: Any) -> None:
+    from ..serve.http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_QUEUE_SIZE
+
+    p = sub.add_parser("serve", help="serve an engine over HTTP (POST /v1/detect)", description=__doc__)
+    p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
+    p.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)"
+    )
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
+    p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument(
+        "--max-body-mb",
+        type=_positive_float,
+        default=DEFAULT_MAX_BODY_BYTES / 2**20,
+        help="largest request body in MiB (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help="largest image (width x height) accepted, checked before decoding (default %(default)d)",
+    )
+    p.add_argument("--concurrency", type=_positive_int, default=1, help="images detected at once (default 1)")
+    p.add_argument(
+        "--queue",
+        type=_non_negative_int,
+        default=DEFAULT_QUEUE_SIZE,
+        help="requests allowed to wait beyond --concurrency before 503 (default %(default)d)",
+    )
+    p.add_argument("--score-threshold", type=float, help="default score threshold (default: the engine's)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._lazy import require
+    from ..runtime.detector import Detector
+    from ..serve.http import create_app
+    from .console import info
+
+    uvicorn = require("uvicorn", "crystal-rt serve", extra="serve")
+    require("fastapi", "crystal-rt serve", extra="serve")
+    detector = Detector.load(
+        args.engine, score_threshold=args.score_threshold, threads=args.threads, max_pixels=args.max_pixels
+    )
+    app = create_app(
+        detector,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_pixels=args.max_pixels,
+        max_concurrency=args.concurrency,
+        queue_size=args.queue,
+    )
+    if args.host not in LOOPBACK:
+        info(f"[yellow]warning:[/] listening on {args.host}: the service has no authentication")
+    info(f"serving {detector!r} on http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    detector.close()
+    return 0

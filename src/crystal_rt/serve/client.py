@@ -1,0 +1,117 @@
+"""A small client for ``crystal-rt serve`` using only the standard library (urllib).
+
+>>> client = CrystalRtClient("http://127.0.0.1:8080")   # doctest: +SKIP
+>>> result = client.detect("drop.png", score_threshold=0.3)   # doctest: +SKIP
+>>> result["num_instances"]   # doctest: +SKIP
+
+An error answer (4xx/5xx) is raised as the :class:`~crystal_rt.errors.CrystalRtError` subclass
+the server names (``InvalidImage``, ``InvalidSpec``, ``BackendUnavailable``, ...) with the
+server's message; a server that cannot be reached raises ``BackendUnavailable``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .. import errors
+from ..errors import BackendUnavailable, CrystalRtError, InvalidImage
+
+
+def error_from_response(status: int, body: bytes, url: str) -> CrystalRtError:
+    """The CrystalRtError an error answer stands for (its class looked up by the ``type`` name)."""
+    try:
+        info = json.loads(body)["error"]
+        kind, message, source = str(info["type"]), str(info["message"]), info.get("input")
+    except (ValueError, KeyError, TypeError):
+        text = body[:200].decode("utf-8", "replace").strip()
+        return CrystalRtError(f"HTTP {status} from {url}: {text or 'no body'}")
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, CrystalRtError)) or cls is errors.MissingDependency:
+        cls = CrystalRtError
+    error = cls(f"{message} (HTTP {status})", path=source if isinstance(source, str) else None)
+    error.status = status  # type: ignore[attr-defined]
+    return error
+
+
+class CrystalRtClient:
+    """Calls a running ``crystal-rt serve``; one instance may be shared by threads."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8080", *, timeout: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def _request(
+        self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        url = self.base_url + path
+        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise error_from_response(exc.code, exc.read(), url) from None
+        except urllib.error.URLError as exc:
+            raise self._unreachable(url, exc.reason, data) from exc
+        except (TimeoutError, ConnectionError) as exc:
+            raise self._unreachable(url, exc, data) from exc
+
+    @staticmethod
+    def _unreachable(url: str, reason: object, data: bytes | None) -> CrystalRtError:
+        if isinstance(reason, ConnectionResetError | BrokenPipeError) and data:
+            return BackendUnavailable(
+                f"{url} closed the connection while {len(data)} bytes were sent; the image may be larger "
+                "than the server's limit (crystal-rt serve --max-body-mb)"
+            )
+        return BackendUnavailable(f"cannot reach {url}: {reason}")
+
+    def detect(
+        self,
+        image: str | os.PathLike[str] | bytes,
+        *,
+        score_threshold: float | None = None,
+        name: str | None = None,
+        format: str = "json",
+    ) -> Any:
+        """Detection result JSON (a dict; a list for ``format="coco"``) for a path or encoded bytes."""
+        if isinstance(image, bytes | bytearray):
+            data = bytes(image)
+        else:
+            path = Path(image)
+            name = name or path.name
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError as exc:
+                raise InvalidImage("file not found", path=path) from exc
+            except OSError as exc:
+                raise InvalidImage(f"cannot read file: {exc.strerror or exc}", path=path) from exc
+        query: dict[str, str] = {"format": format}
+        if score_threshold is not None:
+            query["score_threshold"] = repr(float(score_threshold))
+        if name:
+            query["name"] = name
+        path_qs = "/v1/detect?" + urllib.parse.urlencode(query)
+        return self._request("POST", path_qs, data, {"Content-Type": "application/octet-stream"})
+
+    def model(self) -> Any:
+        return self._request("GET", "/v1/model")
+
+    def ready(self) -> bool:
+        try:
+            self._request("GET", "/readyz")
+        except CrystalRtError:
+            return False
+        return True
+
+    def health(self) -> bool:
+        try:
+            self._request("GET", "/healthz")
+        except CrystalRtError:
+            return False
+        return True

@@ -1,0 +1,314 @@
+"""The HTTP service: ``POST /v1/detect``, ``GET /healthz``, ``GET /readyz``, ``GET /v1/model``.
+
+One :class:`~crystal_rt.runtime.detector.Detector` (thread-safe) is shared by a pool of
+``max_concurrency`` worker threads; decoding and inference both run there, never on the event
+loop. At most ``max_concurrency + queue_size`` detect requests are in flight (running, queued or
+still uploading); one more is answered 503 with ``Retry-After`` at once, without reading its body.
+
+The request body is counted while it is read and refused with 413 once it passes
+``max_body_bytes``: nothing past the limit is kept, the rest is read and discarded (up to
+``max(4 x limit, 64 MiB)``, so that the client can read the 413 instead of seeing a connection
+reset) and a larger declared ``Content-Length`` is refused at once; an image whose header claims more
+than ``max_pixels`` pixels is refused with 413 before it is decoded. Every failure is JSON::
+
+    {"error": {"type": "InvalidImage", "message": "truncated or corrupt JPEG: ...", "input": "a.jpg"}}
+
+where ``type`` is the name of a :class:`~crystal_rt.errors.CrystalRtError` class: bad input is
+4xx (InvalidImage 413/422, InvalidSpec 422 for bad query options), a busy service 503
+(BackendUnavailable), only a fault of the service itself is 500.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at runtime,
+# and those name classes imported inside create_app (fastapi is imported only when an app is made).
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from .._lazy import require
+from ..errors import BackendUnavailable, CrystalRtError, InvalidImage, InvalidSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    from fastapi import FastAPI, Request
+
+    from ..runtime.detector import Detector
+
+log = logging.getLogger("crystal_rt.serve")
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 80_000_000  # the decoder's default (io.decode.DEFAULT_MAX_PIXELS), without importing cv2
+DEFAULT_QUEUE_SIZE = 8
+DRAIN_BYTES = 64 * 1024 * 1024
+RETRY_AFTER_SECONDS = 1
+FORMATS = ("json", "coco")
+BODY_NAME = "<request body>"
+
+
+class RequestError(Exception):
+    """A CrystalRtError together with the HTTP status it is answered with."""
+
+    def __init__(self, status: int, error: CrystalRtError) -> None:
+        super().__init__(str(error))
+        self.status = status
+        self.error = error
+
+
+def status_for(error: CrystalRtError) -> int:
+    """The HTTP status for an error: 4xx for the caller's input, 503 busy, 500 for the service."""
+    if isinstance(error, InvalidImage):
+        return 413 if error.message.startswith("image too large") else 422
+    if isinstance(error, InvalidSpec):
+        return 422
+    if isinstance(error, BackendUnavailable):
+        return 503
+    return 500
+
+
+def error_body(kind: str, message: str, source: str | None) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, "input": source}}
+
+
+def warmup_image(size: int) -> "np.ndarray":
+    """A synthetic gray drop (a bright disk with a few dark rectangles) of ``size`` x ``size``."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    centre = size / 2.0
+    img = np.where((yy - centre) ** 2 + (xx - centre) ** 2 < (0.4 * size) ** 2, 180, 60).astype(np.uint8)
+    step = max(4, size // 8)
+    for k in range(1, 4):
+        img[k * step : k * step + step // 2, k * step : k * step + step // 3] = 30
+    return img
+
+
+@dataclass
+class ServiceState:
+    """Mutated only on the event loop thread (no lock needed)."""
+
+    capacity: int
+    in_flight: int = 0
+    ready: bool = False
+    warmup_error: str | None = None
+    warmup_ms: float | None = None
+    served: int = 0
+
+
+def drain_limit(limit: int) -> int:
+    """How many bytes of a too-large body are read and discarded before the 413 is sent.
+
+    Answering while the client is still sending makes most clients see a connection reset instead
+    of the 413; reading the rest (up to this much) lets them read the answer."""
+    return max(4 * limit, DRAIN_BYTES)
+
+
+async def read_body(request: "Request", limit: int) -> bytes:
+    """The request body, or 413 once it passes ``limit`` bytes (the rest drained, see drain_limit)."""
+    declared = request.headers.get("content-length")
+    drain = drain_limit(limit)
+    if declared is not None and declared.isdigit() and int(declared) > drain:
+        raise RequestError(
+            413, InvalidImage(f"request body of {declared} bytes is larger than {limit} bytes")
+        )
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total <= limit:
+            chunks.append(chunk)
+        elif total > drain:
+            break
+    if total > limit:
+        raise RequestError(413, InvalidImage(f"request body is larger than {limit} bytes"))
+    return b"".join(chunks)
+
+
+async def image_from_body(request: "Request", body: bytes, name: str | None, limit: int) -> tuple[bytes, str]:
+    """The encoded image and its name: the multipart file field ``image``, or the raw body."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return body, name or BODY_NAME
+
+    async def replay() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(request.headers, replay(), max_files=4, max_fields=16, max_part_size=limit)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise RequestError(422, InvalidImage(f"malformed multipart body: {exc.message}", path=name)) from exc
+    try:
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise RequestError(
+                422, InvalidImage('multipart body has no file field named "image"', path=name or BODY_NAME)
+            )
+        return await upload.read(), name or upload.filename or BODY_NAME
+    finally:
+        await form.close()
+
+
+def create_app(
+    detector: "Detector",
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_pixels: int | None = None,
+    max_concurrency: int = 1,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    warmup: bool = True,
+) -> "FastAPI":
+    """A FastAPI app serving ``detector``; run it with uvicorn (``crystal-rt serve``)."""
+    require("fastapi", "The HTTP service", extra="serve")
+    require("python_multipart", "The HTTP service (uploads)", package="python-multipart", extra="serve")
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+
+    from ..io.decode import read_image
+    from ..io.writers import coco_results
+
+    if max_concurrency < 1 or queue_size < 0 or max_body_bytes < 1:
+        raise InvalidSpec("max_concurrency and max_body_bytes must be >= 1, queue_size >= 0")
+    pixel_limit = detector.max_pixels if max_pixels is None else int(max_pixels)
+    state = ServiceState(capacity=max_concurrency + queue_size)
+
+    def new_pool() -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="crystal-rt-detect")
+
+    pool = [new_pool()]  # replaced at shutdown, so that the app can be started again (tests)
+
+    def error_response(status: int, error: CrystalRtError, source: str | None = None) -> JSONResponse:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+        body = error_body(type(error).__name__, error.message, error.path or source)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def warm() -> float:
+        t0 = perf_counter()
+        detector.detect_pixels(warmup_image(detector.preprocess.input_size), name="<warmup>")
+        return (perf_counter() - t0) * 1e3
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if warmup:
+            try:
+                state.warmup_ms = await asyncio.get_running_loop().run_in_executor(pool[0], warm)
+            except Exception as exc:  # reported by /readyz; the process stays up for /healthz
+                state.warmup_error = (
+                    str(exc) if isinstance(exc, CrystalRtError) else f"{type(exc).__name__}: {exc}"
+                )
+                log.error("warm-up failed: %s", state.warmup_error)
+        state.ready = state.warmup_error is None
+        try:
+            yield
+        finally:
+            old, pool[0] = pool[0], new_pool()
+            old.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(
+        title="crystal-rt",
+        summary="Mask R-CNN segmentation of protein crystals in drop images",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_options(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
+        )
+        return error_response(422, InvalidSpec(f"invalid request option(s): {details}"))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body("CrystalRtError", str(exc.detail), request.url.path),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    def run_detect(data: bytes, name: str, threshold: float | None, fmt: str) -> Any:
+        t0 = perf_counter()
+        pixels = read_image(data, max_pixels=pixel_limit, name=name)
+        result = detector.detect_pixels(
+            pixels, name=name, score_threshold=threshold, decode_ms=(perf_counter() - t0) * 1e3
+        )
+        return coco_results([result]) if fmt == "coco" else result.to_dict()
+
+    @app.post("/v1/detect", summary="Detect crystals in one image (multipart field 'image' or raw body)")
+    async def detect(
+        request: Request,
+        score_threshold: float | None = None,
+        format: str = "json",
+        name: str | None = None,
+    ) -> JSONResponse:
+        if state.in_flight >= state.capacity:
+            busy = BackendUnavailable(
+                f"busy: {state.in_flight} requests in flight (limit {state.capacity}); retry later"
+            )
+            return error_response(503, busy)
+        state.in_flight += 1
+        source = name
+        try:
+            if format not in FORMATS:
+                raise RequestError(
+                    422, InvalidSpec(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+                )
+            if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+                raise RequestError(
+                    422, InvalidSpec(f"score_threshold must be in [0, 1], got {score_threshold}")
+                )
+            body = await read_body(request, max_body_bytes)
+            data, source = await image_from_body(request, body, name, max_body_bytes)
+            loop = asyncio.get_running_loop()
+            payload = await loop.run_in_executor(pool[0], run_detect, data, source, score_threshold, format)
+            state.served += 1
+            return JSONResponse(payload)
+        except RequestError as exc:
+            return error_response(exc.status, exc.error, source)
+        except ClientDisconnect:  # the caller went away mid-upload: nobody reads this answer
+            return error_response(400, InvalidImage("the client disconnected during the upload"), source)
+        except CrystalRtError as exc:
+            status = status_for(exc)
+            if status >= 500:
+                log.error("detect failed: %s", exc)
+            return error_response(status, exc, source)
+        except Exception as exc:  # a fault of the service: answer 500 and keep serving
+            log.exception("unexpected error in /v1/detect")
+            return error_response(500, CrystalRtError(f"internal error: {type(exc).__name__}: {exc}"), source)
+        finally:
+            state.in_flight -= 1
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the engine is loaded and warmed up")
+    async def readyz() -> JSONResponse:
+        if state.ready:
+            return JSONResponse(
+                {"status": "ready", "warmup_ms": state.warmup_ms, "in_flight": state.in_flight}
+            )
+        if state.warmup_error is not None:
+            return error_response(503, BackendUnavailable(f"warm-up failed: {state.warmup_error}"))
+        return error_response(503, BackendUnavailable("warming up"))
+
+    @app.get("/v1/model", summary="The engine manifest (or model and preprocessing specs)")
+    async def model() -> dict[str, Any]:
+        if detector.manifest is not None:
+            return detector.manifest.to_dict()
+        return {
+            "backend": detector.backend.name,
+            "model": detector.model.to_dict(),
+            "preprocess": detector.preprocess.to_dict(),
+        }
+
+    app.state.service = state
+    return app

@@ -1,0 +1,379 @@
+"""Bad inputs through the library (Detector), the HTTP service and the watcher (docs/bad-inputs.md).
+
+Each bad input gives a typed error naming the input; nothing crashes; the service and the watcher
+keep working afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+from fastapi.testclient import TestClient
+from PIL import Image
+from serve_helpers import jpeg_bytes, png_bytes
+
+from crystal_rt.data.synthetic import make_drop
+from crystal_rt.errors import (
+    CrystalRtError,
+    EngineIncompatible,
+    EngineNotFound,
+    InvalidDataset,
+    InvalidImage,
+    MissingDependency,
+)
+from crystal_rt.runtime.detector import Detector
+from crystal_rt.serve.http import create_app
+from crystal_rt.serve.watch import Watcher, WatchOptions
+
+BASE = make_drop(5, 96, 128).image  # 8-bit gray, 128 wide, 96 high
+RGB = np.dstack([BASE, BASE // 2, 255 - BASE])
+
+
+def _pil(image: Image.Image, fmt: str, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _tiff(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr)
+    return buf.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:
+    """A valid PNG header claiming width x height, with a tiny IDAT: a bomb, built cheaply."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    return _pil(Image.fromarray(RGB), "JPEG", exif=exif.tobytes())
+
+
+def _float_nan_tiff() -> bytes:
+    arr = BASE.astype(np.float32) / 255
+    arr[10, 10] = np.nan
+    return _tiff(arr)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    filename: str
+    make: Callable[[], bytes]
+    error: str | None = None  # a fragment of the InvalidImage message; None: it works
+    status: int = 422
+    shape: tuple[int, int] = (96, 128)  # (height, width) of the result when it works
+
+
+CASES = [
+    Case("empty", "empty.png", lambda: b"", "empty file"),
+    Case("truncated-jpeg", "cut.jpg", lambda: jpeg_bytes(RGB)[:700], "truncated or corrupt JPEG"),
+    Case("truncated-png", "cut.png", lambda: png_bytes(BASE)[:300], "truncated or corrupt PNG"),
+    Case(
+        "truncated-png16",
+        "cut16.png",
+        lambda: png_bytes(RGB.astype(np.uint16) * 257)[:300],
+        "truncated or corrupt",
+    ),
+    Case("text", "notes.txt", lambda: b"plate 7, drop A1: crystals?\n", "not a recognised image format"),
+    Case(
+        "onnx-bytes", "model.onnx", lambda: b"\x08\x09\x12\x07pytorch" + bytes(200), "not a recognised image"
+    ),
+    Case(
+        "html",
+        "error.html",
+        lambda: b"<!doctype html><html><body>502</body></html>",
+        "not a recognised image",
+    ),
+    Case("png-named-jpg", "really_png.jpg", lambda: png_bytes(BASE)),
+    Case("text-named-png", "text.png", lambda: b"just text", "not a recognised image format"),
+    Case("png16-gray", "g16.png", lambda: png_bytes(BASE.astype(np.uint16) * 257)),
+    Case("png16-rgb", "c16.png", lambda: png_bytes(RGB.astype(np.uint16) * 257)),
+    Case("tiff16", "t16.tif", lambda: _tiff(BASE.astype(np.uint16) * 257)),
+    Case("float-tiff-nan", "nan.tif", _float_nan_tiff, "NaN"),
+    Case("rgba", "rgba.png", lambda: _pil(Image.fromarray(RGB).convert("RGBA"), "PNG")),
+    Case("palette", "palette.png", lambda: _pil(Image.fromarray(RGB).convert("P"), "PNG")),
+    Case("1-bit", "bits.png", lambda: _pil(Image.fromarray(BASE > 128), "PNG")),
+    Case("cmyk-jpeg", "cmyk.jpg", lambda: _pil(Image.fromarray(RGB).convert("CMYK"), "JPEG")),
+    Case("exif-rotated", "rotated.jpg", _exif_rotated, shape=(128, 96)),
+    Case("0x0", "zero.png", lambda: png_claiming(0, 0), "not a recognised image format"),
+    Case("1x1", "one.png", lambda: png_bytes(np.full((1, 1), 200, np.uint8)), shape=(1, 1)),
+    Case("constant", "flat.png", lambda: png_bytes(np.full((96, 128), 128, np.uint8))),
+    Case("bomb-20000x20000", "bomb.png", lambda: png_claiming(20000, 20000), "image too large", 413),
+    Case(
+        "bomb-png16-colour", "bomb16.png", lambda: png_claiming(20000, 20000, 16, 2), "image too large", 413
+    ),
+]
+IDS = [c.id for c in CASES]
+GOOD = png_bytes(BASE)
+
+
+# --- library ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_library(case: Case, detector: Detector, tmp_path: Path) -> None:
+    path = tmp_path / case.filename
+    path.write_bytes(case.make())
+    start = time.perf_counter()
+    if case.error is None:
+        result = detector.detect(path)
+        assert (result.height, result.width) == case.shape
+        assert result.image == str(path)
+        return
+    with pytest.raises(InvalidImage) as err:
+        detector.detect(path)
+    assert case.error in err.value.message and err.value.path == str(path)
+    if case.status == 413:
+        assert time.perf_counter() - start < 1.0  # refused before decoding
+
+
+def test_library_missing_file(detector: Detector, tmp_path: Path) -> None:
+    with pytest.raises(InvalidImage) as err:
+        detector.detect(tmp_path / "gone.png")
+    assert err.value.message == "file not found" and err.value.path == str(tmp_path / "gone.png")
+    assert len(detector.detect(GOOD).instances) >= 0
+
+
+def test_library_exif_rotation_matches_rotated_pixels(detector: Detector) -> None:
+    rotated = detector.detect(_exif_rotated(), score_threshold=0.0)
+    upright = detector.detect(
+        np.ascontiguousarray(np.rot90(np.asarray(Image.open(io.BytesIO(_exif_rotated()))), -1))
+    )
+    assert (rotated.width, rotated.height) == (upright.width, upright.height) == (96, 128)
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def http(detector: Detector) -> Any:
+    with TestClient(create_app(detector, max_concurrency=2, queue_size=4)) as client:
+        yield client
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_http(case: Case, http: Any) -> None:
+    answer = http.post(f"/v1/detect?name={case.filename}", content=case.make())
+    if case.error is None:
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["height"], answer.json()["width"]) == case.shape
+    else:
+        assert answer.status_code == case.status, answer.text
+        error = answer.json()["error"]
+        assert error["type"] == "InvalidImage" and case.error in error["message"]
+        assert error["input"] == case.filename
+
+
+def test_http_still_serving_after_bad_inputs(http: Any) -> None:
+    for case in CASES:
+        if case.error is not None:
+            http.post(f"/v1/detect?name={case.filename}", content=case.make())
+    assert http.post("/v1/detect", content=GOOD).status_code == 200
+    assert http.get("/readyz").status_code == 200
+
+
+def test_http_multipart_bad_file(http: Any) -> None:
+    answer = http.post("/v1/detect", files={"image": ("page.html", b"<html></html>", "text/html")})
+    assert answer.status_code == 422 and answer.json()["error"]["input"] == "page.html"
+    broken = http.post(
+        "/v1/detect", content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data"}
+    )
+    assert broken.status_code == 422 and broken.json()["error"]["type"] == "InvalidImage"
+    assert http.post("/v1/detect", content=GOOD).status_code == 200
+
+
+# --- watcher ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def watched(detector: Detector, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    root = tmp_path_factory.mktemp("bad-watch")
+    in_dir, out = root / "in", root / "out"
+    in_dir.mkdir()
+    for case in CASES:
+        (in_dir / case.filename).write_bytes(case.make())
+    (in_dir / "good.png").write_bytes(GOOD)
+    patterns = ("*.png", "*.jpg", "*.tif", "*.txt", "*.onnx", "*.html")
+    opts = WatchOptions(in_dir, out, patterns=patterns, stable_seconds=0.0, poll_seconds=0.01)
+    stats = Watcher(detector, opts).run(once=True)
+    return in_dir, out, stats
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_watcher(case: Case, watched: tuple[Path, Path, Any]) -> None:
+    in_dir, out, _ = watched
+    stem = Path(case.filename).stem
+    if case.id == "empty":  # never picked up while empty (the imager may not have written it yet)
+        assert (in_dir / case.filename).exists() and not (out / f"{stem}.json").exists()
+        assert not (out / "quarantine" / case.filename).exists()
+    elif case.error is None:
+        data = json.loads((out / f"{stem}.json").read_text())
+        assert (data["height"], data["width"]) == case.shape and data["image"] == case.filename
+    else:
+        assert not (in_dir / case.filename).exists() and (out / "quarantine" / case.filename).is_file()
+        reason = (out / "quarantine" / f"{case.filename}.reason.txt").read_text()
+        assert reason.startswith("InvalidImage: ") and case.error in reason and case.filename in reason
+    assert (out / "good.json").is_file()
+
+
+def test_watcher_totals_and_keeps_going(watched: tuple[Path, Path, Any], detector: Detector) -> None:
+    in_dir, out, stats = watched
+    bad = sum(1 for c in CASES if c.error is not None and c.id != "empty")
+    assert (stats.ok, stats.quarantined, stats.errors) == (len(CASES) - bad - 1 + 1, bad, 0)
+    (in_dir / "after.png").write_bytes(GOOD)
+    opts = WatchOptions(in_dir, out, stable_seconds=0.0, poll_seconds=0.01)
+    assert Watcher(detector, opts).run(once=True).ok == 1
+
+
+def test_watcher_file_vanishing_is_not_quarantined(detector: Detector, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "gone.png"
+    path.write_bytes(GOOD)
+    watcher = Watcher(detector, WatchOptions(tmp_path / "in", tmp_path / "out", stable_seconds=0.0))
+    state = watcher.scan()["gone.png"]
+    path.unlink()
+    assert watcher.process("gone.png", state).status == "changed"
+    assert not (tmp_path / "out" / "quarantine").exists()
+
+
+# --- engines ----------------------------------------------------------------------------------
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 12345678\n"
+
+
+def _engine_copy(tiny: Any, tmp_path: Path) -> tuple[Path, Path, Path]:
+    dst = tmp_path / "engine"
+    shutil.copytree(tiny.engine_dir, dst)
+    return dst, dst / "tiny.manifest.json", dst / "tiny.onnx"
+
+
+def _edit_manifest(path: Path, **changes: Any) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _bad_engine(kind: str, tiny: Any, tmp_path: Path) -> tuple[Path, type[CrystalRtError], str]:
+    """(ENGINE argument, error type, a fragment of the message) for one kind of bad engine."""
+    dst, manifest, model = _engine_copy(tiny, tmp_path)
+    if kind == "onnx-without-manifest":
+        return tiny.onnx, EngineNotFound, "tiny.onnx"
+    if kind == "pytorch-checkpoint":
+        return tiny.checkpoint, EngineNotFound, "tiny.pt"
+    if kind == "lfs-pointer-as-engine":
+        (tmp_path / "model.onnx").write_bytes(LFS_POINTER)
+        return tmp_path / "model.onnx", EngineNotFound, "model.onnx"
+    if kind == "lfs-pointer-in-place-of-model":
+        model.write_bytes(LFS_POINTER)
+        return dst, EngineIncompatible, "tiny.manifest.json"
+    if kind == "truncated-model":
+        model.write_bytes(model.read_bytes()[:5000])
+        return dst, EngineIncompatible, "tiny.manifest.json"
+    if kind == "tensorrt-plan":
+        _edit_manifest(manifest, backend="tensorrt", backend_version="10.3.0", engine_file="tiny.plan")
+        return dst, MissingDependency, "tensorrt"  # TensorRT absent here (BackendUnavailable where present)
+    if kind == "other-onnxruntime":
+        _edit_manifest(manifest, backend_version="1.2.3")
+        return dst, EngineIncompatible, "tiny.manifest.json"
+    if kind == "other-machine":
+        _edit_manifest(manifest, machine="aarch64-jetson")
+        return dst, EngineIncompatible, "tiny.manifest.json"
+    if kind == "same-size-other-bytes":  # the manifest's size matches, the content does not
+        model.write_bytes(bytes(model.stat().st_size))
+        return dst, EngineIncompatible, "does not match the SHA-256"
+    if kind == "manifest-garbage":
+        manifest.write_text("{not json")
+        return dst, EngineIncompatible, "tiny.manifest.json"
+    raise AssertionError(kind)
+
+
+ENGINE_KINDS = [
+    "onnx-without-manifest",
+    "pytorch-checkpoint",
+    "lfs-pointer-as-engine",
+    "lfs-pointer-in-place-of-model",
+    "truncated-model",
+    "tensorrt-plan",
+    "other-onnxruntime",
+    "other-machine",
+    "same-size-other-bytes",
+    "manifest-garbage",
+]
+
+
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+def test_bad_engine(kind: str, tiny: Any, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    from crystal_rt.cli import main as cli_main
+
+    engine, error, fragment = _bad_engine(kind, tiny, tmp_path)
+    with pytest.raises(error) as err:
+        Detector.load(engine)
+    assert fragment in str(err.value)
+    (tmp_path / "in").mkdir()
+    for argv in (
+        ["serve", str(engine)],
+        ["watch", str(engine), str(tmp_path / "in"), "-o", str(tmp_path / "o")],
+    ):
+        capsys.readouterr()
+        assert cli_main.main(argv) == 1
+        err_text = capsys.readouterr().err.strip()
+        assert err_text.startswith("error:") and "Traceback" not in err_text
+        assert len(err_text.splitlines()) == 1 and fragment in err_text
+
+
+# --- datasets and threads ---------------------------------------------------------------------
+def test_malformed_labelme_through_convert(tmp_path: Path) -> None:
+    from crystal_rt.data.convert import convert
+
+    bad = tmp_path / "a.json"
+    bad.write_text(
+        json.dumps({"shapes": [{"label": "crystal", "points": [[1, 2], "x"], "shape_type": "polygon"}]})
+    )
+    with pytest.raises(InvalidDataset) as err:
+        convert([bad], tmp_path / "coco.json")
+    assert "a.json" in str(err.value)
+
+
+def test_sixteen_threads_share_one_detector(detector: Detector) -> None:
+    """16 threads call one Detector at once (each image 4 times): results equal the sequential ones."""
+    images = [make_drop(40 + i, 96 + 8 * i, 120).image for i in range(4)]
+    expected = [detector.detect(im).to_dict() for im in images]
+    for e in expected:
+        e.pop("timings_ms")
+    results: dict[int, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait()
+            d = detector.detect(images[index % len(images)]).to_dict()
+            d.pop("timings_ms")
+            results[index] = d
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 16
+    for index, d in results.items():
+        assert d == expected[index % len(images)]
