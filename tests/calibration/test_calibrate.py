@@ -82,7 +82,7 @@ def test_int8_metadata_records_provenance_and_accuracy(int8: CalibrationResult) 
     assert (info.precision, info.target, info.num_images) == ("int8", "onnxruntime", 8)
     assert info.tool.startswith("onnxruntime ") and len(info.images_sha256) == 64
     acc = info.accuracy
-    assert acc["reference"].startswith("FP32 detections on 6 images")
+    assert acc["reference"].startswith("FP32 detections on 6 image(s)")
     assert acc["fp32_map50"] == pytest.approx(1.0)  # FP32 is its own truth here
     assert 0.0 <= acc["map50"] <= 1.0 and acc["map50_drop"] <= 0.05
     assert acc["fp32_detections"] > 0 and acc["matched"] > 0.7 * acc["fp32_detections"]
@@ -128,11 +128,16 @@ def test_calibrating_a_calibrated_graph_is_refused(
 
 
 def test_accuracy_gate_refuses_then_force_writes(drops: Path, tmp_path: Path) -> None:
-    out = tmp_path / "gated.onnx"
-    # A negative tolerance cannot be met: the graph is refused and nothing is written.
-    with pytest.raises(CalibrationError, match="more than --max-map-drop -1"):
-        calibrate(demo_model(), drops, out, num_images=4, held_out=2, max_map_drop=-1.0)
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    small = tmp_path / "small"
+    small.mkdir()
+    for src in sorted(drops.glob("*.png"))[:6]:
+        (small / src.name).write_bytes(src.read_bytes())
+    out = tmp_path / "out" / "gated.onnx"
+    # A negative tolerance cannot be met: the graph is refused and nothing is written. A folder
+    # smaller than --num-images still keeps an image out of calibration to check accuracy on.
+    with pytest.raises(CalibrationError, match=r"on FP32 detections on 1 image\(s\) held out"):
+        calibrate(demo_model(), small, out, max_map_drop=-1.0)
+    assert not out.exists() and list(out.parent.iterdir()) == []
     forced = calibrate(demo_model(), drops, out, num_images=4, held_out=2, max_map_drop=-1.0, force=True)
     assert out.is_file() and not forced.accepted
 

@@ -111,7 +111,7 @@ def compare_accuracy(
     if dataset is not None:
         ref_report, ref_results = evaluate_detector(fp32, dataset, on_image=on_image)
         cand_report, cand_results = evaluate_detector(candidate, dataset, on_image=on_image)
-        reference = f"ground truth of {len(dataset)} validation images"
+        reference = f"ground truth of {len(dataset)} validation image(s)"
     else:
         ref_results, cand_results = [], []
         for path in images:
@@ -124,7 +124,7 @@ def compare_accuracy(
         names = list(fp32.model.class_names)
         ref_report = evaluate(truths, ref_results, names, score_threshold=threshold)
         cand_report = evaluate(truths, cand_results, names, score_threshold=threshold)
-        reference = f"FP32 detections on {len(images)} images held out from calibration"
+        reference = f"FP32 detections on {len(images)} image(s) held out from calibration"
     ious: list[float] = []
     fp32_count = cand_count = 0
     for ref, cand in zip(ref_results, cand_results, strict=True):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .._lazy import require
 from ..errors import CalibrationError, InvalidModel
+from ..io.decode import list_images
 from ..runtime.artifacts import sha256_file
 from ..spec import specs_from_metadata
 from .accuracy import AccuracyReport, compare_accuracy
@@ -84,7 +85,18 @@ def calibrate(
     if read_calibration(metadata, source) is not None:
         raise CalibrationError("this graph is already calibrated; calibrate the FP32 core ONNX", path=source)
 
-    calib = CalibrationImages(Path(images), spec, num_images=num_images, seed=seed)
+    folder = Path(images)
+    if not folder.is_dir():
+        raise CalibrationError("calibration image folder not found", path=folder)
+    # Without a validation set, hold images out first, so that the accuracy check never sees an
+    # image that calibrated the graph: those beyond --num-images, or a quarter of a small folder.
+    check: list[Path] = []
+    if val is None and held_out > 0:
+        available = len(list_images([folder]))
+        spare = available - num_images
+        count = min(held_out, spare) if spare >= 1 else max(1, available // 4)
+        check = sample_folder(folder, count, seed, exclude=())
+    calib = CalibrationImages(folder, spec, num_images=num_images, seed=seed, exclude=check)
     say(f"calibrating on {len(calib)} images of {images} (seed {seed})")
     if precision == "fp16":
         from .fp16 import autocast_fp16 as convert
@@ -112,7 +124,7 @@ def calibrate(
         if calib.skipped:
             say(f"skipped {len(calib.skipped)} unreadable image(s): {'; '.join(calib.skipped[:3])}")
         _write_with_metadata(onnx, raw, staged, proto, info)
-        report = _measure(source, staged, val, images, calib, held_out, seed, threads, step, on_image)
+        report = _measure(source, staged, val, check, threads, step, on_image)
         info = replace(info, accuracy=report.to_dict())
         if math.isnan(report.map50) and not force:
             raise CalibrationError(
@@ -147,10 +159,7 @@ def _measure(
     source: Path,
     candidate: Path,
     val: str | os.PathLike[str] | None,
-    images: str | os.PathLike[str],
-    calib: CalibrationImages,
-    held_out: int,
-    seed: int,
+    check: list[Path],
     threads: int | None,
     step: Callable[[str, int], None],
     on_image: Callable[[], None] | None,
@@ -167,12 +176,9 @@ def _measure(
             dataset = load_coco(val)
             step("accuracy against FP32", 2 * len(dataset))
             return compare_accuracy(fp32, cand, dataset=dataset, on_image=on_image)
-        check = sample_folder(images, held_out, seed, exclude=calib.paths)
         if not check:
             raise CalibrationError(
-                "no image is left over to check accuracy on: add images to the folder beyond "
-                f"--num-images {calib.num_images}, or pass a validation set with --val",
-                path=images,
+                "no image to check the accuracy on: pass a validation set with --val, or --held-out > 0"
             )
         step("accuracy against FP32", 2 * len(check))
         return compare_accuracy(fp32, cand, images=check, on_image=on_image)
