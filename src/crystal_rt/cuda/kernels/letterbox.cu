@@ -30,51 +30,11 @@
 // bytes apart. Launch: any 2-D grid/block (grid-stride loops over the S x S canvas), e.g.
 // block (32, 8), grid (ceil(S / 32), ceil(S / 8)).
 #include "common.cuh"
+#include "resize.cuh"
 
 namespace crt_lb {
 
-#if defined(__CUDA_ARCH__)
-__device__ __forceinline__ double dmul(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ double dadd(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ double ddiv(double a, double b) { return __ddiv_rn(a, b); }
-#else
-__device__ __forceinline__ double dmul(double a, double b) { return a * b; }
-__device__ __forceinline__ double dadd(double a, double b) { return a + b; }
-__device__ __forceinline__ double ddiv(double a, double b) { return a / b; }
-#endif
-
-// OpenCV's source position for destination index d along an axis (scale = 1 / (dst_len / src_len)).
-// i0, i1: the two source indices (clamped into [0, src_len)), f: the weight of i1.
-// clamp_frac: horizontal axis (fraction forced to 0 outside the image, as OpenCV does for x only).
-struct Coord {
-    int i0, i1;
-    float f;
-};
-
-__device__ __forceinline__ Coord linear_coord(int d, double scale, int src_len, bool clamp_frac) {
-    float fx = (float)dadd(dmul((double)d + 0.5, scale), -0.5);
-    int sx = (int)floorf(fx);
-    fx = __fsub_rn(fx, (float)sx);
-    if (clamp_frac) {
-        if (sx < 0) {
-            fx = 0.0f;
-            sx = 0;
-        }
-        if (sx >= src_len - 1) {
-            fx = 0.0f;
-            sx = src_len - 1;
-        }
-    }
-    Coord c;
-    c.i0 = crt::clamp_int(sx, 0, src_len - 1);
-    c.i1 = crt::clamp_int(sx + 1, 0, src_len - 1);
-    c.f = fx;
-    return c;
-}
-
-__device__ __forceinline__ double axis_scale(int src_len, int dst_len) {
-    return ddiv(1.0, ddiv((double)dst_len, (double)src_len));
-}
+using namespace crt_resize;
 
 // saturate_cast<short>(w * INTER_RESIZE_COEF_SCALE)
 __device__ __forceinline__ int fixed_weight(float w) {

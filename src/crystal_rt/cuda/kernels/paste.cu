@@ -27,45 +27,11 @@
 //
 // Launch: block (256), grid (any x, n_instances); threads stride over each instance's crop.
 #include "common.cuh"
+#include "resize.cuh"
 
 namespace crt_paste {
 
-#if defined(__CUDA_ARCH__)
-__device__ __forceinline__ double dmul(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ double dadd(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ double ddiv(double a, double b) { return __ddiv_rn(a, b); }
-#else
-__device__ __forceinline__ double dmul(double a, double b) { return a * b; }
-__device__ __forceinline__ double dadd(double a, double b) { return a + b; }
-__device__ __forceinline__ double ddiv(double a, double b) { return a / b; }
-#endif
-
-struct Coord {
-    int i0, i1;
-    float f;
-};
-
-// Same as letterbox.cu: OpenCV's INTER_LINEAR source coordinate of destination index d.
-__device__ __forceinline__ Coord linear_coord(int d, double scale, int src_len, bool clamp_frac) {
-    float fx = (float)dadd(dmul((double)d + 0.5, scale), -0.5);
-    int sx = (int)floorf(fx);
-    fx = __fsub_rn(fx, (float)sx);
-    if (clamp_frac) {
-        if (sx < 0) {
-            fx = 0.0f;
-            sx = 0;
-        }
-        if (sx >= src_len - 1) {
-            fx = 0.0f;
-            sx = src_len - 1;
-        }
-    }
-    Coord c;
-    c.i0 = crt::clamp_int(sx, 0, src_len - 1);
-    c.i1 = crt::clamp_int(sx + 1, 0, src_len - 1);
-    c.f = fx;
-    return c;
-}
+using namespace crt_resize;
 
 // The padded map: 0 on the one-pixel border, the M x M probabilities inside.
 __device__ __forceinline__ float padded(const float* __restrict__ prob, int m, int y, int x) {
@@ -97,8 +63,8 @@ extern "C" __global__ void
     } else if (p == 2 * box_w && p == 2 * box_h) {
         mode = 1;  // area fast
     }
-    const double scale_x = ddiv(1.0, ddiv((double)box_w, (double)p));
-    const double scale_y = ddiv(1.0, ddiv((double)box_h, (double)p));
+    const double scale_x = axis_scale(p, box_w);
+    const double scale_y = axis_scale(p, box_h);
     const int simd_cols = (box_w / 4) * 4;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < area; i += stride) {
