@@ -29,6 +29,7 @@ import numpy as np
 
 from .._lazy import require
 from ..errors import BackendUnavailable, CudaError, InvalidImage
+from ..runtime.postprocess import expanded_box
 from ..spec import PreprocessSpec
 
 Dim3 = tuple[int, int, int]
@@ -162,18 +163,6 @@ class PasteLayout:
         start = int(self.offsets[i])
         crop = out[start : start + cw * ch].reshape(ch, cw).astype(bool)
         return crop, (x0 if cw else 0), (y0 if ch else 0)
-
-
-def expanded_box(box: Sequence[float], m: int) -> tuple[int, int, int, int]:
-    """(ex1, ey1, ex2, ey2): torchvision's box expanded by (M+2)/M in float32, truncated (as paste_mask)."""
-    b = np.asarray(box, dtype=np.float32)
-    pad_scale = np.float32((m + 2) / m)
-    w_half = (b[2] - b[0]) * np.float32(0.5) * pad_scale
-    h_half = (b[3] - b[1]) * np.float32(0.5) * pad_scale
-    cx = (b[2] + b[0]) * np.float32(0.5)
-    cy = (b[3] + b[1]) * np.float32(0.5)
-    ex1, ey1, ex2, ey2 = (int(v) for v in (cx - w_half, cy - h_half, cx + w_half, cy + h_half))
-    return ex1, ey1, ex2, ey2
 
 
 def paste_layout(

@@ -24,12 +24,9 @@ from .result import Instance, InstanceMask
 MASK_THRESHOLD = 0.5
 
 
-def paste_mask(prob: np.ndarray, box: Sequence[float], height: int, width: int) -> InstanceMask:
-    """Binary mask of one instance: ``prob`` (M x M) pasted into ``box`` (x1, y1, x2, y2)."""
-    m = prob.shape[-1]
-    padded = np.zeros((m + 2, m + 2), dtype=np.float32)
-    padded[1:-1, 1:-1] = prob
-    # Expanded box in float32 as torchvision computes it, truncated towards zero (.to(int32)).
+def expanded_box(box: Sequence[float], m: int) -> tuple[int, int, int, int]:
+    """(ex1, ey1, ex2, ey2): the box expanded by (M+2)/M about its centre in float32, as torchvision
+    computes it, truncated towards zero (``.to(int32)``). The CUDA paste layout uses the same."""
     b = np.asarray(box, dtype=np.float32)
     pad_scale = np.float32((m + 2) / m)
     w_half = (b[2] - b[0]) * np.float32(0.5) * pad_scale
@@ -37,6 +34,15 @@ def paste_mask(prob: np.ndarray, box: Sequence[float], height: int, width: int) 
     cx = (b[2] + b[0]) * np.float32(0.5)
     cy = (b[3] + b[1]) * np.float32(0.5)
     ex1, ey1, ex2, ey2 = (int(v) for v in (cx - w_half, cy - h_half, cx + w_half, cy + h_half))
+    return ex1, ey1, ex2, ey2
+
+
+def paste_mask(prob: np.ndarray, box: Sequence[float], height: int, width: int) -> InstanceMask:
+    """Binary mask of one instance: ``prob`` (M x M) pasted into ``box`` (x1, y1, x2, y2)."""
+    m = prob.shape[-1]
+    padded = np.zeros((m + 2, m + 2), dtype=np.float32)
+    padded[1:-1, 1:-1] = prob
+    ex1, ey1, ex2, ey2 = expanded_box(box, m)
     box_w = max(ex2 - ex1 + 1, 1)
     box_h = max(ey2 - ey1 + 1, 1)
     x0, y0 = max(ex1, 0), max(ey1, 0)
