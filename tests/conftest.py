@@ -6,7 +6,6 @@ CRYSTAL_RT_SLOW=1) are skipped automatically where they cannot run.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -32,7 +31,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_trt = pytest.mark.skip(reason="needs TensorRT (pip install tensorrt, or JetPack)")
     skip_slow = pytest.mark.skip(reason="slow: set CRYSTAL_RT_SLOW=1 to run")
     has_gpu = _has_gpu()
-    has_trt = importlib.util.find_spec("tensorrt") is not None
+    from crystal_rt.runtime.tensorrt.modules import tensorrt_installed
+
+    has_trt = tensorrt_installed()
     slow = os.environ.get("CRYSTAL_RT_SLOW") == "1"
     for item in items:
         if "gpu" in item.keywords and not has_gpu:

@@ -91,7 +91,9 @@ def test_build_engine_from_checkpoint(tiny, tmp_path):
 
 
 def test_build_engine_tensorrt_missing_is_one_sentence(tiny, tmp_path, capsys):
-    if __import__("importlib").util.find_spec("tensorrt") is not None:
+    from crystal_rt.runtime.tensorrt.modules import tensorrt_installed
+
+    if tensorrt_installed():
         pytest.skip("TensorRT is installed here")
     assert main(["build-engine", str(tiny.onnx), "-o", str(tmp_path), "--backend", "tensorrt"]) == 1
     err = capsys.readouterr().err.strip()

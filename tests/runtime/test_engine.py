@@ -105,7 +105,9 @@ def test_bad_manifests(tiny, tmp_path, content):
 
 def test_tensorrt_backend_without_tensorrt(tiny, tmp_path):
     pytest.importorskip("onnxruntime")
-    if __import__("importlib").util.find_spec("tensorrt") is not None:
+    from crystal_rt.runtime.tensorrt.modules import tensorrt_installed
+
+    if tensorrt_installed():
         pytest.skip("TensorRT is installed here")
     with pytest.raises(MissingDependency) as err:
         build_engine(tiny.onnx, tmp_path, backend="tensorrt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from .export import add_checkpoint_options, checkpoint_options
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "build-engine",
-        help="build an engine for this machine (ONNX Runtime FP32 or INT8; TensorRT is not built yet)",
+        help="build an engine for this machine (TensorRT with a GPU, else ONNX Runtime)",
         description=__doc__ + " MODEL is a core ONNX (no torch needed) or a checkpoint "
         "(exported first; needs the export extra).",
     )
@@ -25,7 +26,7 @@ def add_parser(sub: Any) -> None:
         "--backend",
         choices=("auto", "onnxruntime", "tensorrt"),
         default="auto",
-        help="auto (default): the best backend this version can build here, today ONNX Runtime",
+        help="auto (default): TensorRT where it is installed and a GPU is present, else ONNX Runtime",
     )
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument("--name", help="engine name (default: the model file's name)")
@@ -35,13 +36,51 @@ def add_parser(sub: Any) -> None:
     )
     calib.add_argument("--calib", type=Path, metavar="DIR", help="folder of typical images to calibrate on")
     add_calibration_options(calib)
+    add_tensorrt_options(p)
     add_checkpoint_options(p)
     p.set_defaults(run=run)
 
 
+def add_tensorrt_options(p: argparse.ArgumentParser) -> None:
+    """trtexec-like TensorRT builder options (ignored by ONNX Runtime)."""
+    trt = p.add_argument_group("TensorRT (as trtexec's options of the same purpose)")
+    trt.add_argument("--workspace", metavar="SIZE", help="builder workspace memory pool, e.g. 2G or 512M")
+    trt.add_argument("--timing-cache", type=Path, metavar="FILE", help="read and update this timing cache")
+    trt.add_argument(
+        "--opt-level",
+        type=int,
+        choices=range(6),
+        metavar="0..5",
+        help="builder optimization level (default 3)",
+    )
+    trt.add_argument(
+        "--hardware-compat",
+        choices=("none", "ampere+", "same-cc"),
+        default="none",
+        help="none (default), ampere+ (any Ampere-or-newer desktop GPU, not Jetson) or same-cc",
+    )
+    trt.add_argument(
+        "--version-compatible", action="store_true", help="runs on later TensorRT versions of the same major"
+    )
+    trt.add_argument(
+        "--refit", action="store_true", help="allow refitting fine-tuned weights without a rebuild"
+    )
+
+
+def tensorrt_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "workspace": args.workspace,
+        "timing_cache": args.timing_cache,
+        "opt_level": args.opt_level,
+        "hardware_compat": args.hardware_compat,
+        "version_compatible": args.version_compatible,
+        "refit": args.refit,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import CrystalRtError
-    from ..runtime.build import build_engine
+    from ..runtime.build import build_engine, resolve_backend
     from .console import console, err_console, info
 
     calib_options = {
@@ -54,7 +93,14 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.calib is not None and args.precision != "int8":
         raise CrystalRtError(f"--calib calibrates for --precision int8, not {args.precision}")
-    with err_console.status(f"building an engine from {args.model} ..."):
+    # TensorRT draws its own progress bar (rich allows one live display at a time).
+    tensorrt = resolve_backend(args.backend) == "tensorrt"
+    status = (
+        contextlib.nullcontext()
+        if tensorrt
+        else err_console.status(f"building an engine from {args.model} ...")
+    )
+    with status:
         manifest = build_engine(
             args.model,
             args.output,
@@ -66,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             calib=args.calib,
             calib_options=calib_options,
             log=info,
+            tensorrt_options=tensorrt_options(args),
+            progress=tensorrt,
         )
     console.print(
         f"engine [bold]{manifest.name}[/]: {manifest.backend} {manifest.backend_version}, "

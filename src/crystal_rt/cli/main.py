@@ -31,6 +31,7 @@ COMMANDS = {
     "serve": "serve",
     "watch": "watch",
     "export-triton": "export_triton",
+    "doctor": "doctor",
 }
 
 

@@ -51,6 +51,8 @@ def build_engine(
     calib: str | os.PathLike[str] | None = None,
     calib_options: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    tensorrt_options: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> Manifest:
     """Build an engine for this machine and return its manifest (already written to ``output_dir``).
 
@@ -62,6 +64,10 @@ def build_engine(
     onnxruntime), or ``calib``, a folder of images to calibrate on first (``calib_options`` go to
     :func:`crystal_rt.calibration.api.calibrate`: num_images, seed, val, held_out, max_map_drop,
     force, on_step, on_image).
+
+    ``tensorrt_options`` (TensorRT only): workspace, timing_cache, opt_level, hardware_compat,
+    version_compatible, refit (see :class:`crystal_rt.runtime.tensorrt.options.BuildOptions`);
+    ``progress`` shows TensorRT's build progress bar.
     """
     say = log or (lambda _msg: None)
     src = Path(model)
@@ -71,16 +77,11 @@ def build_engine(
         raise CrystalRtError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise CrystalRtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if backend == "auto":
-        # TensorRT where present once its builder lands (DESIGN.md); until then picking it would
-        # only fail, so every machine gets ONNX Runtime.
-        backend = "onnxruntime"
+    backend = resolve_backend(backend)
     if backend == "tensorrt":
-        require("tensorrt", "Building a TensorRT engine", extra="gpu")
-        raise BackendUnavailable(
-            "building TensorRT engines is not available in this version of crystal-rt; "
-            "use --backend onnxruntime"
-        )
+        from .tensorrt.modules import load_tensorrt
+
+        load_tensorrt("Building a TensorRT engine")  # fails first, in one sentence, without TensorRT
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = name or src.name.split(".")[0]
@@ -97,13 +98,28 @@ def build_engine(
             from ..calibration.api import calibrate
 
             calibrated = out / f"{stem}.int8.onnx"
-            say(f"calibrating {source.name} for ONNX Runtime INT8 on {calib}")
+            target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+            say(f"calibrating {source.name} for {target} INT8 on {calib}")
             calibrate(
-                source, calib, calibrated, precision="int8", target="onnxruntime", threads=threads,
+                source, calib, calibrated, precision="int8", target=target, threads=threads,
                 log=say, **(calib_options or {}),
             )  # fmt: skip
             source = calibrated
+        if backend == "tensorrt":
+            from .tensorrt.build import build_tensorrt
+
+            return build_tensorrt(source, out, stem, precision, tensorrt_options, log=say, progress=progress)
         return _build_onnxruntime(source, out, stem, precision, threads, Path(tmp), say)
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto``: TensorRT where it is installed and a GPU is present, else ONNX Runtime."""
+    if backend != "auto":
+        return backend
+    from .tensorrt.device import gpu_count
+    from .tensorrt.modules import tensorrt_installed
+
+    return "tensorrt" if tensorrt_installed() and gpu_count() > 0 else "onnxruntime"
 
 
 def _build_onnxruntime(

@@ -187,7 +187,6 @@ def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
     import platform
 
     from .._lazy import require
-    from ..errors import BackendUnavailable
 
     engine = manifest.engine_path
     if manifest.backend == "onnxruntime":
@@ -200,10 +199,12 @@ def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
                 path=manifest.path,
             )
     elif manifest.backend == "tensorrt":
-        require("tensorrt", "Running a TensorRT engine")
-        raise BackendUnavailable(
-            "running TensorRT engines is not available in this version of crystal-rt", path=manifest.path
-        )
+        from .tensorrt.backend import TensorRTBackend
+        from .tensorrt.compat import check_manifest
+
+        check_manifest(manifest)  # TensorRT version and compute capability, before the plan is read
+        _check_engine_file(manifest, Path(engine))
+        return TensorRTBackend(engine, manifest=manifest)
     else:
         raise EngineIncompatible(f"unknown backend {manifest.backend!r}", path=manifest.path)
     _check_engine_file(manifest, Path(engine))

@@ -1,0 +1,179 @@
+"""``crystal-rt doctor``: what this machine has and what it can build; ``--gpu`` checks it on the device.
+
+Without ``--gpu`` nothing is built or run: it reports the NVIDIA driver, GPUs and compute
+capabilities, the CUDA driver version, TensorRT / TensorRT-RTX, ONNX Runtime and its providers,
+cuda-python and NVRTC, nvcc, ModelOpt, then which engines and kernels can be built here.
+``--gpu`` (a GPU machine): builds the demo engine FP32 and FP16, checks the CUDA kernels against the
+CPU, each engine against ONNX Runtime on the CPU, and times them; exit 1 on any failure, 2 without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+NO_GPU_EXIT = 2
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "doctor", help="report what this machine has and can build; --gpu checks it", description=__doc__
+    )
+    p.add_argument(
+        "--gpu", action="store_true", help="build and check TensorRT engines and CUDA kernels on the GPU"
+    )
+    p.add_argument(
+        "--images", type=Path, metavar="DIR", help="--gpu: real drop images to check too (up to 8)"
+    )
+    p.set_defaults(run=run)
+
+
+def _try(fn: Any, default: str = "not found") -> str:
+    try:
+        value = fn()
+    except Exception as exc:  # a report: every probe may fail in its own way, none may stop the others
+        return f"unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
+    return default if value in (None, "", []) else str(value)
+
+
+def _onnxruntime() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime as ort
+
+    return f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
+
+
+def _nvrtc() -> str:
+    from ..cuda.build import nvrtc_version
+
+    major, minor = nvrtc_version()
+    return f"{major}.{minor}"
+
+
+def _nvcc() -> str | None:
+    path = shutil.which("nvcc")
+    if path is None:
+        return None
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    release = next(
+        (ln for ln in out.splitlines() if "release" in ln), out.strip().splitlines()[-1] if out else ""
+    )
+    return f"{path}: {release.strip()}"
+
+
+def _rtx() -> str | None:
+    from ..runtime.tensorrt import device
+    from ..runtime.tensorrt.builder import compute_capability_names
+    from ..runtime.tensorrt.modules import TENSORRT_RTX, load_tensorrt
+
+    version = device.tensorrt_version(TENSORRT_RTX)
+    if version is None:
+        return None
+    targets = compute_capability_names(load_tensorrt("doctor", TENSORRT_RTX))
+    return f"{version} (ahead-of-time targets: {', '.join(targets)})"
+
+
+def _modelopt() -> str | None:
+    import importlib.util
+
+    from ..runtime.tensorrt.device import package_version
+
+    if importlib.util.find_spec("modelopt") is None:
+        return None
+    return package_version("nvidia-modelopt") or "installed"
+
+
+def _kernel_archs() -> str:
+    from ..cuda.build import DEFAULT_ARCHS, supported_archs
+
+    have = set(supported_archs())
+    return ", ".join(a for a in DEFAULT_ARCHS if a in have) or "none"
+
+
+def machine_rows() -> list[tuple[str, str]]:
+    from ..runtime.tensorrt import device
+
+    gpus = _try(lambda: "; ".join(f"{g.index}: {g.name}, compute {g.compute_capability}, "
+                                  f"{g.memory_bytes / 2**30:.0f} GiB" for g in device.gpus()))  # fmt: skip
+    return [
+        ("NVIDIA driver", _try(lambda: "present" if device.cuda_driver_version() else None)),
+        ("GPU(s)", gpus),
+        ("CUDA driver version", _try(device.cuda_driver_version)),
+        ("TensorRT", _try(device.tensorrt_version)),
+        ("TensorRT-RTX", _try(_rtx)),
+        ("ONNX Runtime", _try(_onnxruntime)),
+        (
+            "cuda-python",
+            _try(lambda: device.package_version("cuda-python") or device.package_version("cuda-bindings")),
+        ),
+        ("NVRTC", _try(_nvrtc)),
+        ("nvcc", _try(_nvcc)),
+        ("ModelOpt", _try(_modelopt)),
+    ]
+
+
+def build_rows() -> list[tuple[str, str]]:
+    import importlib.util
+
+    from ..runtime.tensorrt import device
+    from ..runtime.tensorrt.modules import tensorrt_installed
+
+    ort = importlib.util.find_spec("onnxruntime") is not None
+    trt = tensorrt_installed()
+    gpu = device.gpu_count() > 0
+    if trt and gpu:
+        trt_state = "yes (fp16: builder flag or AutoCast graph; int8: Q/DQ graph for tensorrt)"
+    else:
+        trt_state = "no: needs " + " and ".join(
+            n for n, have in (("TensorRT", trt), ("an NVIDIA GPU", gpu)) if not have
+        )
+    rows = [
+        ("onnxruntime fp32 / int8", "yes" if ort else 'no: pip install "crystal-rt[cpu]"'),
+        ("tensorrt fp32 / fp16 / int8", trt_state),
+        ("tensorrt-rtx ahead of time (checks only)", _try(_rtx, default="no: pip install tensorrt-rtx-cu13")),
+        ("CUDA kernels (NVRTC CUBIN)", _try(_kernel_archs)),
+        ("CUDA kernels run", "yes" if gpu else "no: needs an NVIDIA GPU and driver"),
+    ]
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .console import console, err_console, info
+
+    table = Table(title="this machine", show_header=False)
+    for key, value in machine_rows():
+        table.add_row(key, value)
+    console.print(table)
+    can = Table(title="what it can build", show_header=False)
+    for key, value in build_rows():
+        can.add_row(key, value)
+    console.print(can)
+    if not args.gpu:
+        return 0
+    from ..runtime.tensorrt import device
+
+    if device.gpu_count() == 0:
+        err_console.print(
+            "doctor --gpu: no NVIDIA GPU (or driver) on this machine; nothing to check", highlight=False
+        )
+        return NO_GPU_EXIT
+    from ..runtime.tensorrt.gpucheck import load_images, run_gpu_checks, synthetic_images
+
+    images = synthetic_images() + load_images(args.images)
+    checks = run_gpu_checks(images, info)
+    result = Table(title="GPU checks")
+    result.add_column("check")
+    result.add_column("result")
+    result.add_column("detail")
+    for check in checks:
+        result.add_row(check.name, "[green]pass[/]" if check.ok else "[red]FAIL[/]", check.detail)
+    console.print(result)
+    return 0 if all(c.ok for c in checks) else 1

@@ -1,0 +1,43 @@
+"""Find and import the TensorRT Python modules (``tensorrt``, ``tensorrt_rtx``) with one clear error.
+
+``tensorrt-stubs`` (for mypy) installs a ``tensorrt/`` folder holding only ``__init__.pyi``: Python
+then imports ``tensorrt`` as an empty namespace package. :func:`tensorrt_installed` and
+:func:`load_tensorrt` therefore look for a real module (one with a file and a ``Builder``), never
+only for the name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from types import ModuleType
+
+from ..._lazy import require
+from ...errors import MissingDependency
+
+TENSORRT = "tensorrt"
+TENSORRT_RTX = "tensorrt_rtx"
+MODULES = (TENSORRT, TENSORRT_RTX)
+_PACKAGE = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt-rtx-cu13"}
+
+
+def tensorrt_installed(module: str = TENSORRT) -> bool:
+    """Whether a real ``module`` is importable (not a stubs-only namespace package); imports nothing."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin is not None
+
+
+def load_tensorrt(purpose: str, module: str = TENSORRT) -> ModuleType:
+    """Import ``module`` (``tensorrt`` or ``tensorrt_rtx``), or raise MissingDependency naming the extra."""
+    if module not in MODULES:
+        raise ValueError(f"unknown TensorRT module {module!r}; choose one of {', '.join(MODULES)}")
+    mod = require(module, purpose, package=_PACKAGE[module], extra="gpu")
+    if not hasattr(mod, "Builder"):  # the stubs' namespace package
+        raise MissingDependency(_PACKAGE[module], "gpu", purpose, " plus NVIDIA TensorRT for this GPU")
+    return mod
+
+
+def module_version(trt: ModuleType) -> str:
+    return str(getattr(trt, "__version__", "unknown"))
