@@ -3,7 +3,7 @@
 ``trt`` is the ``tensorrt`` or ``tensorrt_rtx`` module; both share these calls (Builder, network
 flags, OnnxParser, IBuilderConfig, memory pools, timing cache, IProgressMonitor, hardware
 compatibility, builder flags). Capabilities are detected with ``hasattr``, never version strings.
-The TensorRT-RTX path runs here (no GPU) and is exercised by ``tests/tensorrt/test_rtx_builder.py``;
+The TensorRT-RTX path runs here (no GPU) and is exercised by ``tests/trt_engines/test_rtx_builder.py``;
 the ``tensorrt`` path needs a GPU and is unverified here.
 """
 
