@@ -71,14 +71,25 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--score-threshold", type=float, help="default score threshold (default: the engine's)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    triton = p.add_argument_group(
+        "Triton (PyTriton: HTTP + gRPC, dynamic batching; needs the triton extra in its own venv)"
+    )
+    triton.add_argument("--triton", action="store_true", help="serve through a Triton Inference Server")
+    triton.add_argument("--model-name", help="Triton model name (default: the engine's name)")
+    triton.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC port (default 8001)")
+    triton.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics port (default 8002)")
+    triton.add_argument("--max-batch", type=_positive_int, default=4, help="dynamic batch size (default 4)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .._lazy import require
     from ..runtime.detector import Detector
-    from ..serve.http import create_app
     from .console import info
+
+    if args.triton:
+        return _run_triton(args)
+    from ..serve.http import create_app
 
     uvicorn = require("uvicorn", "crystal-rt serve", extra="serve")
     require("fastapi", "crystal-rt serve", extra="serve")
@@ -97,4 +108,30 @@ def run(args: argparse.Namespace) -> int:
     info(f"serving {detector!r} on http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     detector.close()
+    return 0
+
+
+def _run_triton(args: argparse.Namespace) -> int:
+    from ..runtime.detector import Detector
+    from ..serve.pytriton import TritonPorts, bind_triton
+    from .console import info
+
+    detector = Detector.load(
+        args.engine, score_threshold=args.score_threshold, threads=args.threads, max_pixels=args.max_pixels
+    )
+    name = args.model_name or (detector.manifest.name if detector.manifest else "crystals")
+    ports = TritonPorts(http=args.port, grpc=args.grpc_port, metrics=args.metrics_port)
+    triton = bind_triton(
+        detector, model_name=name, host=args.host, ports=ports, max_batch_size=args.max_batch
+    )
+    if args.host not in LOOPBACK:
+        info(f"[yellow]warning:[/] Triton listens on {args.host}: it has no authentication")
+    info(
+        f"Triton serving model {name!r}: http://{args.host}:{ports.http}/v2/models/{name} , "
+        f"gRPC {args.host}:{ports.grpc}; Ctrl-C stops"
+    )
+    try:
+        triton.serve()
+    finally:
+        detector.close()
     return 0
