@@ -32,6 +32,7 @@ COMMANDS = {
     "watch": "watch",
     "export-triton": "export_triton",
     "doctor": "doctor",
+    "bench": "bench",
 }
 
 

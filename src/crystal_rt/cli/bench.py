@@ -1,0 +1,130 @@
+"""``crystal-rt bench ENGINE``: per-stage latency percentiles, engine-only time, cold start, peak RSS,
+throughput with 1..N threads, and the environment, as tables, JSON (``--json``) and a PNG (``--plot``).
+
+Images are read into memory first (the decode stage decodes bytes, no disk I/O); ``--synthetic N``
+generates N drops instead. Cold start runs in fresh ``python -c`` processes that never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _positive_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 1024x1224, got {text!r}") from None
+    if height < 16 or width < 16:
+        raise argparse.ArgumentTypeError(f"image too small: {text}")
+    return height, width
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmark an engine: latency, cold start, memory", description=__doc__)
+    p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--images", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
+    src.add_argument("--synthetic", type=int, metavar="N", help="generate N synthetic drops (default 4)")
+    p.add_argument(
+        "--synthetic-size", type=_size, default=(1024, 1224), metavar="HxW", help="default 1024x1224"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic drops (default 0)")
+    p.add_argument("--runs", type=int, default=10, help="timed passes over the images (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed passes first (default 2)")
+    p.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads for latency (default: all cores)"
+    )
+    p.add_argument(
+        "--threads-sweep",
+        type=_positive_list,
+        metavar="1,2,...",
+        help="throughput with these numbers of threads calling one Detector (default: 1..cores)",
+    )
+    p.add_argument(
+        "--cold-starts", type=int, default=3, help="fresh-process cold starts (default 3; 0 skips)"
+    )
+    p.add_argument("--score-threshold", type=float, help="detection threshold (default: the engine's)")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the full report here")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="write a latency/throughput plot here")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..bench.environment import usable_cores
+    from ..bench.report import latency_tables, write_json, write_plot
+    from ..bench.runner import BenchConfig, load_images, run_bench, synthetic_images
+    from ..errors import CrystalRtError
+    from .console import console, info
+
+    if args.runs < 1 or args.warmup < 0 or args.cold_starts < 0:
+        raise CrystalRtError("--runs must be >= 1, --warmup and --cold-starts >= 0")
+    if args.images:
+        images = load_images(args.images)
+        if not images:
+            raise CrystalRtError("no images found in " + ", ".join(map(str, args.images)))
+    else:
+        count = 4 if args.synthetic is None else args.synthetic
+        if count < 1:
+            raise CrystalRtError("--synthetic must be >= 1")
+        height, width = args.synthetic_size
+        info(f"generating {count} synthetic drop(s) of {height}x{width}")
+        images = synthetic_images(count, height, width, seed=args.seed)
+    sweep = args.threads_sweep or list(range(1, usable_cores() + 1))
+    config = BenchConfig(
+        engine=Path(args.engine),
+        images=images,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        threads_sweep=sweep,
+        cold_starts=args.cold_starts,
+        score_threshold=args.score_threshold,
+        command=list(sys.argv),
+        log=info,
+    )
+    report = run_bench(config)
+    console.print(latency_tables(report))
+    if args.json:
+        info(f"wrote {write_json(report, args.json)}")
+    if args.plot:
+        info(f"wrote {write_plot(report, args.plot)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m crystal_rt.cli.bench ENGINE ...``: the same command, without the crystal-rt entry point."""
+    import sys
+
+    from rich.markup import escape
+
+    from ..errors import CrystalRtError
+    from .console import err_console
+
+    parser = argparse.ArgumentParser(prog="crystal-rt")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        code: int = args.run(args)
+    except CrystalRtError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
