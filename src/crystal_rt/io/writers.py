@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..runtime.result import DetectionResult
+from ..runtime.result import DetectionResult, Instance
 
 POINT_FIELDS = ("image", "x", "y", "score", "label")
 
@@ -60,6 +60,12 @@ def write_coco(results: Sequence[DetectionResult], path: str | os.PathLike[str])
     return atomic_write_bytes(path, (json.dumps(coco_results(results)) + "\n").encode())
 
 
+def point_row(image: str, inst: Instance) -> list[str]:
+    """One ``points.csv`` row (POINT_FIELDS): image, centroid x, y (pixels), score, label name."""
+    centroid = inst.centroid
+    return [image, f"{centroid['x']:.2f}", f"{centroid['y']:.2f}", f"{inst.score:.4f}", inst.label_name]
+
+
 def write_points_csv(results: Iterable[DetectionResult], path: str | os.PathLike[str]) -> Path:
     """One row per instance: image, centroid x, y (pixels), score, label name."""
     buf = io.StringIO()
@@ -67,15 +73,7 @@ def write_points_csv(results: Iterable[DetectionResult], path: str | os.PathLike
     writer.writerow(POINT_FIELDS)
     for result in results:
         for inst in result.instances:
-            writer.writerow(
-                [
-                    result.image or "",
-                    f"{inst.centroid['x']:.2f}",
-                    f"{inst.centroid['y']:.2f}",
-                    f"{inst.score:.4f}",
-                    inst.label_name,
-                ]
-            )
+            writer.writerow(point_row(result.image or "", inst))
     return atomic_write_bytes(path, buf.getvalue().encode())
 
 

@@ -203,17 +203,9 @@ def dispense_target(result: DetectionResult, um_per_px: float | None = None) -> 
 
 def point_rows(result: DetectionResult, image: str) -> list[list[str]]:
     """``points.csv`` rows: POINT_FIELDS (image, x, y, score, label) then the instance index."""
-    return [
-        [
-            image,
-            f"{inst.centroid['x']:.2f}",
-            f"{inst.centroid['y']:.2f}",
-            f"{inst.score:.4f}",
-            inst.label_name,
-            str(index),
-        ]
-        for index, inst in enumerate(result.instances)
-    ]
+    from ..io.writers import point_row
+
+    return [[*point_row(image, inst), str(index)] for index, inst in enumerate(result.instances)]
 
 
 class Watcher:
