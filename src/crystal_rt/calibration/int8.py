@@ -49,6 +49,8 @@ def quantize_onnxruntime(
     """Write ONNX Runtime's static QDQ quantization of ``source`` to ``output``; returns (tool, options)."""
     ort = require("onnxruntime", "INT8 calibration", extra="calibrate")
     quant = require("onnxruntime.quantization", "INT8 calibration", package="onnx", extra="calibrate")
+    shape_inference = require("onnxruntime.quantization.shape_inference", "INT8 calibration",
+                              package="onnx", extra="calibrate")  # fmt: skip
 
     class Reader(quant.CalibrationDataReader):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
@@ -59,6 +61,7 @@ def quantize_onnxruntime(
             return None if tensor is None else {"images": tensor}
 
     options: dict[str, Any] = {
+        "pre_process": "quant_pre_process (optimised, no symbolic shapes)",
         "format": "QDQ",
         "op_types": list(QUANTIZED_OPS),
         "per_channel": True,
@@ -66,10 +69,19 @@ def quantize_onnxruntime(
         "activations": "uint8",
         "calibration": "MinMax",
     }
-    with _quiet_root_logger():
+    with _quiet_root_logger(), tempfile.TemporaryDirectory(prefix="crystal-rt-ort-quant-") as tmp:
+        # ONNX Runtime's own pre-processing (graph optimisation; the symbolic shape inference is
+        # skipped, the graph's shapes are data-dependent) folds what sits between a convolution and
+        # its activation. Without it ORT fused only 17 of a ResNet-50-FPN's 81 Q/DQ convolutions into
+        # integer kernels and the INT8 graph ran slower than FP32; with it all 81 fuse.
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            shape_inference.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        except Exception as exc:  # the pre-processor raises plain Exceptions with its reason
+            raise CalibrationError(f"ONNX Runtime could not prepare the graph: {exc}", path=source) from exc
         try:
             quant.quantize_static(
-                str(source),
+                str(prepared),
                 str(output),
                 Reader(),
                 quant_format=quant.QuantFormat.QDQ,
