@@ -54,20 +54,21 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
-def gpus() -> list[dict[str, str]]:
-    """NVIDIA GPUs from ``nvidia-smi`` (name, driver, total memory); empty where there is none."""
+def _nvidia_smi(*args: str) -> str | None:
+    """``nvidia-smi ARGS`` output, or None where there is no nvidia-smi or it fails."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return []
+        return None
     try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
+        return subprocess.run([smi, *args], capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def gpus() -> list[dict[str, str]]:
+    """NVIDIA GPUs from ``nvidia-smi`` (name, driver, total memory); empty where there is none."""
+    out = _nvidia_smi("--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
+    if out is None:
         return []
     rows = []
     for line in out.strip().splitlines():
@@ -79,18 +80,8 @@ def gpus() -> list[dict[str, str]]:
 
 def gpu_memory_mb(pid: int) -> float | None:
     """GPU memory used by process ``pid`` (MiB, from ``nvidia-smi``); None without a GPU."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    try:
-        out = subprocess.run(
-            [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    out = _nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+    if out is None:
         return None
     used = 0.0
     for line in out.strip().splitlines():

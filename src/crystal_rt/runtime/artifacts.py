@@ -57,6 +57,48 @@ class Manifest:
     build_options: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # where it was read from (not stored)
 
+    @classmethod
+    def for_engine(
+        cls,
+        engine: Path,
+        source: Path,
+        *,
+        name: str,
+        backend: str,
+        backend_version: str,
+        precision: str,
+        input_shape: list[int],
+        preprocess: PreprocessSpec,
+        model: ModelSpec,
+        source_sha256: str | None = None,
+        **fields: Any,
+    ) -> Manifest:
+        """The manifest of a just-built ``engine`` file: hashes, size, versions, machine and time
+        are filled in here; backend-specific ``fields`` (cuda_version, gpu_name, build_options, ...)
+        are passed through."""
+        import datetime as _dt
+
+        from .._version import __version__
+
+        return cls(
+            name=name,
+            backend=backend,
+            backend_version=backend_version,
+            engine_file=engine.name,
+            engine_sha256=sha256_file(engine),
+            engine_bytes=engine.stat().st_size,
+            source_onnx=str(source.resolve()),
+            source_onnx_sha256=source_sha256 or sha256_file(source),
+            precision=precision,
+            input_shape=input_shape,
+            preprocess=preprocess,
+            model=model,
+            crystal_rt_version=__version__,
+            build_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            machine=platform.machine(),
+            **fields,
+        )
+
     @property
     def engine_path(self) -> Path:
         base = self.path.parent if self.path else Path(".")

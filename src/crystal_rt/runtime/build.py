@@ -6,9 +6,7 @@ ONNX Runtime engines are the graph optimised by ONNX Runtime for this CPU, saved
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -17,9 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import require
-from .._version import __version__
 from ..errors import BackendUnavailable, CrystalRtError, InvalidModel
-from .artifacts import Manifest, sha256_file
+from .artifacts import Manifest
 
 if TYPE_CHECKING:
     from ..calibration.metadata import CalibrationInfo
@@ -156,22 +153,16 @@ def _build_onnxruntime(
             f"the engine would overwrite its source; choose another -o than {out}", path=source
         )
     shutil.move(str(staged), engine)
-    manifest = Manifest(
+    manifest = Manifest.for_engine(
+        engine,
+        source,
         name=name,
         backend="onnxruntime",
         backend_version=ort.__version__,
-        engine_file=engine.name,
-        engine_sha256=sha256_file(engine),
-        engine_bytes=engine.stat().st_size,
-        source_onnx=str(source.resolve()),
-        source_onnx_sha256=sha256_file(source),
         precision=precision,
         input_shape=input_shape,
         preprocess=pre,
         model=model_spec,
-        crystal_rt_version=__version__,
-        build_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        machine=platform.machine(),
         build_options={
             "graph_optimization_level": "all",
             "providers": ["CPUExecutionProvider"],

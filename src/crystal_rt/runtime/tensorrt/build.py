@@ -7,9 +7,7 @@ what builds (tests, CI), not for ``crystal-rt detect``. Unverified here: the ``t
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -17,7 +15,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..._version import __version__
 from ...errors import BackendUnavailable, CrystalRtError, InvalidModel
 from ..artifacts import Manifest, sha256_file
 from . import cache as engine_cache
@@ -107,22 +104,17 @@ def build_tensorrt(
         build_seconds = result.seconds
         if use_cache:
             engine_cache.store(key, plan_path, {**key_fields, "build_seconds": build_seconds})
-    manifest = Manifest(
+    manifest = Manifest.for_engine(
+        plan_path,
+        source,
         name=name,
         backend=BACKEND_NAMES[module],
         backend_version=version,
-        engine_file=plan_path.name,
-        engine_sha256=sha256_file(plan_path),
-        engine_bytes=plan_path.stat().st_size,
-        source_onnx=str(source.resolve()),
-        source_onnx_sha256=onnx_sha,
         precision=precision,
         input_shape=input_shape,
         preprocess=pre,
         model=model_spec,
-        crystal_rt_version=__version__,
-        build_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        machine=platform.machine(),
+        source_sha256=onnx_sha,
         cuda_version=cuda,
         gpu_name=gpu_name,
         compute_capability=cc,
