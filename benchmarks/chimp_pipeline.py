@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import save_figure, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -158,10 +159,7 @@ def main() -> int:
         "stage_medians_ms": {k: {s: statistics.median(v) for s, v in d.items()} for k, d in stages.items()},
         "detections": counts, "environment": env,
     }  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
     if args.plot:
         plot(report, args.plot)
         print(f"wrote {args.plot}")
@@ -189,9 +187,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel(f"median ms per image (stages); crystal-rt / CHiMP-style = {report['ratio']:.3f}x")
     ax.legend(fontsize=6, ncol=4)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import save_figure, write_json
 
 SIZES = ((512, 512), (1920, 1080), (2048, 2048))  # (width, height)
 CLIP, TILES = 2.0, (8, 8)
@@ -106,10 +107,7 @@ def main() -> int:
         "tiles": list(TILES), "kornia": kornia_note, "gpu": gpu_note, "opencv_threads": cv2.getNumThreads(),
         "rows": rows, "environment": collect_environment(),
     }  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
     if args.plot:
         plot(rows, args.plot)
         print(f"wrote {args.plot}")
@@ -140,9 +138,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("CLAHE 8-bit, clip 2.0, 8x8 tiles", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

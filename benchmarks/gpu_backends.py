@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import statistics
 import sys
@@ -29,6 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _common import save_figure, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -58,13 +59,6 @@ def find_gpu() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "nvidia-smi found, but torch.cuda.is_available() is False"
     return True, f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
-
-
-def write_json(path: Path | None, report: dict[str, Any]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path}")
 
 
 def main() -> int:
@@ -237,9 +231,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xlim(0, 1.4 * max(med.values()))
     ax.set_xlabel(f"median end-to-end ms per image, {report['gpu']}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import save_figure, write_json
 
 SIZES = ((512, 512), (1024, 1024), (2048, 2048), (4096, 3000))  # (width, height)
 THRESHOLDS = (0.99, 0.89, 0.5, 0.2, 0.05, 0.0)
@@ -123,10 +124,7 @@ def main() -> int:
                              "stages_ms": by_thr[k], "samples_ms": thr_ms[k]} for k in thr_ms},
         "environment": collect_environment(manifest.to_dict()),
     }  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
     if args.plot:
         plot(report, args.plot, cols)
         print(f"wrote {args.plot}")
@@ -155,9 +153,7 @@ def plot(report: dict[str, Any], path: Path, cols: tuple[str, ...]) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle("demo engine, ONNX Runtime FP32, end to end by stage", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
