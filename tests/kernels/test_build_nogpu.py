@@ -8,11 +8,8 @@ import enum
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -309,21 +306,10 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, kernel_cache: Path) -> FakeDriver
     return fake
 
 
-@contextmanager
-def _no_ipp() -> Iterator[None]:
-    before = cv2.ipp.useIPP()
-    cv2.ipp.setUseIPP(False)
-    try:
-        yield
-    finally:
-        cv2.ipp.setUseIPP(before)
-
-
 def _cpu_preprocess(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     from crystal_rt.runtime.preprocess import apply_clahe, letterbox, normalize
 
-    with _no_ipp():
-        return normalize(letterbox(apply_clahe(img, spec), spec.input_size)[0], spec)
+    return normalize(letterbox(apply_clahe(img, spec), spec.input_size)[0], spec)
 
 
 @pytest.mark.parametrize(
@@ -402,12 +388,11 @@ def test_gpu_mask_paster_through_fake_driver(fake_cuda: FakeDriver) -> None:
     paster = GpuMaskPaster()
     crops = paster(dev.ptr, 28, boxes, h, w, prob_indices=indices)
     assert fake_cuda.launches == ["crt_paste_masks"]
-    with _no_ipp():
-        for (crop, x0, y0), box, idx in zip(crops, boxes, indices, strict=True):
-            want = paste_mask(probs[idx], box, h, w)
-            assert crop.shape == want.crop.shape and np.array_equal(crop, want.crop)
-            if crop.size:
-                assert (x0, y0) == (want.x0, want.y0)
+    for (crop, x0, y0), box, idx in zip(crops, boxes, indices, strict=True):
+        want = paste_mask(probs[idx], box, h, w)
+        assert crop.shape == want.crop.shape and np.array_equal(crop, want.crop)
+        if crop.size:
+            assert (x0, y0) == (want.x0, want.y0)
     assert paster(dev.ptr, 28, [], h, w) == []
     paster.close()
     dev.free()

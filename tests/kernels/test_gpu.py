@@ -1,18 +1,16 @@
 """The CUDA kernels on a real device through crystal_rt.cuda.launch (skipped without a GPU).
 
 Same comparisons as tests/cuda_emu: letterbox/normalise equals the CPU preprocessing within 1e-6,
-paste equals postprocess.paste_mask pixel for pixel; CPU references run with cv2's Intel IPP
-disabled (OpenCV's own resize arithmetic, which the kernels reproduce; see letterbox.cu).
+paste equals postprocess.paste_mask pixel for pixel. The CPU functions resize with OpenCV's own
+code (never Intel IPP: preprocess.resize_linear), which the kernels reproduce.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
@@ -25,19 +23,8 @@ TOL = 1e-6
 M = 28
 
 
-@contextmanager
-def no_ipp() -> Iterator[None]:
-    before = cv2.ipp.useIPP()
-    cv2.ipp.setUseIPP(False)
-    try:
-        yield
-    finally:
-        cv2.ipp.setUseIPP(before)
-
-
 def cpu_reference(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    with no_ipp():
-        return normalize(letterbox(apply_clahe(img, spec), spec.input_size)[0], spec)
+    return normalize(letterbox(apply_clahe(img, spec), spec.input_size)[0], spec)
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +119,12 @@ def test_paste_on_device(cuda: Any) -> None:
         crops = paster(dev.ptr, M, boxes, h, w)
     finally:
         dev.free()
-    with no_ipp():
-        for k, (crop, x0, y0) in enumerate(crops):
-            want = paste_mask(probs[k], boxes[k], h, w)
-            assert crop.shape == want.crop.shape
-            if crop.size:
-                assert (x0, y0) == (want.x0, want.y0)
-            assert np.array_equal(crop, want.crop), k
+    for k, (crop, x0, y0) in enumerate(crops):
+        want = paste_mask(probs[k], boxes[k], h, w)
+        assert crop.shape == want.crop.shape
+        if crop.size:
+            assert (x0, y0) == (want.x0, want.y0)
+        assert np.array_equal(crop, want.crop), k
     paster.close()
 
 
