@@ -15,6 +15,16 @@ def write_json(path: Path | None, report: dict[str, Any]) -> None:
         print(f"wrote {path}")
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig: Any, path: Path) -> None:
     """Save a matplotlib figure small (80 dpi) and close it."""
     import matplotlib.pyplot as plt

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import save_figure, write_json
+from _common import pyplot, save_figure, write_json
 
 SIZES = ((512, 512), (1920, 1080), (2048, 2048))  # (width, height)
 CLIP, TILES = 2.0, (8, 8)
@@ -115,10 +115,7 @@ def main() -> int:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     keys = [k for k in ("cv2_cpu_ms", "kornia_cpu_ms", "crystal_rt_gpu_ms") if k in rows[0]]

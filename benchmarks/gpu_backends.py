@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import save_figure, write_json
+from _common import pyplot, save_figure, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -217,10 +217,7 @@ def run(args: argparse.Namespace, base: dict[str, Any], gpu: str) -> dict[str, A
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     med = report["median_ms"]
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.5 * len(med)))

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import save_figure, write_json
+from _common import pyplot, save_figure, write_json
 
 SIZES = ((512, 512), (1024, 1024), (2048, 2048), (4096, 3000))  # (width, height)
 THRESHOLDS = (0.99, 0.89, 0.5, 0.2, 0.05, 0.0)
@@ -132,10 +132,7 @@ def main() -> int:
 
 
 def plot(report: dict[str, Any], path: Path, cols: tuple[str, ...]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, xlabel in ((axes[0], "by_size", "image size (W x H)"),
