@@ -15,7 +15,7 @@ from ..io.decode import list_images
 from ..runtime.artifacts import sha256_file
 from ..spec import specs_from_metadata
 from .accuracy import AccuracyReport, compare_accuracy
-from .images import DEFAULT_NUM_IMAGES, CalibrationImages, sample_folder
+from .images import DEFAULT_NUM_IMAGES, CalibrationImages, held_out_sample
 from .metadata import TARGETS, CalibrationInfo, copy_metadata, read_calibration
 
 PRECISIONS = ("int8", "fp16")
@@ -92,10 +92,10 @@ def calibrate(
     # image that calibrated the graph: those beyond --num-images, or a quarter of a small folder.
     check: list[Path] = []
     if val is None and held_out > 0:
-        available = len(list_images([folder]))
-        spare = available - num_images
-        count = min(held_out, spare) if spare >= 1 else max(1, available // 4)
-        check = sample_folder(folder, count, seed, exclude=())
+        found = list_images([folder])
+        spare = len(found) - num_images
+        count = min(held_out, spare) if spare >= 1 else max(1, len(found) // 4)
+        check = held_out_sample(found, count, seed)
     calib = CalibrationImages(folder, spec, num_images=num_images, seed=seed, exclude=check)
     say(f"calibrating on {len(calib)} images of {images} (seed {seed})")
     if precision == "fp16":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -83,11 +82,8 @@ class CalibrationImages:
         return len(self.paths)
 
 
-def sample_folder(
-    folder: str | os.PathLike[str], count: int, seed: int, exclude: Sequence[Path]
-) -> list[Path]:
-    """``count`` images of ``folder`` not in ``exclude``, in a seeded order (held-out accuracy checks)."""
-    excluded = {p.resolve() for p in exclude}
-    found = [p for p in list_images([Path(folder)]) if p.resolve() not in excluded]
-    random.Random(seed + 1).shuffle(found)
-    return found[:count]
+def held_out_sample(images: Sequence[Path], count: int, seed: int) -> list[Path]:
+    """``count`` of ``images`` in a seeded order (another order than the calibration sample's)."""
+    chosen = list(images)
+    random.Random(seed + 1).shuffle(chosen)
+    return chosen[:count]
