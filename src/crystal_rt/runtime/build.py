@@ -136,13 +136,14 @@ def _build_onnxruntime(
         raise BackendUnavailable(
             "fp16 runs on GPUs only (TensorRT or ONNX Runtime's CUDA EP); use --precision fp32 on the CPU"
         )
-    calibration = _check_calibration(source, precision, threads)
     say(f"optimising {source.name} with ONNX Runtime {ort.__version__} for this CPU")
     staged = tmp / f"{name}.onnx"
     opts = session_options(threads, optimization="all")
     opts.optimized_model_filepath = str(staged)
     session = create_session(source, opts)
-    model_spec, pre = specs_from_metadata(session.get_modelmeta().custom_metadata_map, source)
+    metadata = session.get_modelmeta().custom_metadata_map
+    calibration = _check_calibration(metadata, source, precision)
+    model_spec, pre = specs_from_metadata(metadata, source)
     input_shape = [int(d) for d in session.get_inputs()[0].shape]
     del session
     if not staged.is_file():
@@ -174,14 +175,11 @@ def _build_onnxruntime(
     return manifest
 
 
-def _check_calibration(source: Path, precision: str, threads: int | None) -> CalibrationInfo | None:
+def _check_calibration(metadata: dict[str, str], source: Path, precision: str) -> CalibrationInfo | None:
     """The graph's calibration record, refusing a graph that is not for ONNX Runtime at ``precision``."""
     from ..calibration.metadata import read_calibration
-    from .backends.onnxruntime import create_session, session_options
 
-    session = create_session(source, session_options(threads, optimization="disable"))
-    info = read_calibration(session.get_modelmeta().custom_metadata_map, source)
-    del session
+    info = read_calibration(metadata, source)
     if precision == "int8":
         if info is None:
             raise BackendUnavailable(
