@@ -6,19 +6,23 @@
 //
 //   emu::launch(dim3 grid, dim3 block, size_t dynamic_shared_bytes, kernel, args...);
 //
-// Model: every block of the grid runs, one block at a time, on blockDim.x*y*z std::threads (one
-// OS thread per CUDA thread, created once per launch and reused for every block). __syncthreads()
-// is a std::barrier over the threads of the block; a thread that returns from the kernel drops out
-// of that barrier (like exited threads on Volta and later). Because blocks run one after the other,
-// `__shared__` can be plain `static` storage; dynamic shared memory is one buffer per launch.
+// Model: every block of the grid runs, one block at a time. Two ways to run its threads:
+//  * fibers (default): every CUDA thread is a fiber on the launching OS thread; the fibers run in
+//    order until each returns or reaches __syncthreads(), and the barrier opens when every live
+//    thread waits at it (a thread that returned drops out, like exited threads on Volta and later).
+//    Deterministic and fast: a switch saves a few registers (x86-64 assembly; ucontext elsewhere).
+//  * -DCUDA_EMU_THREADS: one std::thread per CUDA thread and a std::barrier, so ThreadSanitizer can
+//    see the threads of a block race (the TSan tests use it).
+// Because blocks run one after the other, `__shared__` can be plain `static` storage; dynamic
+// shared memory is one buffer per launch.
 //
 // Limits (know them before trusting a green test):
 //  * Blocks run sequentially, never concurrently: inter-block races and inter-block deadlocks
 //    (spin-waiting on another block) are NOT exercised; "last block" patterns with atomics work.
 //  * No warps: there are no warp intrinsics (__shfl_*, __ballot_sync, __syncwarp, cooperative
 //    groups) and no warp-synchronous execution; code relying on implicit lock-step is not modelled.
-//    A missing __syncthreads shows up as a ThreadSanitizer report (-fsanitize=thread) or, by
-//    chance, a wrong result.
+//    A missing __syncthreads shows up as a ThreadSanitizer report (threads mode, -fsanitize=thread)
+//    or a wrong result.
 //  * `extern __shared__ T x[];` cannot be expressed in C++: kernels use the macro
 //    CRT_DYNAMIC_SMEM(T, x) (see src/crystal_rt/cuda/kernels/common.cuh), which maps to
 //    emu::dynamic_smem() here. `__shared__` variables are not re-initialised between blocks or
@@ -28,7 +32,8 @@
 //    __threadfence is a seq_cst fence. Atomics are std::atomic_ref (int, unsigned, float add).
 //  * Float intrinsics: only the *_rn / _rz ones listed below; host libm for floorf/rintf etc.
 //    No half/bfloat, no textures, no streams, no dynamic parallelism, no printf formatting checks.
-//  * Up to 1024 threads per block; one OS thread each, so keep test blocks small for speed.
+//  * Up to 1024 threads per block. The fibers mode keeps one translation unit per library (its
+//    switch routine is top-level assembly).
 #pragma once
 
 #include <algorithm>
@@ -105,6 +110,25 @@ inline thread_local dim3 gridDim{1, 1, 1};
 
 namespace emu {
 
+inline std::mutex& launch_mutex() {
+    static std::mutex m;
+    return m;
+}
+
+inline void check_launch(unsigned long long nthreads, unsigned long long nblocks, std::size_t smem) {
+    if (nthreads == 0 || nthreads > 1024) throw std::invalid_argument("emu::launch: block must have 1..1024 threads");
+    if (nblocks == 0) throw std::invalid_argument("emu::launch: empty grid");
+    if (smem > (256u << 10)) throw std::invalid_argument("emu::launch: dynamic smem > 256 KiB");
+}
+
+inline uint3 index3(unsigned long long i, dim3 d) {
+    return uint3{static_cast<unsigned>(i % d.x), static_cast<unsigned>((i / d.x) % d.y),
+                 static_cast<unsigned>(i / (1ULL * d.x * d.y))};
+}
+
+#if defined(CUDA_EMU_THREADS)
+// ---- threads mode: one std::thread per CUDA thread (for ThreadSanitizer builds) --------------------
+
 struct LaunchState;
 inline thread_local LaunchState* tl_state = nullptr;
 
@@ -140,11 +164,6 @@ inline void BlockBarrierReset::operator()() noexcept {
     ++state->next_block;
 }
 
-inline std::mutex& launch_mutex() {
-    static std::mutex m;
-    return m;
-}
-
 inline void* dynamic_smem() { return tl_state != nullptr ? tl_state->dyn : nullptr; }
 inline std::size_t dynamic_smem_bytes() { return tl_state != nullptr ? tl_state->dyn_bytes : 0; }
 
@@ -161,9 +180,7 @@ void launch(dim3 grid, dim3 block, std::size_t dynamic_shared_bytes, void (*kern
     static_assert(sizeof...(P) == sizeof...(A), "emu::launch: wrong number of kernel arguments");
     const unsigned long long nthreads = 1ULL * block.x * block.y * block.z;
     const unsigned long long nblocks = 1ULL * grid.x * grid.y * grid.z;
-    if (nthreads == 0 || nthreads > 1024) throw std::invalid_argument("emu::launch: block must have 1..1024 threads");
-    if (nblocks == 0) throw std::invalid_argument("emu::launch: empty grid");
-    if (dynamic_shared_bytes > (256u << 10)) throw std::invalid_argument("emu::launch: dynamic smem > 256 KiB");
+    check_launch(nthreads, nblocks, dynamic_shared_bytes);
 
     std::lock_guard<std::mutex> lock(launch_mutex());
     const std::tuple<std::decay_t<P>...> params(static_cast<std::decay_t<P>>(std::forward<A>(args))...);
@@ -180,15 +197,13 @@ void launch(dim3 grid, dim3 block, std::size_t dynamic_shared_bytes, void (*kern
 
     auto body = [&](unsigned tid) {
         tl_state = &state;
-        threadIdx = uint3{tid % block.x, (tid / block.x) % block.y, tid / (block.x * block.y)};
+        threadIdx = index3(tid, block);
         blockDim = block;
         gridDim = grid;
         for (;;) {
             gate.arrive_and_wait();  // completion step picked the next block (or finished)
             if (state.done) break;
-            const unsigned long long b = state.next_block - 1;
-            blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
-                             static_cast<unsigned>(b / (1ULL * grid.x * grid.y))};
+            blockIdx = index3(state.next_block - 1, grid);
             std::apply(kernel, params);
             state.block_bar->arrive_and_drop();
         }
@@ -199,6 +214,238 @@ void launch(dim3 grid, dim3 block, std::size_t dynamic_shared_bytes, void (*kern
     for (unsigned t = 0; t < nthreads; ++t) threads.emplace_back(body, t);
     for (auto& th : threads) th.join();
 }
+
+#else
+// ---- fibers mode (default): every CUDA thread of a block is a fiber on the launching OS thread ------
+//
+// The threads of a block run one after another until each returns or reaches __syncthreads();
+// when every live thread waits at the barrier, all are released (threads that returned drop out,
+// as on Volta and later). Switching is a few callee-saved registers (x86-64 assembly below; other
+// CPUs use <ucontext.h>), so a launch costs about as much as the kernel's own arithmetic. The
+// order is deterministic: a missing barrier shows up as a wrong result or under CUDA_EMU_THREADS
+// with ThreadSanitizer.
+
+#if !defined(__x86_64__)
+}  // namespace emu
+#include <ucontext.h>
+namespace emu {
+#endif
+
+struct Fiber {
+    void* sp = nullptr;  // saved stack pointer (x86-64)
+#if !defined(__x86_64__)
+    ucontext_t uc;
+#endif
+    unsigned char* stack = nullptr;
+    uint3 tid{0, 0, 0};
+    int state = 0;  // 0 runnable, 1 waiting at the barrier, 2 returned
+};
+
+struct FiberLaunch {
+    Fiber* fibers = nullptr;
+    unsigned count = 0;
+    Fiber* current = nullptr;
+    void* main_sp = nullptr;
+#if !defined(__x86_64__)
+    ucontext_t main_uc;
+#endif
+    void (*body)(void*) = nullptr;
+    void* body_arg = nullptr;
+    unsigned char* dyn = nullptr;
+    std::size_t dyn_bytes = 0;
+};
+
+inline thread_local FiberLaunch* tl_fibers = nullptr;
+constexpr std::size_t kFiberStack = 256u << 10;  // reserved per CUDA thread; pages are touched lazily
+
+inline void* dynamic_smem() { return tl_fibers != nullptr ? tl_fibers->dyn : nullptr; }
+inline std::size_t dynamic_smem_bytes() { return tl_fibers != nullptr ? tl_fibers->dyn_bytes : 0; }
+
+#if defined(__x86_64__)
+extern "C" void crt_emu_switch(void** save_sp, void* load_sp);
+extern "C" void crt_emu_trampoline();
+// System V x86-64: save the callee-saved registers, MXCSR and the x87 control word, switch stacks.
+asm(R"(
+    .text
+    .p2align 4
+    .globl crt_emu_switch
+    .hidden crt_emu_switch
+    .type crt_emu_switch,@function
+crt_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size crt_emu_switch,.-crt_emu_switch
+    .p2align 4
+    .globl crt_emu_trampoline
+    .hidden crt_emu_trampoline
+    .type crt_emu_trampoline,@function
+crt_emu_trampoline:
+    movq %r12, %rdi
+    call crt_emu_fiber_main
+    ud2
+    .size crt_emu_trampoline,.-crt_emu_trampoline
+)");
+#endif
+
+extern "C" __attribute__((used, visibility("hidden"))) inline void crt_emu_fiber_main(Fiber* f) {
+    FiberLaunch* L = tl_fibers;
+    L->body(L->body_arg);
+    f->state = 2;
+#if defined(__x86_64__)
+    crt_emu_switch(&f->sp, L->main_sp);
+#else
+    swapcontext(&f->uc, &L->main_uc);
+#endif
+    std::abort();  // a returned fiber is never resumed
+}
+
+#if !defined(__x86_64__)
+inline void fiber_entry_uc(unsigned hi, unsigned lo) {
+    crt_emu_fiber_main(reinterpret_cast<Fiber*>((static_cast<std::uintptr_t>(hi) << 32) | lo));
+}
+#endif
+
+inline void fiber_start(FiberLaunch* L, Fiber* f) {
+    f->state = 0;
+#if defined(__x86_64__)
+    // Initial frame, popped by crt_emu_switch: [mxcsr|fpucw] r15 r14 r13 r12(=f) rbx rbp, then `ret`
+    // into the trampoline with rsp 16-byte aligned for its call.
+    auto* top = reinterpret_cast<std::uint64_t*>(f->stack + kFiberStack);
+    std::uint64_t* sp = top - 2;  // keeps (sp after `ret`) % 16 == 0
+    *--sp = reinterpret_cast<std::uint64_t>(&crt_emu_trampoline);
+    *--sp = 0;                                    // rbp
+    *--sp = 0;                                    // rbx
+    *--sp = reinterpret_cast<std::uint64_t>(f);   // r12
+    *--sp = 0;                                    // r13
+    *--sp = 0;                                    // r14
+    *--sp = 0;                                    // r15
+    std::uint32_t csr[2];
+    asm volatile("stmxcsr %0" : "=m"(csr[0]));
+    asm volatile("fnstcw %0" : "=m"(*reinterpret_cast<std::uint16_t*>(&csr[1])));
+    --sp;
+    std::memcpy(sp, csr, 8);
+    f->sp = sp;
+#else
+    getcontext(&f->uc);
+    f->uc.uc_stack.ss_sp = f->stack;
+    f->uc.uc_stack.ss_size = kFiberStack;
+    f->uc.uc_link = nullptr;
+    const auto p = reinterpret_cast<std::uintptr_t>(f);
+    makecontext(&f->uc, reinterpret_cast<void (*)()>(&fiber_entry_uc), 2, static_cast<unsigned>(p >> 32),
+                static_cast<unsigned>(p & 0xffffffffu));
+#endif
+    (void)L;
+}
+
+inline void fiber_resume(FiberLaunch* L, Fiber* f) {
+    L->current = f;
+    threadIdx = f->tid;
+#if defined(__x86_64__)
+    crt_emu_switch(&L->main_sp, f->sp);
+#else
+    swapcontext(&L->main_uc, &f->uc);
+#endif
+}
+
+inline void syncthreads() {
+    FiberLaunch* L = tl_fibers;
+    if (L == nullptr || L->current == nullptr) {
+        std::fprintf(stderr, "cuda_emu: __syncthreads() outside a kernel launch\n");
+        std::abort();
+    }
+    Fiber* f = L->current;
+    f->state = 1;
+#if defined(__x86_64__)
+    crt_emu_switch(&f->sp, L->main_sp);
+#else
+    swapcontext(&f->uc, &L->main_uc);
+#endif
+    threadIdx = f->tid;
+}
+
+// Fiber stacks, reserved once per process and reused by every launch (lazily committed pages).
+// Called with launch_mutex() held; 1024 stacks of kFiberStack (256 MiB of address space, committed
+// only where touched).
+inline unsigned char* fiber_stacks() {
+    static unsigned char* base = static_cast<unsigned char*>(::operator new(std::size_t{1024} * kFiberStack,
+                                                                           std::align_val_t{64}));
+    return base;
+}
+
+template <class... P, class... A>
+void launch(dim3 grid, dim3 block, std::size_t dynamic_shared_bytes, void (*kernel)(P...), A&&... args) {
+    static_assert(sizeof...(P) == sizeof...(A), "emu::launch: wrong number of kernel arguments");
+    const unsigned long long nthreads = 1ULL * block.x * block.y * block.z;
+    const unsigned long long nblocks = 1ULL * grid.x * grid.y * grid.z;
+    check_launch(nthreads, nblocks, dynamic_shared_bytes);
+
+    std::lock_guard<std::mutex> lock(launch_mutex());
+    using Params = std::tuple<std::decay_t<P>...>;
+    Params params(static_cast<std::decay_t<P>>(std::forward<A>(args))...);
+    std::vector<std::max_align_t> dyn(dynamic_shared_bytes / sizeof(std::max_align_t) + 1);
+    std::vector<Fiber> fibers(nthreads);
+    unsigned char* stacks = fiber_stacks();
+
+    struct Call {
+        void (*kernel)(P...);
+        Params* params;
+    } call{kernel, &params};
+    FiberLaunch L;
+    L.fibers = fibers.data();
+    L.count = static_cast<unsigned>(nthreads);
+    L.body = [](void* arg) {
+        auto* c = static_cast<Call*>(arg);
+        std::apply(c->kernel, *c->params);
+    };
+    L.body_arg = &call;
+    L.dyn = reinterpret_cast<unsigned char*>(dyn.data());
+    L.dyn_bytes = dynamic_shared_bytes;
+    FiberLaunch* saved = tl_fibers;
+    tl_fibers = &L;
+    blockDim = block;
+    gridDim = grid;
+    for (unsigned t = 0; t < nthreads; ++t) {
+        fibers[t].stack = stacks + std::size_t{t} * kFiberStack;
+        fibers[t].tid = index3(t, block);
+    }
+    for (unsigned long long b = 0; b < nblocks; ++b) {
+        blockIdx = index3(b, grid);
+        for (auto& f : fibers) fiber_start(&L, &f);
+        for (;;) {
+            bool waiting = false;
+            for (auto& f : fibers) {
+                if (f.state == 0) fiber_resume(&L, &f);
+                waiting = waiting || f.state == 1;
+            }
+            if (!waiting) break;
+            for (auto& f : fibers) {
+                if (f.state == 1) f.state = 0;  // every live thread reached the barrier: release it
+            }
+        }
+    }
+    L.current = nullptr;
+    tl_fibers = saved;
+}
+#endif
 
 template <class T>
 inline T atomic_cas_loop_max(T* addr, T val) {

@@ -1,0 +1,1 @@
+"""Test support for crystal-rt and for software that embeds it (placeholder, filled below)."""
