@@ -195,19 +195,19 @@ def _outputs(boxes, scores, labels, masks=None) -> CoreOutputs:
 def test_select_threshold_padding_and_order() -> None:
     scores = [0.9, 0.0, 0.3, 0.7, 0.5, 0.95, 0.0, 0.49999]
     out = _outputs(np.zeros((8, 4)), scores, np.ones(8))
-    assert select(out, 0.5).tolist() == [5, 0, 3, 4]
-    assert select(out, 0.8).tolist() == [5, 0]
-    assert select(out, 0.96).tolist() == []
+    assert select(out.scores, 0.5).tolist() == [5, 0, 3, 4]
+    assert select(out.scores, 0.8).tolist() == [5, 0]
+    assert select(out.scores, 0.96).tolist() == []
     # Threshold 0 keeps everything real, never the padding rows (score 0).
-    assert select(out, 0.0).tolist() == [5, 0, 3, 4, 7, 2]
+    assert select(out.scores, 0.0).tolist() == [5, 0, 3, 4, 7, 2]
 
 
 def test_select_ties_keep_order_and_all_padding() -> None:
     out = _outputs(np.zeros((5, 4)), [0.6, 0.8, 0.6, 0.8, 0.6], np.ones(5))
-    assert select(out, 0.5).tolist() == [1, 3, 0, 2, 4]
+    assert select(out.scores, 0.5).tolist() == [1, 3, 0, 2, 4]
     empty = _outputs(np.zeros((4, 4)), np.zeros(4), np.zeros(4))
-    assert select(empty, 0.0).tolist() == []
-    assert select(empty, 0.5).tolist() == []
+    assert select(empty.scores, 0.0).tolist() == []
+    assert select(empty.scores, 0.5).tolist() == []
 
 
 # --------------------------------------------------------------------------- postprocess

@@ -150,11 +150,10 @@ def _info() -> int:
 
 
 def _device_line(device: int = 0) -> str:
-    from .._lazy import require
-    from ..cuda import build
+    from ..cuda import binding, build
 
     arch = build.device_arch(device)  # raises BackendUnavailable without a driver or GPU
-    driver = require("cuda.bindings.driver", "Querying the CUDA device", package="cuda-python", extra="gpu")
+    driver = binding.driver("Querying the CUDA device")
     _, dev = driver.cuDeviceGet(device)
     _, raw = driver.cuDeviceGetName(256, dev)
     name = raw.split(b"\0", 1)[0].decode(errors="replace") if isinstance(raw, bytes) else str(raw)

@@ -155,7 +155,9 @@ def _check_nvrtc(nvrtc: ModuleType, err: Any, what: str) -> None:
 
 def device_arch(device: int = 0) -> str:
     """``sm_XX`` of CUDA device ``device``; BackendUnavailable where there is no driver or GPU."""
-    driver = require("cuda.bindings.driver", "Finding the CUDA device", package="cuda-python", extra="gpu")
+    from .binding import driver as _driver_module
+
+    driver = _driver_module("Finding the CUDA device")
     try:
         (err,) = driver.cuInit(0)
     except Exception as exc:  # cuda-python raises (not returns) when libcuda is missing

@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .._lazy import require
 from ..errors import BackendUnavailable, CudaError, InvalidImage
-from ..runtime.postprocess import expanded_box
+from ..geometry import expanded_box, letterbox_size, normalize_constants
 from ..spec import PreprocessSpec
 
 Dim3 = tuple[int, int, int]
@@ -87,14 +86,6 @@ def _cdiv(a: int, b: int) -> int:
 # pure host arithmetic (no CUDA)
 
 
-def normalize_constants(spec: PreprocessSpec, dtype: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """float32 ``gain`` and ``bias`` per channel, exactly as ``preprocess.normalize`` computes them."""
-    max_value = 65535.0 if np.dtype(dtype) == np.uint16 else 255.0
-    gains = tuple(float(np.float32(1.0 / (max_value * spec.std[c]))) for c in range(3))
-    biases = tuple(float(np.float32(-spec.mean[c] / spec.std[c])) for c in range(3))
-    return gains, biases
-
-
 @dataclass(frozen=True)
 class KernelLaunch:
     """One kernel launch: name, geometry and the parameters (types: ``argtypes``)."""
@@ -124,8 +115,6 @@ def letterbox_launch(
 
     ``max_grid`` caps the grid (the kernel strides over the canvas); the emulator uses it for speed.
     """
-    from ..runtime.preprocess import letterbox_size
-
     dt = np.dtype(dtype)
     if dt not in (np.uint8, np.uint16):
         raise InvalidImage(f"expected uint8 or uint16 pixels, got {dt}")
@@ -236,7 +225,9 @@ def as_stream(obj: Any) -> int:
 
 
 def _driver() -> ModuleType:
-    return require("cuda.bindings.driver", "Running the CUDA kernels", package="cuda-python", extra="gpu")
+    from .binding import driver
+
+    return driver("Running the CUDA kernels")
 
 
 def check(result: Any, what: str) -> Any:
@@ -360,6 +351,96 @@ class DeviceBuffer:
         return self.ptr
 
 
+class PinnedBuffer:
+    """Page-locked host memory (cuMemHostAlloc) that grows on demand; ``view`` gives numpy arrays on it.
+
+    Asynchronous copies from or to it really are asynchronous: do not touch it until the stream that
+    copies it has been synchronised."""
+
+    def __init__(self, nbytes: int = 0) -> None:
+        self.ptr = 0
+        self.nbytes = 0
+        self._raw: np.ndarray | None = None
+        if nbytes:
+            self.reserve(nbytes)
+
+    def reserve(self, nbytes: int) -> int:
+        if nbytes > self.nbytes:
+            self.free()
+            size = max(int(nbytes), 1)
+            self.ptr = int(check(_driver().cuMemHostAlloc(size, 0), f"cuMemHostAlloc({size})"))
+            self.nbytes = size
+            self._raw = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(self.ptr))
+        return self.ptr
+
+    def view(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` on the buffer's first bytes (grows it if needed)."""
+        dt = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dt.itemsize
+        self.reserve(nbytes)
+        assert self._raw is not None
+        return self._raw[:nbytes].view(dt).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            _driver().cuMemFreeHost(self.ptr)
+            self.ptr = 0
+            self.nbytes = 0
+            self._raw = None
+
+    def __enter__(self) -> PinnedBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+
+class EventTimer:
+    """CUDA events bracketing named stages on one stream; ``elapsed()`` after the stream is synchronised."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._events: list[Any] = []  # reused between images
+        self._marks: list[tuple[str, Any, Any]] = []
+
+    def reset(self) -> None:
+        self._marks = []
+
+    def _event(self, index: int) -> Any:
+        while len(self._events) <= index:
+            driver = _driver()
+            self._events.append(check(driver.cuEventCreate(driver.CUevent_flags.CU_EVENT_DEFAULT), "cuEventCreate"))
+        return self._events[index]
+
+    def start(self, stage: str) -> None:
+        index = 2 * len(self._marks)
+        begin, end = self._event(index), self._event(index + 1)
+        driver = _driver()
+        check(driver.cuEventRecord(begin, driver.CUstream(as_stream(self.stream))), "cuEventRecord")
+        self._marks.append((stage, begin, end))
+
+    def stop(self) -> None:
+        driver = _driver()
+        _, _, end = self._marks[-1]
+        check(driver.cuEventRecord(end, driver.CUstream(as_stream(self.stream))), "cuEventRecord")
+
+    def elapsed(self) -> dict[str, float]:
+        """Milliseconds per stage (summed where a stage was timed more than once)."""
+        driver = _driver()
+        out: dict[str, float] = {}
+        for stage, begin, end in self._marks:
+            check(driver.cuEventSynchronize(end), "cuEventSynchronize")
+            ms = float(check(driver.cuEventElapsedTime(begin, end), "cuEventElapsedTime"))
+            out[stage] = out.get(stage, 0.0) + ms
+        return out
+
+    def close(self) -> None:
+        driver = _driver()
+        for event in self._events:
+            driver.cuEventDestroy(event)
+        self._events, self._marks = [], []
+
+
 def synchronize(stream: Any = None) -> None:
     driver = _driver()
     check(driver.cuStreamSynchronize(driver.CUstream(as_stream(stream))), "cuStreamSynchronize")
@@ -400,6 +481,55 @@ class GpuPreprocessor:
         self._ab = DeviceBuffer()
         self._rgb = DeviceBuffer()
 
+    @staticmethod
+    def has_clahe(dtype: Any, channels: int) -> bool:
+        """Whether the CLAHE kernels handle this kind of image (gray 8/16-bit, 8-bit RGB)."""
+        return channels == 1 or np.dtype(dtype) == np.uint8
+
+    def clahe_async(
+        self,
+        src: int,
+        src_pitch: int,
+        height: int,
+        width: int,
+        dtype: Any,
+        channels: int,
+        stream: Any = None,
+    ) -> tuple[int, int]:
+        """Queue CLAHE of the device image ``src``; returns (pointer, pitch) of the enhanced image (an
+        internal buffer, valid until the next call). ``src`` stays untouched."""
+        dt = np.dtype(dtype)
+        if self.clahe is None:
+            raise BackendUnavailable("this PreprocessSpec has no CLAHE (clahe=off)")
+        if channels == 1:
+            dst_pitch = width * dt.itemsize
+            dst = self._plane.reserve(dst_pitch * height)
+            self._run_clahe(src, src_pitch, dst, dst_pitch, height, width, dt, stream)
+            return dst, dst_pitch
+        if dt == np.uint8:
+            return self._run_clahe_rgb8(src, src_pitch, height, width, stream)
+        raise BackendUnavailable(
+            "GPU CLAHE handles gray and 8-bit RGB images; 16-bit RGB needs the CPU path "
+            "(float LAB): preprocess it on the CPU or set clahe=off"
+        )
+
+    def letterbox_async(
+        self,
+        image: int,
+        pitch: int,
+        height: int,
+        width: int,
+        dtype: Any,
+        channels: int,
+        out: int,
+        stream: Any = None,
+    ) -> float:
+        """Queue letterbox + normalise of the device image into ``out`` (float32 [1, 3, S, S]);
+        returns the letterbox scale."""
+        launch_spec, scale = letterbox_launch(image, pitch, height, width, channels, dtype, self.spec, out)
+        self.letterbox.launch(launch_spec, stream)
+        return scale
+
     def __call__(
         self,
         src: int,
@@ -411,26 +541,12 @@ class GpuPreprocessor:
         out: int,
         stream: Any = None,
     ) -> float:
-        """Queue preprocessing of the device image ``src`` into ``out`` (float32 [1, 3, S, S]);
-        returns the letterbox scale for postprocessing."""
-        dt = np.dtype(dtype)
+        """Queue CLAHE (where the spec has it) then letterbox + normalise of the device image ``src``
+        into ``out`` (float32 [1, 3, S, S]); returns the letterbox scale for postprocessing."""
         image, pitch = src, src_pitch
         if self.clahe is not None:
-            if channels == 1:
-                dst_pitch = width * dt.itemsize
-                dst = self._plane.reserve(dst_pitch * height)
-                self._run_clahe(src, src_pitch, dst, dst_pitch, height, width, dt, stream)
-                image, pitch = dst, dst_pitch
-            elif dt == np.uint8:
-                image, pitch = self._run_clahe_rgb8(src, src_pitch, height, width, stream)
-            else:
-                raise BackendUnavailable(
-                    "GPU CLAHE handles gray and 8-bit RGB images; 16-bit RGB needs the CPU path "
-                    "(float LAB): preprocess it on the CPU or set clahe=off"
-                )
-        launch_spec, scale = letterbox_launch(image, pitch, height, width, channels, dt, self.spec, out)
-        self.letterbox.launch(launch_spec, stream)
-        return scale
+            image, pitch = self.clahe_async(src, src_pitch, height, width, dtype, channels, stream)
+        return self.letterbox_async(image, pitch, height, width, dtype, channels, out, stream)
 
     def _run_clahe(
         self,

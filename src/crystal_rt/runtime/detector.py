@@ -1,9 +1,11 @@
-"""``Detector``: decode -> CLAHE -> letterbox -> engine -> select -> paste, with per-stage timings.
+"""``Detector``: decode, then the pipeline (:mod:`.pipeline`): CLAHE -> letterbox -> engine -> select
+-> paste, with per-stage timings and the device of each stage.
 
 Thread safety: a Detector holds no per-call state. The ONNX Runtime backend shares one
-``InferenceSession`` between threads (its ``run`` is thread-safe), so one Detector may be
-called from many threads at once; each call allocates its own buffers. The torch reference
-backend is also re-entrant (inference mode, no module state changes).
+``InferenceSession`` between threads (its ``run`` is thread-safe); the TensorRT backend gives each
+thread its own execution context, stream and buffers; so one Detector may be called from many
+threads at once. The torch reference backend is also re-entrant (inference mode, no module state
+changes).
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import EngineIncompatible, InvalidSpec
+from ..errors import CrystalRtError, EngineIncompatible
 from ..io.decode import DEFAULT_MAX_PIXELS, read_image
 from ..spec import ModelSpec, PreprocessSpec, specs_from_metadata
 from .artifacts import Manifest, resolve_manifest, sha256_file
 from .backends.base import Backend
-from .postprocess import postprocess
-from .preprocess import apply_clahe, check_image, letterbox, normalize
+from .pipeline import STAGES, StagePolicy, check_stages, check_threshold, run_pipeline
 from .result import DetectionResult
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 ImageInput = str | os.PathLike[str] | bytes | np.ndarray
 
-STAGES = ("decode", "clahe", "letterbox", "engine", "paste")
+__all__ = ["STAGES", "Detector", "ImageInput", "open_backend"]
 
 
 class Detector:
@@ -44,13 +45,22 @@ class Detector:
         score_threshold: float | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         manifest: Manifest | None = None,
+        stages: StagePolicy = "auto",
     ) -> None:
-        self.backend = backend
+        self.backend: Backend | None = backend
         self.model = model
         self.preprocess = preprocess
-        self.score_threshold = model.score_threshold if score_threshold is None else float(score_threshold)
+        self.score_threshold = check_threshold(
+            model.score_threshold if score_threshold is None else score_threshold
+        )
         self.max_pixels = max_pixels
         self.manifest = manifest
+        self.stages: StagePolicy = check_stages(stages)
+
+    @property
+    def device(self) -> str:
+        """Where the engine runs (``"cpu"``, ``"cuda:0"``)."""
+        return self._backend().device
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -61,8 +71,15 @@ class Detector:
         score_threshold: float | None = None,
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        stages: StagePolicy = "auto",
     ) -> Detector:
-        """Open an engine (directory, manifest, ``DIR/NAME`` prefix or model file beside its manifest)."""
+        """Open an engine (directory, manifest, ``DIR/NAME`` prefix or model file beside its manifest).
+
+        ``stages="cpu"`` runs CLAHE, letterbox and paste on the CPU even where the engine offers
+        device stages (a TensorRT engine), e.g. to compare the two paths."""
+        check_stages(stages)
+        if score_threshold is not None:
+            check_threshold(score_threshold)
         manifest = Manifest.read(resolve_manifest(engine))
         backend = open_backend(manifest, threads=threads)
         return cls(
@@ -72,6 +89,7 @@ class Detector:
             score_threshold=score_threshold,
             max_pixels=max_pixels,
             manifest=manifest,
+            stages=stages,
         )
 
     @classmethod
@@ -115,15 +133,24 @@ class Detector:
 
     # --- running ----------------------------------------------------------------------------
     def detect(
-        self, image: ImageInput, *, name: str | None = None, score_threshold: float | None = None
+        self,
+        image: ImageInput,
+        *,
+        name: str | None = None,
+        score_threshold: float | None = None,
+        stages: StagePolicy | None = None,
     ) -> DetectionResult:
         """Detect instances in a path, encoded bytes, or a uint8/uint16 (H, W[, 3]) RGB array."""
         t0 = perf_counter()
         if name is None and isinstance(image, str | os.PathLike):
             name = str(image)
+        if score_threshold is not None:
+            check_threshold(score_threshold, name)
         pixels = read_image(image, max_pixels=self.max_pixels, name=name)
         decode_ms = (perf_counter() - t0) * 1e3
-        return self.detect_pixels(pixels, name=name, score_threshold=score_threshold, decode_ms=decode_ms)
+        return self.detect_pixels(
+            pixels, name=name, score_threshold=score_threshold, decode_ms=decode_ms, stages=stages
+        )
 
     def detect_pixels(
         self,
@@ -132,42 +159,30 @@ class Detector:
         name: str | None = None,
         score_threshold: float | None = None,
         decode_ms: float = 0.0,
+        stages: StagePolicy | None = None,
     ) -> DetectionResult:
         """Detect in already decoded pixels (as ``read_image`` returns them); ``decode_ms`` is recorded."""
-        check_image(pixels, name)
-        timings: dict[str, float] = {"decode": decode_ms}
-        t1 = perf_counter()
-        enhanced = apply_clahe(pixels, self.preprocess)
-        t2 = perf_counter()
-        timings["clahe"] = (t2 - t1) * 1e3
-        canvas, scale = letterbox(enhanced, self.preprocess.input_size)
-        tensor = normalize(canvas, self.preprocess)
-        t3 = perf_counter()
-        timings["letterbox"] = (t3 - t2) * 1e3
-        outputs = self.backend.infer(tensor)
-        t4 = perf_counter()
-        timings["engine"] = (t4 - t3) * 1e3
-        height, width = pixels.shape[:2]
-        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
-        if not 0.0 <= threshold <= 1.0:  # also rejects NaN
-            raise InvalidSpec(f"score_threshold must be in [0, 1], got {score_threshold}", path=name)
-        instances = postprocess(
-            outputs,
-            scale=scale,
-            height=height,
-            width=width,
-            score_threshold=threshold,
-            class_names=self.model.class_names,
-        )
-        t5 = perf_counter()
-        timings["paste"] = (t5 - t4) * 1e3
-        timings["total"] = decode_ms + (t5 - t1) * 1e3
-        return DetectionResult(
-            width=width, height=height, instances=instances, image=name, timings_ms=timings
+        return run_pipeline(
+            pixels,
+            backend=self._backend(),
+            model=self.model,
+            spec=self.preprocess,
+            score_threshold=self.score_threshold if score_threshold is None else score_threshold,
+            stages=self.stages if stages is None else stages,
+            name=name,
+            decode_ms=decode_ms,
         )
 
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            raise CrystalRtError("this Detector is closed; load the engine again")
+        return self.backend
+
     def close(self) -> None:
-        self.backend.close()
+        """Release the engine (idempotent); a closed Detector refuses further calls."""
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
 
     def __enter__(self) -> Detector:
         return self
@@ -177,7 +192,7 @@ class Detector:
 
     def __repr__(self) -> str:
         return (
-            f"Detector(backend={self.backend.name!r}, arch={self.model.arch!r}, "
+            f"Detector(backend={self.backend.name if self.backend else 'closed'!r}, arch={self.model.arch!r}, "
             f"input_size={self.preprocess.input_size}, score_threshold={self.score_threshold})"
         )
 

@@ -14,27 +14,36 @@ reproduces pixel for pixel.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..geometry import Box, expanded_box, map_box
 from .backends.base import CoreOutputs
 from .preprocess import resize_linear
 from .result import Instance, InstanceMask
 
 MASK_THRESHOLD = 0.5
 
+__all__ = [
+    "MASK_THRESHOLD",
+    "Kept",
+    "expanded_box",
+    "make_instances",
+    "paste_mask",
+    "paste_masks",
+    "postprocess",
+    "select",
+    "select_detections",
+]
 
-def expanded_box(box: Sequence[float], m: int) -> tuple[int, int, int, int]:
-    """(ex1, ey1, ex2, ey2): the box expanded by (M+2)/M about its centre in float32, as torchvision
-    computes it, truncated towards zero (``.to(int32)``). The CUDA paste layout uses the same."""
-    b = np.asarray(box, dtype=np.float32)
-    pad_scale = np.float32((m + 2) / m)
-    w_half = (b[2] - b[0]) * np.float32(0.5) * pad_scale
-    h_half = (b[3] - b[1]) * np.float32(0.5) * pad_scale
-    cx = (b[2] + b[0]) * np.float32(0.5)
-    cy = (b[3] + b[1]) * np.float32(0.5)
-    ex1, ey1, ex2, ey2 = (int(v) for v in (cx - w_half, cy - h_half, cx + w_half, cy + h_half))
-    return ex1, ey1, ex2, ey2
+
+@dataclass(frozen=True)
+class Kept:
+    """A detection that passed selection: its row in the engine's outputs and its box in image pixels."""
+
+    index: int
+    box: Box
 
 
 def paste_mask(prob: np.ndarray, box: Sequence[float], height: int, width: int) -> InstanceMask:
@@ -54,11 +63,50 @@ def paste_mask(prob: np.ndarray, box: Sequence[float], height: int, width: int) 
     return InstanceMask(crop, x0, y0, height, width)
 
 
-def select(outputs: CoreOutputs, score_threshold: float) -> np.ndarray:
+def paste_masks(masks: np.ndarray, kept: Sequence[Kept], height: int, width: int) -> list[InstanceMask]:
+    """The CPU paste stage: each kept detection's M x M map pasted into its box."""
+    return [paste_mask(masks[k.index], k.box, height, width) for k in kept]
+
+
+def select(scores: np.ndarray, score_threshold: float) -> np.ndarray:
     """Indices of the real (non-padding) detections with score >= threshold, best first."""
-    scores = outputs.scores
     keep = np.flatnonzero((scores > 0.0) & (scores >= score_threshold))
     return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def select_detections(
+    boxes: np.ndarray, scores: np.ndarray, score_threshold: float, scale: float, height: int, width: int
+) -> list[Kept]:
+    """The detections to report, best score first, with their boxes in image pixels; a box that lies
+    entirely in the letterbox padding has nothing in the image and is dropped."""
+    kept = []
+    for i in select(scores, score_threshold):
+        box = map_box(boxes[i], scale, height, width)
+        if box is not None:
+            kept.append(Kept(int(i), box))
+    return kept
+
+
+def make_instances(
+    kept: Sequence[Kept],
+    masks: Sequence[InstanceMask],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+) -> list[Instance]:
+    instances = []
+    for k, mask in zip(kept, masks, strict=True):
+        label = int(labels[k.index])
+        instances.append(
+            Instance(
+                label=label,
+                label_name=class_names[label] if 0 <= label < len(class_names) else str(label),
+                score=float(scores[k.index]),
+                box=k.box,
+                mask=mask,
+            )
+        )
+    return instances
 
 
 def postprocess(
@@ -70,26 +118,7 @@ def postprocess(
     score_threshold: float,
     class_names: Sequence[str],
 ) -> list[Instance]:
-    """Instances in original-image pixels, best score first."""
-    instances: list[Instance] = []
-    for i in select(outputs, score_threshold):
-        x1, y1, x2, y2 = (float(v) / scale for v in outputs.boxes[i])
-        box = (
-            min(max(x1, 0.0), float(width)),
-            min(max(y1, 0.0), float(height)),
-            min(max(x2, 0.0), float(width)),
-            min(max(y2, 0.0), float(height)),
-        )
-        if box[2] <= box[0] or box[3] <= box[1]:
-            continue  # entirely in the letterbox padding: nothing of it is in the image
-        label = int(outputs.labels[i])
-        instances.append(
-            Instance(
-                label=label,
-                label_name=class_names[label] if 0 <= label < len(class_names) else str(label),
-                score=float(outputs.scores[i]),
-                box=box,
-                mask=paste_mask(outputs.masks[i], box, height, width),
-            )
-        )
-    return instances
+    """The CPU postprocessing: instances in original-image pixels, best score first."""
+    kept = select_detections(outputs.boxes, outputs.scores, score_threshold, scale, height, width)
+    masks = paste_masks(outputs.masks, kept, height, width)
+    return make_instances(kept, masks, outputs.scores, outputs.labels, class_names)

@@ -1,18 +1,22 @@
 """The preprocessing contract on the CPU: CLAHE (OpenCV) -> letterbox -> normalise to NCHW float32.
 
-Every backend and the export validation run exactly these functions, so an engine always sees
-the input it was trained and exported with (DESIGN.md, "Preprocessing contract").
+:func:`preprocess` composes the stages; every caller that needs an engine's input (the pipeline's
+CPU stages, export validation, calibration, the Triton pre model, bench) uses it, so an engine
+always sees the input it was trained and exported with (DESIGN.md, "Preprocessing contract"). The
+CUDA kernels implement the same stages on the device (``crystal_rt.cuda``).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from time import perf_counter
 
 import cv2
 import numpy as np
 
 from ..errors import InvalidImage
+from ..geometry import letterbox_size, normalize_constants
 from ..spec import PreprocessSpec
 
 _local = threading.local()
@@ -71,14 +75,6 @@ def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return out
 
 
-def letterbox_size(height: int, width: int, size: int) -> tuple[float, int, int]:
-    """``(scale, new_w, new_h)``: scale = S / max(H, W), sizes rounded half up, at least 1."""
-    scale = size / max(height, width)
-    new_w = min(size, max(1, int(width * scale + 0.5)))
-    new_h = min(size, max(1, int(height * scale + 0.5)))
-    return scale, new_w, new_h
-
-
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """Resize (cv2.INTER_LINEAR in the image's integer type, OpenCV's own code: ``resize_linear``) into
     the top-left of a black S x S canvas."""
@@ -92,20 +88,18 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
 
 def normalize(canvas: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """[1, 3, S, S] float32: gray replicated, /255 or /65535, ImageNet mean/std."""
-    max_value = 65535.0 if canvas.dtype == np.uint16 else 255.0
     size = canvas.shape[0]
     out = np.empty((1, 3, size, size), dtype=np.float32)
     plane = canvas.astype(np.float32) if canvas.ndim == 2 else None
+    gains, biases = normalize_constants(spec, canvas.dtype)
     for c in range(3):
-        gain = np.float32(1.0 / (max_value * spec.std[c]))
-        bias = np.float32(-spec.mean[c] / spec.std[c])
         src = plane if plane is not None else canvas[..., c].astype(np.float32)
-        np.multiply(src, gain, out=out[0, c])
-        out[0, c] += bias
+        np.multiply(src, np.float32(gains[c]), out=out[0, c])
+        out[0, c] += np.float32(biases[c])
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Preprocessed:
     """The network input plus what postprocessing needs to map results back."""
 
@@ -113,6 +107,24 @@ class Preprocessed:
     scale: float
     height: int
     width: int
+
+
+def preprocess(
+    pixels: np.ndarray, spec: PreprocessSpec, timings: dict[str, float] | None = None
+) -> Preprocessed:
+    """The engine input for decoded ``pixels``: CLAHE, letterbox, normalise (the CPU stages).
+
+    ``timings``, when given, receives ``clahe`` and ``letterbox`` (letterbox + normalise) in ms."""
+    t0 = perf_counter()
+    enhanced = apply_clahe(pixels, spec)
+    t1 = perf_counter()
+    canvas, scale = letterbox(enhanced, spec.input_size)
+    tensor = normalize(canvas, spec)
+    if timings is not None:
+        timings["clahe"] = (t1 - t0) * 1e3
+        timings["letterbox"] = (perf_counter() - t1) * 1e3
+    height, width = pixels.shape[:2]
+    return Preprocessed(tensor, scale, height, width)
 
 
 def check_image(image: np.ndarray, name: str | None = None) -> None:

@@ -84,13 +84,15 @@ class Instance:
 
 @dataclass
 class DetectionResult:
-    """All instances found in one image, with per-stage timings in milliseconds."""
+    """All instances found in one image, with per-stage timings in milliseconds and the device that
+    ran each stage (``"cpu"``, ``"cuda:0"``; ``"skipped"`` for a stage the recipe does not have)."""
 
     width: int
     height: int
     instances: list[Instance]
     image: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    devices: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -103,6 +105,7 @@ class DetectionResult:
             "num_instances": len(self.instances),
             "instances": [inst.to_dict() for inst in self.instances],
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "devices": dict(self.devices),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

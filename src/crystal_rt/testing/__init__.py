@@ -1,1 +1,104 @@
-"""Test support for crystal-rt and for software that embeds it (placeholder, filled below)."""
+"""Test support for crystal-rt and for the software that embeds it: a simulated GPU.
+
+``simulated_gpu()`` runs crystal-rt's GPU path on a machine without a GPU, for CI::
+
+    from crystal_rt import Detector, build_engine
+    from crystal_rt.testing import simulated_gpu
+
+    with simulated_gpu() as gpu:
+        manifest = build_engine("crystals.onnx", "engines/", backend="tensorrt")
+        with Detector.load("engines/crystals") as det:
+            result = det.detect("drop.png")        # CLAHE, letterbox, engine, paste "on the GPU"
+        print(result.devices, gpu.kernels_launched())
+
+Inside the block, crystal-rt's calls to ``cuda.bindings.driver`` and ``tensorrt`` go to stand-ins
+(:mod:`.sim_driver`, :mod:`.sim_tensorrt`) while crystal-rt's host code runs unchanged:
+
+What it proves: the host code (buffer sizes, pitches, pointer arguments, launch geometry, stream
+order, synchronisation, per-thread contexts, resource release, error handling), the CUDA kernels
+themselves (the same ``kernels/*.cu`` that NVRTC compiles for the simulated compute capability,
+run through the CPU emulator with the caller's grid, block and parameters) and the TensorRT calls
+crystal-rt makes, under TensorRT's documented rules (plugins registered before a plan with
+RoiAlign loads, an address for every I/O tensor, the engine's names, shapes and dtypes).
+
+What it cannot prove: TensorRT's own numerics and plugins (the engine stage runs the plan's ONNX
+on ONNX Runtime's CPU provider: FP16/INT8 plans give FP32 or Q/DQ results), warp-level behaviour
+and races between blocks (the emulator runs blocks one at a time, threads as fibers), concurrency
+between streams, real timing (events measure the emulator's wall time) and memory use.
+
+Needs cuda-python and NVRTC (the ``gpu`` extra; both import without a driver), ONNX Runtime and a
+C++20 g++ (``$CXX``). The simulation is process-wide (the service's worker threads see it) and
+cannot be nested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from .sim_driver import KernelLaunchRecord, SimulatedDriver
+
+__all__ = ["SimulatedGpu", "simulated_gpu"]
+
+#: TensorRT version the stand-in reports (a 10.x: FP16 builder flag present, as on JetPack 6).
+SIMULATED_TENSORRT_VERSION = "10.16.0.sim"
+
+
+@dataclass
+class SimulatedGpu:
+    """Handle on the simulated device while :func:`simulated_gpu` is active."""
+
+    driver: SimulatedDriver
+    tensorrt: ModuleType | None
+
+    @property
+    def launches(self) -> list[KernelLaunchRecord]:
+        return self.driver.launches
+
+    def kernels_launched(self) -> list[str]:
+        """Names of the kernels launched so far, in order."""
+        return [r.kernel for r in self.driver.launches]
+
+    def live_allocations(self) -> dict[int, int]:
+        """Device and page-locked allocations not yet freed (``{address: bytes}``)."""
+        return self.driver.live_allocations()
+
+    def fail_next(self, function: str, code_name: str, times: int = 1) -> None:
+        """Make the next ``times`` calls of driver ``function`` fail with ``CUresult.<code_name>``."""
+        self.driver.fail_next(function, getattr(self.driver.CUresult, code_name), times)
+
+
+@contextmanager
+def simulated_gpu(
+    *,
+    name: str = "crystal-rt simulated GPU",
+    compute_capability: str = "8.9",
+    memory_bytes: int = 8 << 30,
+    driver_version: int = 13000,
+    tensorrt: bool = True,
+    tensorrt_version: str = SIMULATED_TENSORRT_VERSION,
+) -> Iterator[SimulatedGpu]:
+    """Run crystal-rt's GPU path (CUDA kernels, and TensorRT engines unless ``tensorrt=False``) on
+    the CPU inside the block; see the module docstring for what it does and does not prove."""
+    from ..cuda import binding
+    from .sim_driver import SimulatedDriver
+    from .sim_tensorrt import SimulatedTensorRT
+
+    major, _, minor = compute_capability.partition(".")
+    driver = SimulatedDriver(
+        name=name,
+        compute_capability=(int(major), int(minor or 0)),
+        memory_bytes=memory_bytes,
+        driver_version=driver_version,
+    )
+    modules: dict[str, ModuleType] = {binding.DRIVER: driver}  # type: ignore[dict-item]
+    trt = SimulatedTensorRT(driver, tensorrt_version).module() if tensorrt else None
+    if trt is not None:
+        modules[binding.TENSORRT] = trt
+    with binding.overridden(modules):
+        yield SimulatedGpu(driver, trt)

@@ -1,67 +1,50 @@
-"""``TensorRTBackend``: runs a plan with cuda-python buffers; optional full-GPU detection.
+"""``TensorRTBackend``: runs a plan with cuda-python buffers, and the pipeline's device stages.
 
-* One engine; one execution context per thread (``threading.local``), each with its own CUDA stream,
-  device buffers and pinned host buffers. ``infer()`` = H2D input, ``execute_async_v3``, D2H of the
-  four fixed-size outputs, one stream synchronisation.
-* ``detect_gpu()``: the raw image goes to the device once; CLAHE + letterbox (``GpuPreprocessor``),
-  the engine and mask pasting (``GpuMaskPaster``) run on the thread's stream; only boxes, scores,
-  labels and the pasted crops come back. 16-bit RGB with CLAHE falls back to the CPU preprocess
-  (design-notes 18).
+* One engine; per thread (``threading.local``) one execution context, one CUDA stream, the engine's
+  device buffers and page-locked host buffers, and the CUDA stages (:class:`~crystal_rt.cuda.stages.
+  CudaStages`). ``infer()`` = H2D input, ``execute_async_v3``, D2H of the four fixed-size outputs,
+  one synchronisation (the pipeline's ``stages="cpu"`` and engine-only benchmarks).
+* ``device_session()``: the thread's :class:`TensorRTSession`, the pipeline's device stages: the raw
+  image goes to the device once; CLAHE, letterbox + normalise, the engine and the mask paste run on
+  the thread's stream; boxes, scores, labels and the pasted crops come back.
+* TensorRT's plugins (``ROIAlign_TRT``, which the ONNX parser maps RoiAlign to) are registered before
+  the plan is deserialized, so a plan loads in a process that never built one.
 * Not done: CUDA-graph capture (the static output shapes would allow it).
 
-UNVERIFIED: nothing in this module has run on a GPU (none here). It is type-checked against
-``tensorrt-stubs``; ``crystal-rt doctor --gpu`` and the ``gpu``-marked tests exercise it on a GPU.
+Checked on the simulated GPU (:func:`crystal_rt.testing.simulated_gpu`: host code, buffers, stream
+order, the kernels; the engine stage on ONNX Runtime). UNVERIFIED on a real GPU and TensorRT.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...errors import CrystalRtError, EngineIncompatible, InvalidModel
+from ...geometry import CORE_INPUT, CORE_OUTPUTS
 from ..artifacts import Manifest
-from ..backends.base import Backend, CoreOutputs
-from ..postprocess import select
-from ..result import Instance, InstanceMask
+from ..backends.base import Backend, CoreOutputs, DeviceSession
+from ..result import InstanceMask
+from .builder import init_plugins
 from .modules import load_tensorrt
 from .trtlog import get_logger, summarize
 
 if TYPE_CHECKING:
     import tensorrt as trt_types
 
-    from ...cuda.launch import DeviceBuffer, GpuMaskPaster, GpuPreprocessor
+    from ...cuda.launch import DeviceBuffer, PinnedBuffer
+    from ...cuda.stages import CudaStages
     from ...spec import PreprocessSpec
+    from ..postprocess import Kept
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("boxes", "scores", "labels", "masks")
-
-
-class PinnedBuffer:
-    """Page-locked host memory (cuMemHostAlloc) seen as a numpy array."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
-        from ...cuda.launch import _driver, check
-
-        self.nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
-        self.ptr = int(check(_driver().cuMemHostAlloc(self.nbytes, 0), f"cuMemHostAlloc({self.nbytes})"))
-        raw = (ctypes.c_uint8 * self.nbytes).from_address(self.ptr)
-        self.array: np.ndarray = np.frombuffer(memoryview(raw), dtype=np.uint8)[
-            : int(np.prod(shape)) * dtype.itemsize
-        ]
-        self.array = self.array.view(dtype).reshape(shape)
-
-    def free(self) -> None:
-        if self.ptr:
-            from ...cuda.launch import _driver
-
-            _driver().cuMemFreeHost(self.ptr)
-            self.ptr = 0
+INPUT_NAME = CORE_INPUT
+OUTPUT_NAMES = CORE_OUTPUTS
 
 
 @dataclass
@@ -69,11 +52,10 @@ class _ThreadState:
     context: trt_types.IExecutionContext
     stream: Any
     device: dict[str, DeviceBuffer]
-    host: dict[str, PinnedBuffer]
-    raw: DeviceBuffer | None = None
-    preprocessor: GpuPreprocessor | None = None
-    paster: GpuMaskPaster | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    host: dict[str, np.ndarray]
+    pinned: PinnedBuffer
+    stages: CudaStages
+    session: TensorRTSession | None = None
 
     @property
     def stream_handle(self) -> int:
@@ -94,12 +76,14 @@ class TensorRTBackend(Backend):
 
         self.path = Path(plan)
         self.manifest = manifest
-        self.device = device
+        self.device_index = device
+        self.device = f"cuda:{device}"
         trt = load_tensorrt("Running a TensorRT engine")
         self._trt = trt
         ensure_context(device)
         logger = get_logger(trt)
         mark = logger.mark()
+        init_plugins(trt, logger)  # before deserializing: a Mask R-CNN plan uses ROIAlign_TRT
         self.runtime: trt_types.Runtime = trt.Runtime(logger)
         if manifest is not None and manifest.build_options.get("version_compatible"):
             self.runtime.engine_host_code_allowed = True
@@ -138,23 +122,31 @@ class TensorRTBackend(Backend):
         state: _ThreadState | None = getattr(self._local, "state", None)
         if state is not None:
             return state
-        from ...cuda.launch import DeviceBuffer, _driver, check, ensure_context
+        from ...cuda.launch import DeviceBuffer, PinnedBuffer, _driver, check, ensure_context
+        from ...cuda.stages import CudaStages
 
-        ensure_context(self.device)
+        ensure_context(self.device_index)
         driver = _driver()
         stream = check(driver.cuStreamCreate(driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
         context = self.engine.create_execution_context()
         if context is None:
             raise CrystalRtError("TensorRT could not create an execution context", path=self.path)
         dev: dict[str, DeviceBuffer] = {}
-        host: dict[str, PinnedBuffer] = {}
-        for tname, shape in self.shapes.items():
-            dtype = self.dtypes[tname]
-            dev[tname] = DeviceBuffer(max(int(np.prod(shape)) * dtype.itemsize, 1))
-            host[tname] = PinnedBuffer(shape, dtype)
+        sizes = {t: max(int(np.prod(s)) * self.dtypes[t].itemsize, 1) for t, s in self.shapes.items()}
+        offsets, total = {}, 0
+        for tname, nbytes in sizes.items():
+            dev[tname] = DeviceBuffer(nbytes)
             if not context.set_tensor_address(tname, dev[tname].ptr):
                 raise CrystalRtError(f"TensorRT refused the address of {tname}", path=self.path)
-        state = _ThreadState(context, stream, dev, host)
+            offsets[tname] = total
+            total += (nbytes + 255) // 256 * 256
+        pinned = PinnedBuffer(total)  # one page-locked block holds every host-side I/O array
+        raw = pinned.view((total,), np.uint8)
+        host = {
+            t: raw[offsets[t] : offsets[t] + sizes[t]].view(self.dtypes[t]).reshape(self.shapes[t])
+            for t in self.shapes
+        }
+        state = _ThreadState(context, stream, dev, host, pinned, CudaStages(self.device_index, stream))
         self._local.state = state
         with self._lock:
             self._states.append(state)
@@ -162,7 +154,19 @@ class TensorRTBackend(Backend):
 
     def _execute(self, state: _ThreadState) -> None:
         if not state.context.execute_async_v3(state.stream_handle):
-            raise CrystalRtError("TensorRT failed to enqueue the engine", path=self.path)
+            logger = get_logger(self._trt)
+            raise CrystalRtError(
+                f"TensorRT failed to enqueue the engine ({summarize(list(logger.lines)[-3:])})", path=self.path
+            )
+
+    def _fetch(self, state: _ThreadState, names: Sequence[str]) -> None:
+        from ...cuda.launch import _driver, check
+
+        driver = _driver()
+        stream = driver.CUstream(state.stream_handle)
+        for tname in names:
+            out = state.host[tname]
+            check(driver.cuMemcpyDtoHAsync(out.ctypes.data, state.device[tname].ptr, out.nbytes, stream), "DtoH")
 
     # --- Backend ----------------------------------------------------------------------------
     def infer(self, images: np.ndarray) -> CoreOutputs:
@@ -175,107 +179,97 @@ class TensorRTBackend(Backend):
         if tuple(images.shape) != expected:
             raise InvalidModel(f"input {tuple(images.shape)} is not the engine's {expected}", path=self.path)
         pinned = state.host[INPUT_NAME]
-        np.copyto(pinned.array, images, casting="same_kind")
+        np.copyto(pinned, images, casting="same_kind")
         check(
-            driver.cuMemcpyHtoDAsync(state.device[INPUT_NAME].ptr, pinned.ptr, pinned.nbytes, stream),
+            driver.cuMemcpyHtoDAsync(state.device[INPUT_NAME].ptr, pinned.ctypes.data, pinned.nbytes, stream),
             "cuMemcpyHtoDAsync",
         )
         self._execute(state)
-        for tname in OUTPUT_NAMES:
-            out = state.host[tname]
-            check(driver.cuMemcpyDtoHAsync(out.ptr, state.device[tname].ptr, out.nbytes, stream), "DtoH")
+        self._fetch(state, OUTPUT_NAMES)
         check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
         return CoreOutputs(
-            state.host["boxes"].array.astype(np.float32, copy=True),
-            state.host["scores"].array.astype(np.float32, copy=True),
-            state.host["labels"].array.astype(np.int64, copy=True),
-            state.host["masks"].array.astype(np.float32, copy=True),
+            state.host["boxes"].astype(np.float32, copy=True),
+            state.host["scores"].astype(np.float32, copy=True),
+            state.host["labels"].astype(np.int64, copy=True),
+            state.host["masks"].astype(np.float32, copy=True),
         )
 
-    # --- full GPU path ----------------------------------------------------------------------
-    def detect_gpu(
-        self,
-        pixels: np.ndarray,
-        preprocess: PreprocessSpec,
-        *,
-        score_threshold: float,
-        class_names: tuple[str, ...] | list[str],
-    ) -> list[Instance]:
-        """Instances for decoded ``pixels`` (uint8/uint16, (H, W) or (H, W, 3)) with CLAHE, letterbox,
-        engine and mask paste on the GPU; the same results as ``Detector.detect_pixels`` (UNVERIFIED)."""
-        from ...cuda.launch import DeviceBuffer, GpuMaskPaster, GpuPreprocessor, _driver, check
-        from ..postprocess import postprocess
-        from ..preprocess import apply_clahe, letterbox, normalize
-
-        height, width = pixels.shape[:2]
-        channels = 1 if pixels.ndim == 2 else 3
-        if preprocess.clahe and channels == 3 and pixels.dtype == np.uint16:
-            enhanced = apply_clahe(pixels, preprocess)  # float LAB: CPU only (design-notes 18)
-            canvas, scale = letterbox(enhanced, preprocess.input_size)
-            outputs = self.infer(normalize(canvas, preprocess))
-            return postprocess(
-                outputs, scale=scale, height=height, width=width,
-                score_threshold=score_threshold, class_names=class_names,
-            )  # fmt: skip
+    def device_session(self) -> TensorRTSession | None:
+        """The thread's device stages; None (CPU stages, dtype conversion on the host) for a plan whose
+        input or masks are not float32, which the letterbox and paste kernels write and read."""
+        if self.dtypes[INPUT_NAME] != np.float32 or self.dtypes["masks"] != np.float32:
+            return None
         state = self._state()
-        if state.preprocessor is None or state.preprocessor.spec != preprocess:
-            state.preprocessor = GpuPreprocessor(preprocess, self.device)
-            state.paster = state.paster or GpuMaskPaster(self.device)
-            state.raw = state.raw or DeviceBuffer()
-        assert state.raw is not None and state.paster is not None
-        src = np.ascontiguousarray(pixels)
-        raw = state.raw.upload(src, state.stream_handle)
-        pitch = width * channels * src.dtype.itemsize
-        scale = state.preprocessor(
-            raw, pitch, height, width, src.dtype, channels, state.device[INPUT_NAME].ptr, state.stream_handle
-        )
-        self._execute(state)
-        driver = _driver()
-        stream = driver.CUstream(state.stream_handle)
-        for tname in ("boxes", "scores", "labels"):
-            out = state.host[tname]
-            check(driver.cuMemcpyDtoHAsync(out.ptr, state.device[tname].ptr, out.nbytes, stream), "DtoH")
-        check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
-        boxes_net = state.host["boxes"].array
-        scores = state.host["scores"].array.astype(np.float32)
-        labels = state.host["labels"].array.astype(np.int64)
-        empty = np.zeros((0, 28, 28), np.float32)
-        kept: list[tuple[int, tuple[float, float, float, float]]] = []
-        for i in select(CoreOutputs(boxes_net, scores, labels, empty), score_threshold):
-            x1, y1, x2, y2 = (float(v) / scale for v in boxes_net[i])
-            box = (min(max(x1, 0.0), float(width)), min(max(y1, 0.0), float(height)),
-                   min(max(x2, 0.0), float(width)), min(max(y2, 0.0), float(height)))  # fmt: skip
-            if box[2] > box[0] and box[3] > box[1]:
-                kept.append((int(i), box))
-        m = self.shapes["masks"][-1]
-        crops = state.paster(
-            state.device["masks"].ptr, m, [b for _, b in kept], height, width,
-            prob_indices=[i for i, _ in kept], stream=state.stream_handle,
-        )  # fmt: skip
-        instances = []
-        for (i, box), (crop, x0, y0) in zip(kept, crops, strict=True):
-            label = int(labels[i])
-            name = class_names[label] if 0 <= label < len(class_names) else str(label)
-            mask = InstanceMask(crop, x0, y0, height, width)
-            score = float(scores[i])
-            instances.append(Instance(label=label, label_name=name, score=score, box=box, mask=mask))
-        return instances
+        if state.session is None:
+            state.session = TensorRTSession(self, state)
+        return state.session
 
     def close(self) -> None:
-        from ...cuda.launch import _driver
+        """Free every thread's context, stream and buffers (callable from any thread)."""
+        from ...cuda.launch import _driver, ensure_context
 
         with self._lock:
             states, self._states = self._states, []
+        if states:
+            ensure_context(self.device_index)
         for state in states:
+            state.stages.close()
             for buf in state.device.values():
                 buf.free()
-            for pinned in state.host.values():
-                pinned.free()
-            if state.raw is not None:
-                state.raw.free()
-            if state.preprocessor is not None:
-                state.preprocessor.close()
-            if state.paster is not None:
-                state.paster.close()
+            state.pinned.free()
             _driver().cuStreamDestroy(state.stream)
         self._local = threading.local()
+
+
+class TensorRTSession(DeviceSession):
+    """One thread's device stages around a TensorRT engine (see :class:`DeviceSession`)."""
+
+    def __init__(self, backend: TensorRTBackend, state: _ThreadState) -> None:
+        self.backend = backend
+        self.state = state
+        self.device = backend.device
+
+    def can_clahe(self, pixels: np.ndarray, spec: PreprocessSpec) -> bool:
+        return self.state.stages.can_clahe(pixels)
+
+    def begin(self) -> None:
+        self.state.stages.timer.reset()
+
+    def clahe(self, pixels: np.ndarray, spec: PreprocessSpec) -> None:
+        self.state.stages.clahe(pixels, spec)
+
+    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec) -> float:
+        size = spec.input_size
+        if self.backend.shapes[INPUT_NAME] != (1, 3, size, size):
+            raise InvalidModel(
+                f"the plan's input is {self.backend.shapes[INPUT_NAME]}, the spec's letterbox makes "
+                f"(1, 3, {size}, {size})",
+                path=self.backend.path,
+            )
+        return self.state.stages.letterbox(pixels, spec, self.state.device[INPUT_NAME].ptr)
+
+    def run_engine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from ...cuda.launch import synchronize
+
+        state = self.state
+        state.stages.timer.start("engine")
+        self.backend._execute(state)
+        self.backend._fetch(state, ("boxes", "scores", "labels"))
+        state.stages.timer.stop()
+        synchronize(state.stream)
+        return (
+            state.host["boxes"].astype(np.float32, copy=True),
+            state.host["scores"].astype(np.float32, copy=True),
+            state.host["labels"].astype(np.int64, copy=True),
+        )
+
+    def paste(self, kept: Sequence[Kept], height: int, width: int) -> list[InstanceMask]:
+        state = self.state
+        m = self.backend.shapes["masks"][-1]
+        crops = state.stages.paste(
+            state.device["masks"].ptr, m, [k.box for k in kept], [k.index for k in kept], height, width
+        )
+        return [InstanceMask(crop, x0, y0, height, width) for crop, x0, y0 in crops]
+
+    def timings(self) -> dict[str, float]:
+        return self.state.stages.timer.elapsed()

@@ -24,9 +24,10 @@ class GpuInfo:
 
 
 def _driver() -> Any | None:
-    try:
-        driver = importlib.import_module("cuda.bindings.driver")
-    except ImportError:
+    from ...cuda.binding import driver_if_installed
+
+    driver = driver_if_installed()
+    if driver is None:
         return None
     try:
         (err,) = driver.cuInit(0)
@@ -86,6 +87,11 @@ def tensorrt_version(module: str = TENSORRT) -> str | None:
     """The installed TensorRT's version (imports it; None where it is not installed)."""
     if not tensorrt_installed(module):
         return None
+    from ...cuda.binding import override
+
+    stand_in = override(module)
+    if stand_in is not None:
+        return str(stand_in.__version__)
     try:
         return str(getattr(importlib.import_module(module), "__version__", "unknown"))
     except ImportError:

@@ -21,7 +21,12 @@ _PACKAGE = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt-rtx-cu13"}
 
 
 def tensorrt_installed(module: str = TENSORRT) -> bool:
-    """Whether a real ``module`` is importable (not a stubs-only namespace package); imports nothing."""
+    """Whether a real ``module`` is importable (not a stubs-only namespace package); imports nothing.
+    True while a simulated GPU stands in for it (:func:`crystal_rt.testing.simulated_gpu`)."""
+    from ...cuda.binding import override
+
+    if override(module) is not None:
+        return True
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
@@ -33,6 +38,11 @@ def load_tensorrt(purpose: str, module: str = TENSORRT) -> ModuleType:
     """Import ``module`` (``tensorrt`` or ``tensorrt_rtx``), or raise MissingDependency naming the extra."""
     if module not in MODULES:
         raise ValueError(f"unknown TensorRT module {module!r}; choose one of {', '.join(MODULES)}")
+    from ...cuda.binding import override
+
+    stand_in = override(module)
+    if stand_in is not None:
+        return stand_in
     mod = require(module, purpose, package=_PACKAGE[module], extra="gpu")
     if not hasattr(mod, "Builder"):  # the stubs' namespace package
         raise MissingDependency(_PACKAGE[module], "gpu", purpose, " plus NVIDIA TensorRT for this GPU")
