@@ -28,11 +28,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import BENCH_SCHEMA, BENCH_STAGES
 from .environment import collect_environment, gpu_memory_mb, usable_cores
 from .stats import summarize
+
+if TYPE_CHECKING:
+    from ..runtime.pipeline import StagePolicy
 
 COLD_MARK = "CRYSTAL_RT_COLD "
 
@@ -41,12 +44,15 @@ COLD_START_CODE = r"""
 import json, os, resource, sys, time
 t0 = time.perf_counter()
 from crystal_rt import Detector
+from crystal_rt.testing import simulated_gpu_from_env
 t1 = time.perf_counter()
-det = Detector.load(sys.argv[1], threads=int(sys.argv[3]) or None)
-t2 = time.perf_counter()
-result = det.detect(sys.argv[2])
-text = result.to_json()
-t3 = time.perf_counter()
+with simulated_gpu_from_env():
+    det = Detector.load(sys.argv[1], threads=int(sys.argv[3]) or None, stages=sys.argv[4])
+    t2 = time.perf_counter()
+    result = det.detect(sys.argv[2])
+    text = result.to_json()
+    t3 = time.perf_counter()
+    det.close()
 age = None
 try:
     with open("/proc/self/stat") as f:
@@ -90,6 +96,7 @@ class BenchConfig:
     threads_sweep: list[int] = field(default_factory=list)
     cold_starts: int = 3
     score_threshold: float | None = None
+    stages: StagePolicy = "auto"  # where CLAHE, letterbox and paste run (runtime.pipeline)
     command: list[str] = field(default_factory=list)
     log: Callable[[str], None] | None = None
 
@@ -137,6 +144,7 @@ def measure_latency(det: Any, images: Sequence[BenchImage], runs: int, warmup: i
 
     samples: dict[str, list[float]] = {stage: [] for stage in BENCH_STAGES}
     detections: dict[str, int] = {}
+    devices: dict[str, dict[str, str]] = {}
     for i in range(warmup + runs):
         for image in images:
             t0 = perf_counter()
@@ -145,6 +153,7 @@ def measure_latency(det: Any, images: Sequence[BenchImage], runs: int, warmup: i
             result.to_json()
             t2 = perf_counter()
             detections[image.name] = len(result.instances)
+            devices[image.name] = dict(result.devices)
             if i < warmup:
                 continue
             for stage in BENCH_STAGES[:5]:
@@ -152,7 +161,7 @@ def measure_latency(det: Any, images: Sequence[BenchImage], runs: int, warmup: i
             samples["encode"].append((t2 - t1) * 1e3)
             samples["total"].append(float(result.timings_ms["total"]))
             samples["end_to_end"].append((t2 - t0) * 1e3)
-    return {"samples_ms": samples, "detections": detections}
+    return {"samples_ms": samples, "detections": detections, "devices": devices}
 
 
 def measure_engine_only(det: Any, image: BenchImage, iterations: int, warmup: int) -> list[float]:
@@ -160,11 +169,9 @@ def measure_engine_only(det: Any, image: BenchImage, iterations: int, warmup: in
     from time import perf_counter
 
     from ..io.decode import read_image
-    from ..runtime.preprocess import apply_clahe, letterbox, normalize
+    from ..runtime.preprocess import preprocess
 
-    pixels = read_image(image.data, name=image.name)
-    canvas, _ = letterbox(apply_clahe(pixels, det.preprocess), det.preprocess.input_size)
-    tensor = normalize(canvas, det.preprocess)
+    tensor = preprocess(read_image(image.data, name=image.name), det.preprocess).tensor
     for _ in range(warmup):
         det.backend.infer(tensor)
     times = []
@@ -183,6 +190,7 @@ def measure_throughput(
     *,
     cores: int,
     score_threshold: float | None = None,
+    stages: StagePolicy = "auto",
 ) -> dict[str, Any]:
     """``workers`` threads calling one Detector (intra-op threads = max(1, cores // workers))."""
     from concurrent.futures import ThreadPoolExecutor
@@ -193,7 +201,7 @@ def measure_throughput(
     intra = max(1, cores // workers)
     jobs = max(jobs, workers)
 
-    with Detector.load(engine, threads=intra, score_threshold=score_threshold) as det:
+    with Detector.load(engine, threads=intra, score_threshold=score_threshold, stages=stages) as det:
 
         def one(index: int) -> int:
             image = images[index % len(images)]
@@ -232,7 +240,12 @@ def collect_gpus_present() -> bool:
 
 
 def cold_start(
-    engine: Path, image: Path, *, threads: int | None = None, timeout: float = 300.0
+    engine: Path,
+    image: Path,
+    *,
+    threads: int | None = None,
+    stages: StagePolicy = "auto",
+    timeout: float = 300.0,
 ) -> dict[str, Any]:
     """Spawn a fresh interpreter that imports crystal_rt, loads ``engine`` and detects ``image``.
 
@@ -241,7 +254,7 @@ def cold_start(
     from ..errors import CrystalRtError
 
     env = _child_env()
-    argv = [sys.executable, "-c", COLD_START_CODE, str(engine), str(image), str(threads or 0)]
+    argv = [sys.executable, "-c", COLD_START_CODE, str(engine), str(image), str(threads or 0), stages]
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
@@ -292,6 +305,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "runs": config.runs,
         "warmup": config.warmup,
         "threads": config.threads or cores,
+        "stage_policy": config.stages,
     }
 
     # cold start first, while this process is idle (the child has the cores to itself)
@@ -304,7 +318,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 path.write_bytes(first.data)
             for i in range(config.cold_starts):
                 say(f"cold start {i + 1}/{config.cold_starts}")
-                cold["runs"].append(cold_start(config.engine, path, threads=config.threads))
+                cold["runs"].append(
+                    cold_start(config.engine, path, threads=config.threads, stages=config.stages)
+                )
         spawn = [r["spawn_to_result_s"] for r in cold["runs"]]
         cold["spawn_to_result_s"] = summarize(spawn)
         cold["in_process_s"] = summarize([r["in_process_s"] for r in cold["runs"]])
@@ -313,7 +329,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     report["cold_start"] = cold
 
     say(f"latency: {config.warmup} warm-up + {config.runs} timed passes over {len(config.images)} image(s)")
-    with Detector.load(config.engine, threads=config.threads, score_threshold=config.score_threshold) as det:
+    with Detector.load(
+        config.engine, threads=config.threads, score_threshold=config.score_threshold, stages=config.stages
+    ) as det:
         latency = measure_latency(det, config.images, config.runs, config.warmup)
         say("engine only")
         engine_ms = measure_engine_only(
@@ -323,6 +341,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     report["stages"] = {k: summarize(v) for k, v in latency["samples_ms"].items()}
     report["samples_ms"] = latency["samples_ms"]
     report["detections"] = latency["detections"]
+    report["devices"] = latency["devices"]  # which device ran each stage, per image
     report["engine_only"] = {**summarize(engine_ms), "samples_ms": engine_ms, "image": config.images[0].name}
 
     sweep = []
@@ -336,6 +355,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 max(config.runs * len(config.images), 2 * workers),
                 cores=cores,
                 score_threshold=config.score_threshold,
+                stages=config.stages,
             )
         )
     report["throughput"] = sweep

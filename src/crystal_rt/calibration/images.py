@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import CalibrationError, InvalidImage
 from ..io.decode import list_images, read_image
-from ..runtime.preprocess import apply_clahe, letterbox, normalize
+from ..runtime.preprocess import preprocess
 from ..spec import PreprocessSpec
 
 DEFAULT_NUM_IMAGES = 32
@@ -59,9 +59,8 @@ class CalibrationImages:
             finally:
                 if on_image is not None:
                     on_image()
-            canvas, _ = letterbox(apply_clahe(pixels, self.spec), self.spec.input_size)
             usable += 1
-            yield normalize(canvas, self.spec)
+            yield preprocess(pixels, self.spec).tensor
         if usable < MIN_IMAGES:
             examples = "; ".join(self.skipped[:3])
             detail = f" ({len(self.skipped)} unreadable: {examples})" if self.skipped else ""

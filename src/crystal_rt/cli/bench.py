@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .options import add_stages
+
 
 def _positive_list(text: str) -> list[int]:
     try:
@@ -59,6 +61,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--score-threshold", type=float, help="detection threshold (default: the engine's)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the full report here")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="write a latency/throughput plot here")
+    add_stages(p)
     p.set_defaults(run=run)
 
 
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         threads_sweep=sweep,
         cold_starts=args.cold_starts,
         score_threshold=args.score_threshold,
+        stages=args.stages,
         command=list(sys.argv),
         log=info,
     )

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .options import add_stages
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -33,6 +35,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--box-iou", type=float, default=0.99)
     p.add_argument("--mask-iou", type=float, default=0.98)
     p.add_argument("--score-tol", type=float, default=1e-3)
+    add_stages(p)
     p.set_defaults(run=run)
 
 
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.detector import Detector
     from .console import console, progress
 
-    engine = Detector.load(args.engine, score_threshold=args.score_threshold)
+    engine = Detector.load(args.engine, score_threshold=args.score_threshold, stages=args.stages)
     reference = Detector.from_checkpoint(
         args.reference,
         score_threshold=args.score_threshold,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import RESULT_FORMATS as FORMATS
+from .options import add_stages
 
 
 def parse_formats(text: str) -> list[str]:
@@ -34,6 +35,7 @@ def add_parser(sub: Any) -> None:
         "--score-threshold", type=float, help="keep detections scoring at least this (default: the engine's)"
     )
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    add_stages(p)
     p.set_defaults(run=run)
 
 
@@ -59,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.result import DetectionResult
     from .console import console, err_console, latency_table, progress
 
-    detector = Detector.load(args.engine, score_threshold=args.score_threshold, threads=args.threads)
+    detector = Detector.load(
+        args.engine, score_threshold=args.score_threshold, threads=args.threads, stages=args.stages
+    )
     paths = list_images(args.inputs)
     if not paths:
         raise CrystalRtError("no images found in " + ", ".join(map(str, args.inputs)))

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .options import add_stages
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -26,6 +28,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pr-curve", type=Path, help="write precision-recall curves here (PNG)")
     p.add_argument("--score-threshold", type=float, help="operating threshold (default: the model's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    add_stages(p)
     p.set_defaults(run=run)
 
 
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from .console import console, info, progress
 
     dataset = load_coco(args.data, args.images)
-    with open_model(args.model, threads=args.threads) as detector, progress() as bar:
+    with open_model(args.model, threads=args.threads, stages=args.stages) as detector, progress() as bar:
         task = bar.add_task("evaluating", total=len(dataset))
         report, _ = evaluate_detector(
             detector, dataset, score_threshold=args.score_threshold, on_image=lambda: bar.advance(task)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from .._version import __version__
 from ..errors import CrystalRtError
@@ -43,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"crystal-rt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument(
+        "--simulated-gpu",
+        action="store_true",
+        help="test support: run on crystal-rt's simulated GPU (CUDA kernels in a CPU emulator, TensorRT "
+        "engines on ONNX Runtime), as $CRYSTAL_RT_SIMULATED_GPU=1 does; see crystal_rt.testing",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS.values():
         importlib.import_module(f"crystal_rt.cli.{module}").add_parser(sub)
@@ -58,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .console import err_console
 
     try:
-        code: int = args.run(args)
+        with _simulation(args.simulated_gpu):
+            code: int = args.run(args)
         return code
     except CrystalRtError as exc:
         if args.debug:
@@ -70,6 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         return 130
+
+
+def _simulation(requested: bool) -> AbstractContextManager[object]:
+    """The simulated GPU where asked for (flag or environment), else nothing."""
+    import os
+
+    from ..testing import ENV_VAR, simulated_gpu_from_env
+
+    if requested:
+        os.environ[ENV_VAR] = "1"  # child processes (bench's cold starts) simulate too
+    return simulated_gpu_from_env()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .options import add_stages
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -79,6 +81,7 @@ def add_parser(sub: Any) -> None:
     triton.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC port (default 8001)")
     triton.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics port (default 8002)")
     triton.add_argument("--max-batch", type=_positive_int, default=4, help="dynamic batch size (default 4)")
+    add_stages(p)
     p.set_defaults(run=run)
 
 
@@ -94,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
     uvicorn = require("uvicorn", "crystal-rt serve", extra="serve")
     require("fastapi", "crystal-rt serve", extra="serve")
     detector = Detector.load(
-        args.engine, score_threshold=args.score_threshold, threads=args.threads, max_pixels=args.max_pixels
+        args.engine,
+        score_threshold=args.score_threshold,
+        threads=args.threads,
+        max_pixels=args.max_pixels,
+        stages=args.stages,
     )
     app = create_app(
         detector,
@@ -117,7 +124,11 @@ def _run_triton(args: argparse.Namespace) -> int:
     from .console import info
 
     detector = Detector.load(
-        args.engine, score_threshold=args.score_threshold, threads=args.threads, max_pixels=args.max_pixels
+        args.engine,
+        score_threshold=args.score_threshold,
+        threads=args.threads,
+        max_pixels=args.max_pixels,
+        stages=args.stages,
     )
     name = args.model_name or (detector.manifest.name if detector.manifest else "crystals")
     ports = TritonPorts(http=args.port, grpc=args.grpc_port, metrics=args.metrics_port)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..serve.watch import DEFAULT_PATTERNS, WATCH_FORMATS  # light: no numpy, cv2 or onnxruntime
+from .options import add_stages
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -90,6 +91,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--um-per-px", type=_positive, help="pixel size, for the dispense target in micrometres")
     p.add_argument("--score-threshold", type=float, help="keep detections scoring at least this")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    add_stages(p)
     p.set_defaults(run=run)
 
 
@@ -104,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.watch import Outcome, Watcher, WatchOptions
     from .console import err_console, info
 
-    detector = Detector.load(args.engine, score_threshold=args.score_threshold, threads=args.threads)
+    detector = Detector.load(
+        args.engine, score_threshold=args.score_threshold, threads=args.threads, stages=args.stages
+    )
     options = WatchOptions(
         in_dir=args.in_dir,
         out_dir=args.output,

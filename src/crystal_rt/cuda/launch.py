@@ -379,7 +379,8 @@ class PinnedBuffer:
         nbytes = int(np.prod(shape)) * dt.itemsize
         self.reserve(nbytes)
         assert self._raw is not None
-        return self._raw[:nbytes].view(dt).reshape(shape)
+        view: np.ndarray = self._raw[:nbytes].view(dt).reshape(shape)
+        return view
 
     def free(self) -> None:
         if self.ptr:
@@ -409,7 +410,9 @@ class EventTimer:
     def _event(self, index: int) -> Any:
         while len(self._events) <= index:
             driver = _driver()
-            self._events.append(check(driver.cuEventCreate(driver.CUevent_flags.CU_EVENT_DEFAULT), "cuEventCreate"))
+            self._events.append(
+                check(driver.cuEventCreate(driver.CUevent_flags.CU_EVENT_DEFAULT), "cuEventCreate")
+            )
         return self._events[index]
 
     def start(self, stage: str) -> None:

@@ -63,7 +63,9 @@ class CudaStages:
         ptr = self._raw.reserve(staged.nbytes)
         driver = _driver()
         check(
-            driver.cuMemcpyHtoDAsync(ptr, self._staging.ptr, staged.nbytes, driver.CUstream(as_stream(self.stream))),
+            driver.cuMemcpyHtoDAsync(
+                ptr, self._staging.ptr, staged.nbytes, driver.CUstream(as_stream(self.stream))
+            ),
             "cuMemcpyHtoDAsync",
         )
         return ptr, pitch, height, width, pixels.dtype, channels
@@ -72,7 +74,9 @@ class CudaStages:
         """Upload ``pixels`` and queue CLAHE on them; the result stays on the device for ``letterbox``."""
         self.timer.start("clahe")
         ptr, pitch, height, width, dtype, channels = self._upload(pixels)
-        out, out_pitch = self._preprocessor(spec).clahe_async(ptr, pitch, height, width, dtype, channels, self.stream)
+        out, out_pitch = self._preprocessor(spec).clahe_async(
+            ptr, pitch, height, width, dtype, channels, self.stream
+        )
         self._image = (out, out_pitch, height, width, dtype, channels)
         self.timer.stop()
 
@@ -84,7 +88,9 @@ class CudaStages:
         if image is None:
             raise ValueError("letterbox without an image: call clahe() or pass the pixels")
         ptr, pitch, height, width, dtype, channels = image
-        scale = self._preprocessor(spec).letterbox_async(ptr, pitch, height, width, dtype, channels, out, self.stream)
+        scale = self._preprocessor(spec).letterbox_async(
+            ptr, pitch, height, width, dtype, channels, out, self.stream
+        )
         self.timer.stop()
         self._image = None
         return scale
@@ -106,7 +112,8 @@ class CudaStages:
                 driver = _driver()
                 stream = driver.CUstream(as_stream(self.stream))
                 check(
-                    driver.cuMemcpyDtoHAsync(self._crops.ptr, out, layout.total_bytes, stream), "cuMemcpyDtoHAsync"
+                    driver.cuMemcpyDtoHAsync(self._crops.ptr, out, layout.total_bytes, stream),
+                    "cuMemcpyDtoHAsync",
                 )
         self.timer.stop()
         synchronize(self.stream)

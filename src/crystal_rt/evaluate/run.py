@@ -14,6 +14,7 @@ from ..runtime.artifacts import MANIFEST_SUFFIX
 if TYPE_CHECKING:
     from ..data.coco import CocoDataset
     from ..runtime.detector import Detector
+    from ..runtime.pipeline import StagePolicy
     from ..runtime.result import DetectionResult
     from .metrics import EvaluationReport
 
@@ -22,8 +23,11 @@ AP_SCORE_THRESHOLD = 0.05
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-def open_model(model: str | os.PathLike[str], *, threads: int | None = None) -> Detector:
-    """An engine (folder, manifest, prefix), a core ONNX, or a PyTorch checkpoint, as a Detector."""
+def open_model(
+    model: str | os.PathLike[str], *, threads: int | None = None, stages: StagePolicy = "auto"
+) -> Detector:
+    """An engine (folder, manifest, prefix), a core ONNX, or a PyTorch checkpoint, as a Detector
+    (``stages`` matters for engines with device stages: TensorRT)."""
     from ..runtime.detector import Detector
 
     path = Path(model)
@@ -33,7 +37,7 @@ def open_model(model: str | os.PathLike[str], *, threads: int | None = None) -> 
         if not path.is_file():
             raise InvalidModel("model file not found", path=path)
         return Detector.from_onnx(path, threads=threads)
-    return Detector.load(path, threads=threads)
+    return Detector.load(path, threads=threads, stages=stages)
 
 
 def detect_dataset(

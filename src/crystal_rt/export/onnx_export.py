@@ -132,10 +132,10 @@ def export_core_onnx(
     core = CoreMaskRCNN(loaded.model, pre.input_size, spec.max_detections)
 
     from ..runtime.detector import Detector
-    from ..runtime.preprocess import apply_clahe, letterbox, normalize
+    from ..runtime.preprocess import preprocess
 
     images = list(images) if images is not None else validation_images(pre.input_size)
-    trace_input = normalize(letterbox(apply_clahe(images[0][1], pre), pre.input_size)[0], pre)
+    trace_input = preprocess(images[0][1], pre).tensor
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     try:

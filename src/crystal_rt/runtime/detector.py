@@ -47,7 +47,8 @@ class Detector:
         manifest: Manifest | None = None,
         stages: StagePolicy = "auto",
     ) -> None:
-        self.backend: Backend | None = backend
+        self.backend = backend
+        self._closed = False
         self.model = model
         self.preprocess = preprocess
         self.score_threshold = check_threshold(
@@ -174,15 +175,15 @@ class Detector:
         )
 
     def _backend(self) -> Backend:
-        if self.backend is None:
+        if self._closed:
             raise CrystalRtError("this Detector is closed; load the engine again")
         return self.backend
 
     def close(self) -> None:
         """Release the engine (idempotent); a closed Detector refuses further calls."""
-        backend, self.backend = self.backend, None
-        if backend is not None:
-            backend.close()
+        if not self._closed:
+            self._closed = True
+            self.backend.close()
 
     def __enter__(self) -> Detector:
         return self
@@ -192,7 +193,7 @@ class Detector:
 
     def __repr__(self) -> str:
         return (
-            f"Detector(backend={self.backend.name if self.backend else 'closed'!r}, arch={self.model.arch!r}, "
+            f"Detector(backend={self.backend.name!r}, arch={self.model.arch!r}, "
             f"input_size={self.preprocess.input_size}, score_threshold={self.score_threshold})"
         )
 

@@ -45,13 +45,13 @@ CORE_OUTPUTS: tuple[tuple[str, str, str], ...] = (
 def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, max_pixels: int, name: str = "<request>") -> Any:
     """``(images [1, 3, S, S] float32, meta [height, width, scale] float64)`` for encoded image bytes."""
     from ..io.decode import read_image
-    from ..runtime.preprocess import apply_clahe, check_image, letterbox, normalize
+    from ..runtime.preprocess import check_image, preprocess
 
     pixels = read_image(data, max_pixels=max_pixels, name=name)
     check_image(pixels, name)
-    canvas, scale = letterbox(apply_clahe(pixels, spec), spec.input_size)
-    meta = np.array([pixels.shape[0], pixels.shape[1], scale], dtype=np.float64)
-    return normalize(canvas, spec), meta
+    pre = preprocess(pixels, spec)
+    meta = np.array([pre.height, pre.width, pre.scale], dtype=np.float64)
+    return pre.tensor, meta
 
 
 def result_json(

@@ -34,7 +34,7 @@ cannot be nested.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +43,11 @@ if TYPE_CHECKING:
 
     from .sim_driver import KernelLaunchRecord, SimulatedDriver
 
-__all__ = ["SimulatedGpu", "simulated_gpu"]
+__all__ = ["ENV_VAR", "SimulatedGpu", "simulated_gpu", "simulated_gpu_from_env"]
+
+#: set to 1 to run the crystal-rt command line (and the cold-start child of ``bench``) on the
+#: simulated GPU, e.g. ``CRYSTAL_RT_SIMULATED_GPU=1 crystal-rt detect ...`` in an integrator's CI
+ENV_VAR = "CRYSTAL_RT_SIMULATED_GPU"
 
 #: TensorRT version the stand-in reports (a 10.x: FP16 builder flag present, as on JetPack 6).
 SIMULATED_TENSORRT_VERSION = "10.16.0.sim"
@@ -102,3 +106,12 @@ def simulated_gpu(
         modules[binding.TENSORRT] = trt
     with binding.overridden(modules):
         yield SimulatedGpu(driver, trt)
+
+
+def simulated_gpu_from_env() -> AbstractContextManager[SimulatedGpu | None]:
+    """``simulated_gpu()`` where ``$CRYSTAL_RT_SIMULATED_GPU`` is ``1`` (else a context that does nothing)."""
+    import os
+
+    if os.environ.get(ENV_VAR, "").strip() in ("", "0"):
+        return nullcontext()
+    return simulated_gpu()

@@ -32,7 +32,6 @@ access, graphs, texture/surface memory, unified memory, more than one device.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import itertools
 import threading
 import time
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .emulator.kernels import KIND_SIZES, EmulatedKernel, EmulatedModule, emulated_module, module_for_image
+from .emulator.kernels import EmulatedKernel, EmulatedModule, emulated_module, module_for_image
 
 GUARD_BYTES = 256
 _GUARD = bytes((0xA5, 0x5A)) * (GUARD_BYTES // 2)
@@ -57,7 +56,7 @@ def _real_driver() -> Any:
     return require("cuda.bindings.driver", "The simulated GPU", package="cuda-python", extra="gpu")
 
 
-class SimulatedFault(Exception):  # noqa: N818 - carries a CUresult out of a queued operation
+class SimulatedFault(Exception):
     def __init__(self, code: Any, message: str) -> None:
         self.code = code
         super().__init__(message)
@@ -414,7 +413,9 @@ class SimulatedDriver:
             return (self.CUresult.CUDA_ERROR_INVALID_VALUE, None)
         with self._lock:
             if self._used + nbytes > self.memory_bytes:
-                self._note(f"cuMemAlloc({nbytes}): out of memory ({self.memory_bytes - self._used} bytes free)")
+                self._note(
+                    f"cuMemAlloc({nbytes}): out of memory ({self.memory_bytes - self._used} bytes free)"
+                )
                 return (self.CUresult.CUDA_ERROR_OUT_OF_MEMORY, None)
             alloc = self._allocate(nbytes, pinned=False)
             self._allocs[alloc.base] = alloc
@@ -429,7 +430,9 @@ class SimulatedDriver:
             self._flush_all()  # cuMemFree waits for the work that may use the memory
             alloc = self._allocs.get(int(dptr))
             if alloc is None or alloc.pinned:
-                return self._err(self.CUresult.CUDA_ERROR_INVALID_VALUE, f"cuMemFree({int(dptr):#x}): not allocated")
+                return self._err(
+                    self.CUresult.CUDA_ERROR_INVALID_VALUE, f"cuMemFree({int(dptr):#x}): not allocated"
+                )
             del self._allocs[alloc.base]
             self._used -= alloc.size
             return self._sync_result()
@@ -454,7 +457,9 @@ class SimulatedDriver:
             self._flush_all()
             alloc = self._allocs.get(int(p))
             if alloc is None or not alloc.pinned:
-                return self._err(self.CUresult.CUDA_ERROR_INVALID_VALUE, f"cuMemFreeHost({int(p):#x}): not allocated")
+                return self._err(
+                    self.CUresult.CUDA_ERROR_INVALID_VALUE, f"cuMemFreeHost({int(p):#x}): not allocated"
+                )
             del self._allocs[alloc.base]
         return (self.OK,)
 
@@ -561,7 +566,11 @@ class SimulatedDriver:
             target = self._stream(hStream)
             if target is None:
                 return (self.CUresult.CUDA_ERROR_INVALID_HANDLE,)
-            self._enqueue(target, _Op(lambda: ctypes.memmove(dptr, sptr, nbytes), "cuMemcpyDtoDAsync"))
+
+            def run() -> None:
+                ctypes.memmove(dptr, sptr, nbytes)
+
+            self._enqueue(target, _Op(run, "cuMemcpyDtoDAsync"))
         return (self.OK,)
 
     def cuMemsetD8Async(self, dstDevice: Any, uc: int, N: int, hStream: Any) -> tuple[Any]:
@@ -576,7 +585,11 @@ class SimulatedDriver:
             target = self._stream(hStream)
             if target is None:
                 return (self.CUresult.CUDA_ERROR_INVALID_HANDLE,)
-            self._enqueue(target, _Op(lambda: ctypes.memset(dptr, value, nbytes), "cuMemsetD8Async"))
+
+            def run() -> None:
+                ctypes.memset(dptr, value, nbytes)
+
+            self._enqueue(target, _Op(run, "cuMemsetD8Async"))
         return (self.OK,)
 
     # ---- streams and events ----------------------------------------------------------------------
@@ -706,7 +719,9 @@ class SimulatedDriver:
             return (code, None)
         data = bytes(image)
         if not (data[:4] == b"\x7fELF" or b".entry" in data):
-            return self._err(self.CUresult.CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: not a CUBIN or PTX image")[0], None
+            return self._err(
+                self.CUresult.CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: not a CUBIN or PTX image"
+            )[0], None
         name = module_for_image(data)
         if name is None:
             self._note("cuModuleLoadData: the image is not one of crystal-rt's kernel files")
@@ -767,50 +782,33 @@ class SimulatedDriver:
             return (code,)
         with self._lock:
             func = self._functions.get(int(f))
-            if func is None:
-                return (self.CUresult.CUDA_ERROR_INVALID_HANDLE,)
             stream = self._stream(hStream)
-            if stream is None:
+            if func is None or stream is None:
                 return (self.CUresult.CUDA_ERROR_INVALID_HANDLE,)
             grid = (int(gridDimX), int(gridDimY), int(gridDimZ))
             block = (int(blockDimX), int(blockDimY), int(blockDimZ))
             smem = int(sharedMemBytes)
-            name = func.kernel.name
-            if min(grid) < 1 or min(block) < 1 or block[0] * block[1] * block[2] > 1024:
-                return self._err(self.CUresult.CUDA_ERROR_INVALID_VALUE, f"{name}: bad launch {grid} x {block}")
-            if grid[0] >= 2**31 or max(grid[1:]) > 65535 or block[2] > 64:
-                return self._err(self.CUresult.CUDA_ERROR_INVALID_VALUE, f"{name}: grid {grid} exceeds the limits")
-            limit = func.attributes.get(
-                int(self.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), 48 * 1024
-            )
-            if smem > limit:
-                return self._err(
-                    self.CUresult.CUDA_ERROR_INVALID_VALUE,
-                    f"{name}: {smem} bytes of dynamic shared memory, more than the {limit} allowed "
-                    "(cuFuncSetAttribute MAX_DYNAMIC_SHARED_SIZE_BYTES)",
-                )
-            if extra not in (0, None) or not isinstance(kernelParams, int) or not kernelParams:
-                return self._err(
-                    self.CUresult.CUDA_ERROR_INVALID_VALUE,
-                    f"{name}: the simulated driver takes kernelParams as the address of a void* array",
-                )
-            # copy the parameters now, as the driver does
+            problem = self._launch_problem(func, grid, block, smem, kernelParams, extra)
+            if problem is not None:
+                return self._err(*problem)
+            # copy the parameters now, as the driver does, and check the pointers among them
             sizes = func.kernel.param_bytes
             pointers = (ctypes.c_void_p * len(sizes)).from_address(kernelParams)
-            storage = [ctypes.create_string_buffer(ctypes.string_at(pointers[i], n), n) for i, n in enumerate(sizes)]
+            storage = [
+                ctypes.create_string_buffer(ctypes.string_at(pointers[i] or 0, n), n)
+                for i, n in enumerate(sizes)
+            ]
             packed = (ctypes.c_void_p * len(sizes))(*(ctypes.addressof(s) for s in storage))
+            name = func.kernel.name
             for i, kind in enumerate(func.kernel.kinds):
-                if kind != "p":
-                    continue
-                value = ctypes.c_void_p.from_buffer(storage[i]).value or 0
+                value = ctypes.c_void_p.from_buffer(storage[i]).value if kind == "p" else None
                 if value and self._find(value, 1) is None:
                     return self._err(
                         self.CUresult.CUDA_ERROR_ILLEGAL_ADDRESS,
-                        f"{name}: parameter {i} ({value:#x}) is neither device memory nor page-locked host memory",
+                        f"{name}: parameter {i} ({value:#x}) is neither device nor page-locked host memory",
                     )
             self.launches.append(KernelLaunchRecord(name, grid, block, smem, stream.handle))
-            module = func.module
-            kernel = func.kernel
+            module, kernel = func.module, func.kernel
 
             def run() -> None:
                 keep = (storage, packed)
@@ -821,6 +819,34 @@ class SimulatedDriver:
 
             self._enqueue(stream, _Op(run, f"kernel {name}"))
         return (self.OK,)
+
+    def _launch_problem(
+        self,
+        func: _Function,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        smem: int,
+        params: Any,
+        extra: Any,
+    ) -> tuple[Any, str] | None:
+        """(CUresult, message) for a launch the driver refuses, else None."""
+        name = func.kernel.name
+        invalid = self.CUresult.CUDA_ERROR_INVALID_VALUE
+        if min(grid) < 1 or min(block) < 1 or block[0] * block[1] * block[2] > 1024:
+            return invalid, f"{name}: bad launch {grid} x {block}"
+        if grid[0] >= 2**31 or max(grid[1:]) > 65535 or block[2] > 64:
+            return invalid, f"{name}: grid {grid} exceeds the limits"
+        limit = func.attributes.get(
+            int(self.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), 48 * 1024
+        )
+        if smem > limit:
+            return invalid, (
+                f"{name}: {smem} bytes of dynamic shared memory, more than the {limit} allowed "
+                "(cuFuncSetAttribute MAX_DYNAMIC_SHARED_SIZE_BYTES)"
+            )
+        if extra not in (0, None) or not isinstance(params, int) or not params:
+            return invalid, f"{name}: the simulated driver takes kernelParams as the address of a void* array"
+        return None
 
     # ---- for the simulated TensorRT ---------------------------------------------------------------------
     def enqueue_host_work(self, stream: int, what: str, work: Callable[[], None]) -> Any:
@@ -856,11 +882,3 @@ class SimulatedDriver:
         if name.startswith("cu"):
             raise AttributeError(f"the simulated CUDA driver does not implement {name}")
         return getattr(self._real, name)
-
-
-def _kinds_sizes(kinds: str) -> list[int]:
-    return [KIND_SIZES[k] for k in kinds]
-
-
-def real_driver_module() -> Any:
-    return importlib.import_module("cuda.bindings.driver")

@@ -60,7 +60,7 @@ class ILogger:
     def __init__(self) -> None:
         pass
 
-    def log(self, severity: Severity, msg: str) -> None:  # overridden by subclasses
+    def log(self, severity: Any, msg: str) -> None:  # overridden by subclasses
         pass
 
 
@@ -200,7 +200,7 @@ class SimulatedTensorRT:
     def module(self) -> ModuleType:
         mod = ModuleType("tensorrt")
         mod.__file__ = "<crystal-rt simulated TensorRT>"
-        mod.__version__ = self.version
+        mod.__version__ = self.version  # type: ignore[attr-defined]
         mod.__simulated__ = True  # type: ignore[attr-defined]
         for obj in (
             ILogger,
@@ -310,12 +310,22 @@ class _OnnxParser:
         for index, (name, op) in enumerate(ops):
             if op in UNSUPPORTED_OPS:
                 self.errors.append(
-                    _ParserError(index, name, op, f"No importer registered for op: {op}. Attempting to import as plugin.")
+                    _ParserError(
+                        index,
+                        name,
+                        op,
+                        f"No importer registered for op: {op}. Attempting to import as plugin.",
+                    )
                 )
             elif op in OP_PLUGINS and OP_PLUGINS[op] not in registered:
                 self.errors.append(
-                    _ParserError(index, name, op, f"Plugin not found, are the plugin name, version, and namespace "
-                                 f"correct? ({OP_PLUGINS[op]} version 2; call init_libnvinfer_plugins first)")
+                    _ParserError(
+                        index,
+                        name,
+                        op,
+                        f"Plugin not found, are the plugin name, version, and namespace "
+                        f"correct? ({OP_PLUGINS[op]} version 2; call init_libnvinfer_plugins first)",
+                    )
                 )
         if self.errors:
             return False
@@ -324,10 +334,14 @@ class _OnnxParser:
             raise ValueError("the simulated parser reads models from files (parse_from_file)")
         session = create_session(tmp, session_options(1, optimization="disable"))
         tensors = []
-        for info, mode in [(i, "INPUT") for i in session.get_inputs()] + [(o, "OUTPUT") for o in session.get_outputs()]:
+        for info, mode in [(i, "INPUT") for i in session.get_inputs()] + [
+            (o, "OUTPUT") for o in session.get_outputs()
+        ]:
             dtype = _FROM_ORT.get(info.type)
             if dtype is None or not all(isinstance(d, int) for d in info.shape):
-                self.errors.append(_ParserError(-1, info.name, "", f"tensor {info.name}: {info.type} {info.shape}"))
+                self.errors.append(
+                    _ParserError(-1, info.name, "", f"tensor {info.name}: {info.type} {info.shape}")
+                )
                 continue
             tensors.append(_Tensor(info.name, mode, tuple(int(d) for d in info.shape), dtype.name))
         if self.errors:
@@ -410,7 +424,9 @@ class _Builder:
 
     def build_serialized_network(self, network: _Network, config: _BuilderConfig) -> IHostMemory | None:
         if network.onnx is None:
-            self.sim.log(self.logger, Severity.ERROR, "[network.cpp::validate] Error Code 4: the network has no inputs")
+            self.sim.log(
+                self.logger, Severity.ERROR, "[network.cpp::validate] Error Code 4: the network has no inputs"
+            )
             return None
         monitor = config.progress_monitor
         if monitor is not None:
@@ -428,7 +444,9 @@ class _Builder:
             "compute_capability": f"{major}.{minor}",
             "flags": sorted(f.name for f in config.flags),
             "strongly_typed": strongly,
-            "hardware_compatibility_level": HardwareCompatibilityLevel(config.hardware_compatibility_level).name,
+            "hardware_compatibility_level": HardwareCompatibilityLevel(
+                config.hardware_compatibility_level
+            ).name,
             "plugins": network.plugins,
             "plugins_serialized": list(config.plugins_to_serialize),
             "tensors": [t.__dict__ for t in network.tensors],
@@ -454,55 +472,72 @@ def read_plan(plan: bytes) -> tuple[dict[str, Any], bytes] | None:
         return None
 
 
+#: what TensorRT 10 logs when deserialize_cuda_engine returns None (its own wording)
+_DESERIALIZE_ERRORS = {
+    "not_a_plan": "1: [stdArchiveReader.cpp::StdArchiveReaderInitCommon::47] Error Code 1: Serialization "
+    "(Serialization assertion stdVersionRead == kSERIALIZATION_VERSION failed.Version tag does not match. "
+    "Note: Current Version: 239, Serialized Engine Version: 0)",
+    "version": "1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (Serialization "
+    "assertion: The engine plan file is not compatible with this version of TensorRT, expecting library "
+    "version {here} got {built}, please rebuild.)",
+    "device": "1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (The engine plan file "
+    "is generated on an incompatible device, expecting compute {here} got compute {built}, please rebuild.)",
+    "plugin": "1: [pluginV2Runner.cpp::load::303] Error Code 1: Serialization (Serialization assertion "
+    "creator failed.Cannot deserialize plugin since corresponding IPluginCreator not found in Plugin "
+    "Registry) [{plugin}]",
+    "host_code": "1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization (a version-compatible "
+    "plan runs host code: set engine_host_code_allowed = True)",
+}
+_DESERIALIZE_FAILED = (
+    "4: [runtime.cpp::deserializeCudaEngine::66] Error Code 4: Internal Error "
+    "(Engine deserialization failed.)"
+)
+_ADDRESS_NOT_SET = (
+    "3: [executionContext.cpp::enqueueV3::2666] Error Code 3: API Usage Error (Parameter check failed, "
+    "condition: ... Address is not set for {mode} tensor {name}. Call setInputTensorAddress or "
+    "setTensorAddress before enqueue/execute.)"
+)
+
+
 class _Runtime:
     def __init__(self, sim: SimulatedTensorRT, logger: Any) -> None:
         self.sim, self.logger = sim, logger
         self.engine_host_code_allowed = False
 
+    def _fail(self, kind: str, **fields: str) -> _Engine | None:
+        """Log TensorRT's messages for a plan it refuses; returns None, as deserialize does."""
+        self.sim.log(self.logger, Severity.ERROR, _DESERIALIZE_ERRORS[kind].format(**fields))
+        self.sim.log(self.logger, Severity.ERROR, _DESERIALIZE_FAILED)
+        return None
+
     def deserialize_cuda_engine(self, plan: Any) -> _Engine | None:
-        data = bytes(plan)
-        parsed = read_plan(data)
-        log = self.sim.log
+        parsed = read_plan(bytes(plan))
         if parsed is None:
-            log(self.logger, Severity.ERROR, "1: [stdArchiveReader.cpp::StdArchiveReaderInitCommon::47] Error Code 1: "
-                "Serialization (Serialization assertion stdVersionRead == kSERIALIZATION_VERSION failed.Version tag "
-                "does not match. Note: Current Version: 239, Serialized Engine Version: 0)")  # fmt: skip
-            return None
+            return self._fail("not_a_plan")
         header, onnx_bytes = parsed
         vc = "VERSION_COMPATIBLE" in header["flags"]
         if header["version"] != self.sim.version and not vc:
-            log(self.logger, Severity.ERROR, "1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization "
-                "(Serialization assertion: The engine plan file is not compatible with this version of TensorRT, "
-                f"expecting library version {self.sim.version} got {header['version']}, please rebuild.)")  # fmt: skip
-            return None
+            return self._fail("version", here=self.sim.version, built=header["version"])
         major, minor = self.sim.driver.compute_capability
         here = f"{major}.{minor}"
         if header["compute_capability"] != here and header["hardware_compatibility_level"] == "NONE":
-            log(self.logger, Severity.ERROR, "1: [runtime.cpp::deserializeCudaEngine] Error Code 1: Serialization "
-                f"(The engine plan file is generated on an incompatible device, expecting compute {here} got "
-                f"compute {header['compute_capability']}, please rebuild.)")  # fmt: skip
-            return None
+            return self._fail("device", here=here, built=header["compute_capability"])
         with self.sim.lock:
             registered = set(self.sim.plugins)
         if vc and header["plugins_serialized"] and self.engine_host_code_allowed:
             registered |= set(header["plugins"])
         for plugin in header["plugins"]:
             if plugin not in registered:
-                log(self.logger, Severity.ERROR, "1: [pluginV2Runner.cpp::load::303] Error Code 1: Serialization "
-                    "(Serialization assertion creator failed.Cannot deserialize plugin since corresponding "
-                    f"IPluginCreator not found in Plugin Registry) [{plugin}]")  # fmt: skip
-                log(self.logger, Severity.ERROR, "4: [runtime.cpp::deserializeCudaEngine::66] Error Code 4: Internal "
-                    "Error (Engine deserialization failed.)")  # fmt: skip
-                return None
+                return self._fail("plugin", plugin=plugin)
         if vc and not self.engine_host_code_allowed:
-            log(self.logger, Severity.ERROR, "1: [runtime.cpp::deserializeCudaEngine] Error Code 1: a "
-                "version-compatible plan needs engine_host_code_allowed = True")  # fmt: skip
-            return None
+            return self._fail("host_code")
         return _Engine(self.sim, header, onnx_bytes, self.logger)
 
 
 class _Engine:
-    def __init__(self, sim: SimulatedTensorRT, header: dict[str, Any], onnx_bytes: bytes, logger: Any) -> None:
+    def __init__(
+        self, sim: SimulatedTensorRT, header: dict[str, Any], onnx_bytes: bytes, logger: Any
+    ) -> None:
         from .._lazy import require
         from ..runtime.backends.onnxruntime import session_options
 
@@ -512,7 +547,9 @@ class _Engine:
         self.tensors = [_Tensor(**t) for t in header["tensors"]]
         self._by_name = {t.name: t for t in self.tensors}
         ort = require("onnxruntime", "The simulated TensorRT")
-        self.session = ort.InferenceSession(onnx_bytes, sess_options=session_options(), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            onnx_bytes, sess_options=session_options(), providers=["CPUExecutionProvider"]
+        )
         self.name = "crystal-rt simulated engine"
         self.device_memory_size = 64 << 20
 
@@ -570,9 +607,7 @@ class _Context:
         missing = [t.name for t in engine.tensors if not self.addresses.get(t.name)]
         if missing:
             mode = engine._by_name[missing[0]].mode.lower()
-            sim.log(engine.logger, Severity.ERROR, "3: [executionContext.cpp::enqueueV3::2666] Error Code 3: "
-                f"API Usage Error (Parameter check failed, condition: ... Address is not set for {mode} tensor "
-                f"{missing[0]}. Call setInputTensorAddress or setTensorAddress before enqueue/execute.)")  # fmt: skip
+            sim.log(engine.logger, Severity.ERROR, _ADDRESS_NOT_SET.format(mode=mode, name=missing[0]))
             return False
         views: dict[str, np.ndarray] = {}
         for t in engine.tensors:
@@ -580,7 +615,11 @@ class _Context:
             nbytes = int(np.prod(t.shape)) * dtype.itemsize
             raw = driver.device_view(self.addresses[t.name], nbytes)
             if raw is None:
-                sim.log(engine.logger, Severity.ERROR, f"the address of {t.name} is not {nbytes} bytes of device memory")
+                sim.log(
+                    engine.logger,
+                    Severity.ERROR,
+                    f"the address of {t.name} is not {nbytes} bytes of device memory",
+                )
                 return False
             views[t.name] = raw.view(dtype).reshape(t.shape)
         inputs = [t.name for t in engine.tensors if t.mode == "INPUT"]
@@ -590,7 +629,9 @@ class _Context:
             feed = {name: np.array(views[name]) for name in inputs}
             results = engine.session.run(outputs, feed)
             for name, value in zip(outputs, results, strict=True):
-                views[name][...] = np.asarray(value).astype(views[name].dtype, copy=False).reshape(views[name].shape)
+                views[name][...] = (
+                    np.asarray(value).astype(views[name].dtype, copy=False).reshape(views[name].shape)
+                )
 
         code = driver.enqueue_host_work(int(stream_handle), "TensorRT engine", run)
         return bool(code == driver.OK)

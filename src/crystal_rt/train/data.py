@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from ..geometry import letterbox_size
 from ..io.decode import read_image
-from ..runtime.preprocess import apply_clahe, letterbox, letterbox_size
+from ..runtime.preprocess import letterboxed
 from ..spec import PreprocessSpec
 
 if TYPE_CHECKING:
@@ -52,9 +53,8 @@ class CachedImage:
 
 def prepare_image(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, float]:
     """CLAHE (per spec) then resize by the letterbox scale: float16 [0, 1], and the scale."""
-    enhanced = apply_clahe(pixels, spec)
-    canvas, scale = letterbox(enhanced, spec.input_size)  # the engine's own resize
-    height, width = enhanced.shape[:2]
+    canvas, scale = letterboxed(pixels, spec)  # the engine's own CLAHE and resize
+    height, width = pixels.shape[:2]
     _, new_w, new_h = letterbox_size(height, width, spec.input_size)
     content = canvas[:new_h, :new_w]
     top = 65535.0 if content.dtype == np.uint16 else 255.0

@@ -156,7 +156,8 @@ class TensorRTBackend(Backend):
         if not state.context.execute_async_v3(state.stream_handle):
             logger = get_logger(self._trt)
             raise CrystalRtError(
-                f"TensorRT failed to enqueue the engine ({summarize(list(logger.lines)[-3:])})", path=self.path
+                f"TensorRT failed to enqueue the engine ({summarize(list(logger.lines)[-3:])})",
+                path=self.path,
             )
 
     def _fetch(self, state: _ThreadState, names: Sequence[str]) -> None:
@@ -166,7 +167,9 @@ class TensorRTBackend(Backend):
         stream = driver.CUstream(state.stream_handle)
         for tname in names:
             out = state.host[tname]
-            check(driver.cuMemcpyDtoHAsync(out.ctypes.data, state.device[tname].ptr, out.nbytes, stream), "DtoH")
+            check(
+                driver.cuMemcpyDtoHAsync(out.ctypes.data, state.device[tname].ptr, out.nbytes, stream), "DtoH"
+            )
 
     # --- Backend ----------------------------------------------------------------------------
     def infer(self, images: np.ndarray) -> CoreOutputs:

@@ -134,7 +134,9 @@ class EmulatedModule:
             kname = lib.crt_emu_name(i).decode()
             kinds = lib.crt_emu_kinds(i).decode()
             if "?" in kinds:
-                raise ValueError(f"{self.source.name}: kernel {kname} has a parameter type the emulator cannot copy")
+                raise ValueError(
+                    f"{self.source.name}: kernel {kname} has a parameter type the emulator cannot copy"
+                )
             self.kernels[kname] = EmulatedKernel(i, kname, kinds)
 
     def launch(
