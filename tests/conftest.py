@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from crystal_rt.testing import SimulatedGpu
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = REPO.parent / "shared" / "data" / "real"
+EMU_CACHE = Path.home() / ".cache" / "crystal-rt" / "emu"
 
 TINY_ARCH = "maskrcnn_resnet18_fpn"
 TINY_SIZE = 256
@@ -42,6 +48,66 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_trt)
         if "slow" in item.keywords and not slow:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Kernel and engine caches in a session folder (never the user's); the emulator's g++ builds,
+    which only depend on the sources, stay in the user cache between runs."""
+    root = tmp_path_factory.mktemp("crystal-rt-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CRYSTAL_RT_EMU_CACHE", os.environ.get("CRYSTAL_RT_EMU_CACHE") or str(EMU_CACHE))
+        mp.setenv("CRYSTAL_RT_CACHE", str(root))
+        yield
+
+
+def simulated_gpu_or_skip() -> None:
+    """Skip where the simulated GPU cannot run (no cuda-python/NVRTC, no g++)."""
+    pytest.importorskip("cuda.bindings.driver", reason="cuda-python is not installed")
+    pytest.importorskip("onnxruntime")
+    if shutil.which(os.environ.get("CXX") or "g++") is None:
+        pytest.skip("the simulated GPU needs g++ (C++20)")
+    from crystal_rt.cuda import build
+
+    try:
+        build.nvrtc_version()
+    except Exception as exc:
+        pytest.skip(f"NVRTC is not usable: {exc}")
+
+
+@pytest.fixture
+def sim_gpu() -> Iterator[SimulatedGpu]:
+    """The simulated GPU for one test (crystal_rt.testing.simulated_gpu)."""
+    simulated_gpu_or_skip()
+    from crystal_rt.testing import simulated_gpu
+
+    with simulated_gpu() as gpu:
+        yield gpu
+
+
+@pytest.fixture(scope="session")
+def demo_trt_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped demo model built as a (simulated) TensorRT plan: its engine folder."""
+    simulated_gpu_or_skip()
+    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.testing import simulated_gpu
+
+    out = tmp_path_factory.mktemp("demo-trt")
+    with simulated_gpu():
+        build_engine(demo_model(), out, backend="tensorrt")
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_ort_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped demo model built as an ONNX Runtime engine: its engine folder."""
+    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.runtime.build import build_engine
+
+    out = tmp_path_factory.mktemp("demo-ort")
+    build_engine(demo_model(), out, backend="onnxruntime")
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import enum
 import os
 import subprocess
 import sys
@@ -168,142 +166,21 @@ def test_paste_layout_matches_paste_mask() -> None:
     assert layout.total_bytes == offset
 
 
-# ---- launch.py end to end without a GPU: a fake cuda.bindings.driver whose "device memory" is host
-# memory and whose cuLaunchKernel runs the kernels in the CPU emulator, reading the very void**
-# kernelParams array launch.py packs (so a wrong ctypes type or argument order shows up here).
-
-_LAUNCH_ENTRY = """
-#include <cstring>
-#include <type_traits>
-#include <utility>
-template <class... P, std::size_t... I>
-static void launch_packed(void (*k)(P...), dim3 g, dim3 b, unsigned long long smem, void** params,
-                          std::index_sequence<I...>) {
-    emu::launch(g, b, smem, k, (*reinterpret_cast<std::decay_t<P>*>(params[I]))...);
-}
-template <class... P>
-static int run(void (*k)(P...), unsigned g0, unsigned g1, unsigned g2, unsigned b0, unsigned b1, unsigned b2,
-               unsigned long long smem, void** params) {
-    try {
-        launch_packed(k, dim3(g0, g1, g2), dim3(b0, b1, b2), smem, params, std::index_sequence_for<P...>{});
-    } catch (...) {
-        return -1;
-    }
-    return 0;
-}
-#define K(name) if (std::strcmp(fn, #name) == 0) return run(name, g0, g1, g2, b0, b1, b2, smem, params);
-extern "C" int emu_cu_launch(const char* fn, unsigned g0, unsigned g1, unsigned g2, unsigned b0, unsigned b1,
-                             unsigned b2, unsigned long long smem, void** params) {
-    K(crt_letterbox_normalize_u8) K(crt_letterbox_normalize_u16) K(crt_paste_masks)
-    K(clahe_hist_lut_u8) K(clahe_hist_lut_u16) K(clahe_apply_u8) K(clahe_apply_u16)
-    K(rgb_to_lab_u8) K(lab_to_rgb_u8)
-    return -2;
-}
-"""
-
-
-class FakeDriver:
-    """The subset of cuda.bindings.driver that crystal_rt.cuda.launch uses, backed by host memory."""
-
-    class CUresult(enum.IntEnum):
-        CUDA_SUCCESS = 0
-        CUDA_ERROR_LAUNCH_FAILED = 719
-
-    class CUfunction_attribute(enum.IntEnum):
-        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
-
-    OK = CUresult.CUDA_SUCCESS
-
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self.lib = lib
-        self.mem: dict[int, np.ndarray] = {}
-        self.launches: list[str] = []
-        fn = lib.emu_cu_launch
-        fn.argtypes = [ctypes.c_char_p, *[ctypes.c_uint] * 6, ctypes.c_ulonglong, ctypes.c_void_p]
-        fn.restype = ctypes.c_int
-
-    @staticmethod
-    def CUstream(handle: int = 0) -> int:
-        return int(handle)
-
-    def cuGetErrorName(self, err: int) -> tuple[int, bytes]:
-        return (0, b"CUDA_ERROR_FAKE")
-
-    def cuInit(self, flags: int) -> tuple[int]:
-        return (self.OK,)
-
-    def cuCtxGetCurrent(self) -> tuple[int, int]:
-        return (self.OK, 0)
-
-    def cuDeviceGet(self, ordinal: int) -> tuple[int, int]:
-        return (self.OK, ordinal)
-
-    def cuDevicePrimaryCtxRetain(self, dev: int) -> tuple[int, int]:
-        return (self.OK, 1)
-
-    def cuCtxSetCurrent(self, ctx: int) -> tuple[int]:
-        return (self.OK,)
-
-    def cuModuleLoadData(self, image: bytes) -> tuple[int, str]:
-        assert image[:4] == b"\x7fELF", "Module must load a CUBIN"
-        return (self.OK, "module")
-
-    def cuModuleUnload(self, module: object) -> tuple[int]:
-        return (self.OK,)
-
-    def cuModuleGetFunction(self, module: object, name: bytes) -> tuple[int, bytes]:
-        assert isinstance(name, bytes)
-        return (self.OK, name)
-
-    def cuMemAlloc(self, nbytes: int) -> tuple[int, int]:
-        buf = np.full(nbytes, 0xCD, np.uint8)  # garbage, like fresh device memory
-        self.mem[buf.ctypes.data] = buf
-        return (self.OK, buf.ctypes.data)
-
-    def cuMemFree(self, ptr: int) -> tuple[int]:
-        del self.mem[int(ptr)]
-        return (self.OK,)
-
-    def cuMemcpyHtoDAsync(self, dst: int, src: int, nbytes: int, stream: int) -> tuple[int]:
-        ctypes.memmove(int(dst), int(src), nbytes)
-        return (self.OK,)
-
-    def cuMemcpyDtoHAsync(self, dst: int, src: int, nbytes: int, stream: int) -> tuple[int]:
-        ctypes.memmove(int(dst), int(src), nbytes)
-        return (self.OK,)
-
-    def cuMemsetD8Async(self, ptr: int, value: int, nbytes: int, stream: int) -> tuple[int]:
-        ctypes.memset(int(ptr), value, nbytes)
-        return (self.OK,)
-
-    def cuStreamSynchronize(self, stream: int) -> tuple[int]:
-        return (self.OK,)
-
-    def cuFuncSetAttribute(self, fn: object, attr: int, value: int) -> tuple[int]:
-        return (self.OK,)
-
-    def cuLaunchKernel(self, fn: bytes, gx: int, gy: int, gz: int, bx: int, by: int, bz: int, smem: int,
-                       stream: int, params: int, extra: int) -> tuple[int]:  # fmt: skip
-        assert isinstance(params, int) and params and not extra
-        self.launches.append(fn.decode())
-        rc = self.lib.emu_cu_launch(fn, gx, gy, gz, bx, by, bz, smem, ctypes.c_void_p(params))
-        return (self.OK if rc == 0 else self.CUresult.CUDA_ERROR_LAUNCH_FAILED,)
+# ---- launch.py end to end without a GPU: the simulated GPU (crystal_rt.testing), whose driver runs
+# the kernels in the CPU emulator from the very void** kernelParams array launch.py packs (so a wrong
+# ctypes type or argument order shows up here) and checks every pointer and copy.
 
 
 @pytest.fixture
-def fake_cuda(monkeypatch: pytest.MonkeyPatch, kernel_cache: Path) -> FakeDriver:
+def fake_cuda(sim_gpu, kernel_cache: Path):
     _nvrtc_or_skip()
-    from crystal_rt.cuda import build, launch
-    from cuda_emu.harness import build_library
+    from crystal_rt.cuda.launch import _driver, check, ensure_context
 
-    kernels = build.KERNEL_DIR
-    lib = build_library(
-        [kernels / "letterbox.cu", kernels / "paste.cu", kernels / "clahe.cu"], _LAUNCH_ENTRY, "launch_fake"
-    )
-    fake = FakeDriver(lib)
-    monkeypatch.setattr(launch, "_driver", lambda: fake)
-    monkeypatch.setattr(build, "device_arch", lambda device=0: "sm_87")
-    return fake
+    ensure_context()
+    driver = _driver()
+    stream = check(driver.cuStreamCreate(1), "cuStreamCreate")
+    yield sim_gpu, int(stream)
+    driver.cuStreamDestroy(stream)
 
 
 def _cpu_preprocess(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -323,10 +200,11 @@ def _cpu_preprocess(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     ids=["u8-gray-clahe", "u8-rgb-clahe", "u16-gray-clahe", "u16-rgb-noclahe"],
 )
 def test_gpu_preprocessor_through_fake_driver(
-    fake_cuda: FakeDriver, dtype: type, rgb: bool, grid: tuple[int, int] | None
+    fake_cuda, dtype: type, rgb: bool, grid: tuple[int, int] | None
 ) -> None:
     from crystal_rt.cuda.launch import DeviceBuffer, GpuPreprocessor, download
 
+    sim, stream = fake_cuda
     spec = PreprocessSpec(input_size=64, clahe=grid is not None, tile_grid=grid or (8, 8))
     rng = np.random.default_rng(0)
     h, w = 45, 70
@@ -338,11 +216,11 @@ def test_gpu_preprocessor_through_fake_driver(
         img = np.stack([img, img[::-1], np.roll(img, 5, axis=1)], axis=-1)
     pre = GpuPreprocessor(spec)
     src = DeviceBuffer()
-    src.upload(img, stream=1234)
+    src.upload(img, stream=stream)
     out = DeviceBuffer(3 * 64 * 64 * 4)
     channels = 3 if rgb else 1
-    scale = pre(src.ptr, img.strides[0], h, w, dtype, channels, out.ptr, stream=1234)
-    got = download(out.ptr, out.nbytes, 1234).view(np.float32).reshape(1, 3, 64, 64)
+    scale = pre(src.ptr, img.strides[0], h, w, dtype, channels, out.ptr, stream=stream)
+    got = download(out.ptr, out.nbytes, stream).view(np.float32).reshape(1, 3, 64, 64)
     assert scale == 64 / 70
     assert float(np.abs(got - _cpu_preprocess(img, spec)).max()) <= 1e-6
     expected = ["crt_letterbox_normalize_u8" if dtype == np.uint8 else "crt_letterbox_normalize_u16"]
@@ -353,14 +231,14 @@ def test_gpu_preprocessor_through_fake_driver(
             else ["clahe_hist_lut_u16", "clahe_apply_u16"]
         )
         expected = (["rgb_to_lab_u8", *clahe, "lab_to_rgb_u8"] if rgb else clahe) + expected
-    assert fake_cuda.launches == expected
+    assert sim.kernels_launched() == expected
     pre.close()
     src.free()
     out.free()
-    assert not fake_cuda.mem, "every device buffer is freed"
+    assert not sim.live_allocations(), "every device buffer is freed"
 
 
-def test_gpu_preprocessor_rejects_16bit_rgb_clahe(fake_cuda: FakeDriver) -> None:
+def test_gpu_preprocessor_rejects_16bit_rgb_clahe(fake_cuda) -> None:
     from crystal_rt.cuda.launch import GpuPreprocessor
     from crystal_rt.errors import BackendUnavailable
 
@@ -370,7 +248,7 @@ def test_gpu_preprocessor_rejects_16bit_rgb_clahe(fake_cuda: FakeDriver) -> None
     pre.close()
 
 
-def test_gpu_mask_paster_through_fake_driver(fake_cuda: FakeDriver) -> None:
+def test_gpu_mask_paster_through_fake_driver(fake_cuda) -> None:
     from crystal_rt.cuda.launch import DeviceBuffer, GpuMaskPaster
     from crystal_rt.runtime.postprocess import paste_mask
 
@@ -387,7 +265,7 @@ def test_gpu_mask_paster_through_fake_driver(fake_cuda: FakeDriver) -> None:
     dev.upload(probs)
     paster = GpuMaskPaster()
     crops = paster(dev.ptr, 28, boxes, h, w, prob_indices=indices)
-    assert fake_cuda.launches == ["crt_paste_masks"]
+    assert fake_cuda[0].kernels_launched() == ["crt_paste_masks"]
     for (crop, x0, y0), box, idx in zip(crops, boxes, indices, strict=True):
         want = paste_mask(probs[idx], box, h, w)
         assert crop.shape == want.crop.shape and np.array_equal(crop, want.crop)

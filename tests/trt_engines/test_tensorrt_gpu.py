@@ -53,14 +53,14 @@ def test_demo_engine_matches_onnxruntime(
         print(precision, summary)
         assert summary["matched"] >= 0.9 * summary["reference_detections"]
         assert report.ok, report.failures[:3]
-        # the full-GPU path gives the same instances as the CPU pre/postprocess around the engine
-        backend = candidate.backend
-        name, pixels = drops[0]
-        gpu_instances = backend.detect_gpu(  # type: ignore[attr-defined]
-            pixels, candidate.preprocess, score_threshold=threshold, class_names=candidate.model.class_names
-        )
-        cpu_instances = candidate.detect_pixels(pixels, name=name).instances
-        assert len(gpu_instances) == len(cpu_instances)
+        # the GPU stages give the same instances as the CPU stages around the same engine
+        for name, pixels in drops:
+            gpu = candidate.detect_pixels(pixels, name=name)
+            cpu = candidate.detect_pixels(pixels, name=name, stages="cpu")
+            assert gpu.devices["paste"] == "cuda:0" and cpu.devices["paste"] == "cpu"
+            assert len(gpu.instances) == len(cpu.instances)
+            for a, b in zip(gpu.instances, cpu.instances, strict=True):
+                assert abs(a.score - b.score) <= 1e-6 and np.abs(np.subtract(a.box, b.box)).max() <= 1e-4
 
 
 def test_second_identical_build_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
