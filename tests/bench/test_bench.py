@@ -101,3 +101,32 @@ def test_bench_module_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_bench_on_the_simulated_gpu(demo_trt_engine, tmp_path, monkeypatch):
+    """A TensorRT engine on the simulated GPU: every stage but decode on cuda:0 (device wall times),
+    and the cold-start child simulates too (CRYSTAL_RT_SIMULATED_GPU is inherited)."""
+    from crystal_rt.testing import ENV_VAR
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    out_json = tmp_path / "bench.json"
+    code = _bench_main(
+        [
+            "--simulated-gpu", "bench", str(demo_trt_engine), "--synthetic", "1", "--synthetic-size", "300x400",
+            "--runs", "1", "--warmup", "1", "--cold-starts", "1", "--threads-sweep", "1", "--json", str(out_json),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    (devices,) = report["devices"].values()
+    assert devices == {
+        "decode": "cpu",
+        "clahe": "cuda:0",
+        "letterbox": "cuda:0",
+        "engine": "cuda:0",
+        "paste": "cuda:0",
+    }
+    assert report["stages"]["clahe"]["p50"] > 0 and report["stage_policy"] == "auto"
+    assert report["cold_start"]["runs"][0]["instances"] >= 0
+    assert report["environment"]["engine_manifest"]["backend"] == "tensorrt"
+    assert report["environment"]["simulated_gpu"] == "crystal-rt simulated GPU"

@@ -94,6 +94,15 @@ def gpu_memory_mb(pid: int) -> float | None:
     return used
 
 
+def _simulated_gpu() -> str | None:
+    """The simulated GPU's name while crystal_rt.testing.simulated_gpu is active (timings are then
+    the CPU emulator's wall times), else None."""
+    from ..cuda.binding import DRIVER, override
+
+    stand_in = override(DRIVER)
+    return str(getattr(stand_in, "name", "simulated")) if stand_in is not None else None
+
+
 def collect_environment(manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The machine, software and engine a benchmark ran with (JSON-ready)."""
     uname = platform.uname()
@@ -109,6 +118,7 @@ def collect_environment(manifest: dict[str, Any] | None = None) -> dict[str, Any
         "python_executable": sys.executable,
         "packages": package_versions(),
         "gpus": gpus(),
+        "simulated_gpu": _simulated_gpu(),
         "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else [],
     }
     if manifest is not None:

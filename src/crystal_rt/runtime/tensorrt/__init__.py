@@ -5,10 +5,10 @@ the functions that need it (:func:`crystal_rt.runtime.tensorrt.modules.load_tens
 functions take the TensorRT module as a parameter, so the same code drives TensorRT (``tensorrt``)
 and TensorRT for RTX (``tensorrt_rtx``, whose builder runs without a GPU and builds ahead of time).
 
-Verified without a GPU: option parsing, precision routing, manifests, the engine cache, and real
-ahead-of-time builds with TensorRT-RTX. Not verified here (needs an NVIDIA GPU + TensorRT): building
-with ``tensorrt`` itself, deserializing and running plans, and the full-GPU path
-(``TensorRTBackend.detect_gpu``). ``crystal-rt doctor --gpu`` checks those on a GPU machine.
+Verified without a GPU: option parsing, precision routing, manifests, the engine cache, real
+ahead-of-time builds with TensorRT-RTX, and the build and run code against the simulated GPU's
+TensorRT (``crystal_rt.testing``). Not verified here (needs an NVIDIA GPU + TensorRT): real
+TensorRT builds and plans. ``crystal-rt doctor --gpu`` checks those on a GPU machine.
 """
 
 from __future__ import annotations
