@@ -112,8 +112,9 @@ def test_bench_on_the_simulated_gpu(demo_trt_engine, tmp_path, monkeypatch):
     out_json = tmp_path / "bench.json"
     code = _bench_main(
         [
-            "--simulated-gpu", "bench", str(demo_trt_engine), "--synthetic", "1", "--synthetic-size", "300x400",
-            "--runs", "1", "--warmup", "1", "--cold-starts", "1", "--threads-sweep", "1", "--json", str(out_json),
+            "--simulated-gpu", "bench", str(demo_trt_engine), "--synthetic", "1",
+            "--synthetic-size", "300x400", "--runs", "1", "--warmup", "1", "--cold-starts", "1",
+            "--threads-sweep", "1", "--json", str(out_json),
         ]
     )  # fmt: skip
     assert code == 0
