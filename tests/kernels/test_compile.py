@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,20 @@ ptxas info    : Used 12 registers, used 0 barriers
         2048,
     )
     assert k1.spills == 24 and k2.spills == 0 and k2.registers == 12
+
+
+def test_ptx_compile_leaves_python_bytes_alone(tmp_path: Path) -> None:
+    """NVRTC writes its one-byte PTX log into the buffer crystal-rt hands it: with ``b" " * 1`` that
+    was CPython's shared b" ", and afterwards ``b"a b".split(b" ")`` no longer split (h11/uvicorn
+    byte parsing broke in `serve`). In a subprocess, so a regression cannot poison this process."""
+    _nvrtc_or_skip()
+    code = (
+        "from crystal_rt.cuda import build\n"
+        "build.compile_kernel('paste', 'compute_87', use_cache=False)\n"
+        "print(b'a b'.split(b' '), repr(b' '), bytes(1))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[b'a', b'b'] b' ' b'\\x00'"

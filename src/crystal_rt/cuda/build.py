@@ -323,18 +323,21 @@ def _nvrtc_compile(source: Path, arch: str, options: Sequence[str]) -> tuple[byt
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         err, size = nvrtc.nvrtcGetProgramLogSize(prog)
         _check_nvrtc(nvrtc, err, "nvrtcGetProgramLogSize")
-        buf = b" " * size
+        # NVRTC writes into the buffer it is given: never an immutable bytes object (for size 1,
+        # b" " * 1 and bytes(1) are CPython's shared one-byte objects, and NVRTC's NUL would turn
+        # every b" " in the process into b"\x00")
+        buf = bytearray(size)
         (err,) = nvrtc.nvrtcGetProgramLog(prog, buf)
-        log = buf.rstrip(b"\0 ").decode(errors="replace")
+        log = bytes(buf).rstrip(b"\0 ").decode(errors="replace")
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise KernelBuildError(f"NVRTC failed to compile {source.name} for {arch}", log)
         ptx = arch.startswith("compute_")
         err, size = nvrtc.nvrtcGetPTXSize(prog) if ptx else nvrtc.nvrtcGetCUBINSize(prog)
         _check_nvrtc(nvrtc, err, "nvrtcGetPTXSize" if ptx else "nvrtcGetCUBINSize")
-        image = b" " * size
+        image = bytearray(size)
         (err,) = nvrtc.nvrtcGetPTX(prog, image) if ptx else nvrtc.nvrtcGetCUBIN(prog, image)
         _check_nvrtc(nvrtc, err, "nvrtcGetPTX" if ptx else "nvrtcGetCUBIN")
-        return image, log
+        return bytes(image), log
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
