@@ -87,4 +87,8 @@ class KernelBuildError(CrystalRtError):
 
 
 class CudaError(CrystalRtError):
-    """A CUDA driver call failed (out of memory, bad launch, ...)."""
+    """A CUDA driver call failed (out of memory, bad launch, ...); ``code`` is the CUresult's name."""
+
+    def __init__(self, message: str, *, code: str = "", path: str | os.PathLike[str] | None = None) -> None:
+        self.code = code
+        super().__init__(message, path=path)

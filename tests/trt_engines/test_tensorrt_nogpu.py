@@ -177,7 +177,9 @@ def test_compatibility_rules() -> None:
     assert version_ok("10.3.0", "10.3.0", False)
     assert not version_ok("10.3.0", "10.4.0", False)
     assert version_ok("10.3.0", "10.8.0", True) and not version_ok("10.8.0", "10.3.0", True)
-    assert not version_ok("10.3.0", "11.0.0", True)
+    assert version_ok("10.3.0", "11.1.0", True)  # TensorRT 11 runs TensorRT 10 version-compatible plans
+    assert not version_ok("11.1.0", "10.16.0", True) and not version_ok("8.6.1", "11.1.0", True)
+    assert version_ok("8.6.1", "10.3.0", True) and not version_ok("8.5.0", "8.6.1", True)
     assert cc_ok("8.6", "8.6", "none") and not cc_ok("8.6", "8.9", "none")
     assert cc_ok("8.6", "8.9", "ampere+") and cc_ok("8.6", "12.0", "ampere+")
     assert not cc_ok("8.6", "7.5", "ampere+") and not cc_ok("8.6", "8.7", "ampere+")  # Turing, Jetson
@@ -253,8 +255,8 @@ def _info(precision: str, target: str = "tensorrt") -> CalibrationInfo:
 @pytest.mark.parametrize(
     ("fp16_flag", "precision", "info", "expected"),
     [
-        (True, "fp32", None, PrecisionRoute("fp32", True)),
-        (False, "fp32", None, PrecisionRoute("fp32", True)),
+        (True, "fp32", None, PrecisionRoute("fp32", True, cleared_flags=("TF32",))),
+        (False, "fp32", None, PrecisionRoute("fp32", True, cleared_flags=("TF32",))),
         (True, "fp16", None, PrecisionRoute("fp16", False, ("FP16",))),  # TensorRT 10.x, JetPack 6
         (True, "fp16", "fp16", PrecisionRoute("fp16", True, (), "autocast-fp16")),
         (False, "fp16", "fp16", PrecisionRoute("fp16", True, (), "autocast-fp16")),  # TensorRT >= 11

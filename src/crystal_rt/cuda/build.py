@@ -156,14 +156,12 @@ def _check_nvrtc(nvrtc: ModuleType, err: Any, what: str) -> None:
 def device_arch(device: int = 0) -> str:
     """``sm_XX`` of CUDA device ``device``; BackendUnavailable where there is no driver or GPU."""
     from .binding import driver as _driver_module
+    from .probe import probe
 
     driver = _driver_module("Finding the CUDA device")
-    try:
-        (err,) = driver.cuInit(0)
-    except Exception as exc:  # cuda-python raises (not returns) when libcuda is missing
-        raise BackendUnavailable(f"no NVIDIA driver ({type(exc).__name__}: libcuda not found)") from exc
-    if err != driver.CUresult.CUDA_SUCCESS:
-        raise BackendUnavailable(f"no usable NVIDIA GPU (cuInit: {err.name})")
+    state = probe()
+    if not state.usable:
+        raise BackendUnavailable(state.message)
     err, count = driver.cuDeviceGetCount()
     if err != driver.CUresult.CUDA_SUCCESS or int(count) <= device:
         raise BackendUnavailable(f"no CUDA device {device}")

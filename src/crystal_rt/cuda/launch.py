@@ -236,7 +236,8 @@ def check(result: Any, what: str) -> Any:
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != driver.CUresult.CUDA_SUCCESS:
         _, name = driver.cuGetErrorName(err)
-        raise CudaError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
+        code = name.decode() if isinstance(name, bytes) else str(name)
+        raise CudaError(f"{what} failed: {code}", code=code)
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
@@ -245,13 +246,12 @@ def check(result: Any, what: str) -> Any:
 def ensure_context(device: int = 0) -> Any:
     """Make a context current: the calling thread's current one, else the device's primary context
     (the one the CUDA runtime, torch and CuPy use)."""
+    from .probe import probe
+
     driver = _driver()
-    try:
-        check(driver.cuInit(0), "cuInit")
-    except CudaError as exc:
-        raise BackendUnavailable(f"no usable NVIDIA GPU ({exc})") from exc
-    except Exception as exc:  # cuda-python raises when libcuda.so is missing
-        raise BackendUnavailable(f"no NVIDIA driver ({type(exc).__name__}: libcuda not found)") from exc
+    state = probe()
+    if not state.usable:
+        raise BackendUnavailable(state.message)
     ctx = check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
     if ctx is not None and int(ctx) != 0:
         return ctx
@@ -265,15 +265,22 @@ class Module:
     """A compiled kernel file loaded into the current context."""
 
     def __init__(self, name: str, device: int = 0, arch: str | None = None) -> None:
-        from .build import compile_kernel
+        from .build import compile_kernel, nvrtc_version
+        from .probe import nvrtc_mismatch, probe
 
         self.context = ensure_context(device)
+        mismatch = nvrtc_mismatch(probe().driver_cuda, nvrtc_version())
+        if mismatch is not None:
+            raise BackendUnavailable(mismatch)
         self.compiled = compile_kernel(name, arch, device=device)
         driver = _driver()
         image = self.compiled.image
         if self.compiled.is_ptx and not image.endswith(b"\0"):
             image += b"\0"
-        self.handle = check(driver.cuModuleLoadData(image), f"loading {name} ({self.compiled.arch})")
+        try:
+            self.handle = check(driver.cuModuleLoadData(image), f"loading {name} ({self.compiled.arch})")
+        except CudaError as exc:
+            raise _module_load_error(exc, name, self.compiled.arch) from exc
         self._functions: dict[str, Any] = {}
 
     def function(self, name: str) -> Any:
@@ -289,6 +296,50 @@ class Module:
         if getattr(self, "handle", None) is not None:
             _driver().cuModuleUnload(self.handle)
             self.handle = None
+
+
+_PTX_ERRORS = (
+    "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+    "CUDA_ERROR_INVALID_PTX",
+    "CUDA_ERROR_NO_BINARY_FOR_GPU",
+    "CUDA_ERROR_INVALID_IMAGE",
+    "CUDA_ERROR_JIT_COMPILER_NOT_FOUND",
+)
+
+
+def _module_load_error(exc: CudaError, name: str, arch: str) -> CudaError:
+    """The driver refused the kernels NVRTC built: say which CUDA versions disagree and the fix."""
+    if exc.code not in _PTX_ERRORS:
+        return exc
+    from .build import nvrtc_version
+    from .probe import nvrtc_mismatch, probe
+
+    nvrtc = nvrtc_version()
+    driver_cuda = probe().driver_cuda
+    reason = nvrtc_mismatch(driver_cuda, nvrtc) or (
+        f"NVRTC {nvrtc[0]}.{nvrtc[1]} built {arch} code that this driver "
+        f"(CUDA {driver_cuda[0]}.{driver_cuda[1] if driver_cuda else '?'}) cannot load"
+        if driver_cuda
+        else f"NVRTC {nvrtc[0]}.{nvrtc[1]} built {arch} code this driver cannot load"
+    )
+    return CudaError(f"the {name} kernels do not load ({exc.code}): {reason}", code=exc.code)
+
+
+def _out_of_memory(exc: CudaError, nbytes: int, where: str) -> CudaError:
+    """An out-of-memory error naming what was asked for and what is free."""
+    if exc.code != "CUDA_ERROR_OUT_OF_MEMORY":
+        return exc
+    free = ""
+    try:
+        free_b, total_b = check(_driver().cuMemGetInfo(), "cuMemGetInfo")
+        free = f"; {int(free_b) / 2**20:.1f} MiB of {int(total_b) / 2**20:.0f} MiB are free"
+    except CudaError:
+        pass
+    return CudaError(
+        f"out of {where} memory: asked for {nbytes / 2**20:.1f} MiB{free} (close other GPU programs, or use "
+        "smaller images / a smaller engine)",
+        code=exc.code,
+    )
 
 
 def launch(function: Any, spec: KernelLaunch, stream: Any = None) -> None:
@@ -327,7 +378,10 @@ class DeviceBuffer:
     def reserve(self, nbytes: int) -> int:
         if nbytes > self.nbytes:
             self.free()
-            self.ptr = int(check(_driver().cuMemAlloc(max(nbytes, 1)), f"cuMemAlloc({nbytes})"))
+            try:
+                self.ptr = int(check(_driver().cuMemAlloc(max(nbytes, 1)), f"cuMemAlloc({nbytes})"))
+            except CudaError as exc:
+                raise _out_of_memory(exc, nbytes, "GPU") from exc
             self.nbytes = nbytes
         return self.ptr
 
@@ -368,7 +422,10 @@ class PinnedBuffer:
         if nbytes > self.nbytes:
             self.free()
             size = max(int(nbytes), 1)
-            self.ptr = int(check(_driver().cuMemHostAlloc(size, 0), f"cuMemHostAlloc({size})"))
+            try:
+                self.ptr = int(check(_driver().cuMemHostAlloc(size, 0), f"cuMemHostAlloc({size})"))
+            except CudaError as exc:
+                raise _out_of_memory(exc, size, "page-locked host") from exc
             self.nbytes = size
             self._raw = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(self.ptr))
         return self.ptr

@@ -74,7 +74,9 @@ def build_engine(
         raise CrystalRtError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise CrystalRtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    backend = resolve_backend(backend)
+    if backend == "auto":
+        backend, reason = choose_backend(backend)
+        say(f"--backend auto chose {backend}: {reason}")
     if backend == "tensorrt":
         from .tensorrt.modules import load_tensorrt
 
@@ -109,14 +111,32 @@ def build_engine(
         return _build_onnxruntime(source, out, stem, precision, threads, Path(tmp), say)
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto``: TensorRT where it is installed and a GPU is present, else ONNX Runtime."""
+def choose_backend(backend: str) -> tuple[str, str]:
+    """The backend to build for and why. ``auto``: TensorRT where it is installed and a GPU is usable,
+    else ONNX Runtime; but a GPU that is present and unusable (driver trouble) is refused in one
+    sentence rather than silently built for the CPU."""
     if backend != "auto":
-        return backend
-    from .tensorrt.device import gpu_count
+        return backend, "asked for"
+    from ..cuda.probe import probe
     from .tensorrt.modules import tensorrt_installed
 
-    return "tensorrt" if tensorrt_installed() and gpu_count() > 0 else "onnxruntime"
+    state = probe()
+    if not tensorrt_installed():
+        why = "TensorRT is not installed" + (" (a GPU is present)" if state.usable else "")
+        return "onnxruntime", why
+    if state.usable:
+        return "tensorrt", f"TensorRT is installed and the GPU is usable ({state.message})"
+    if state.present:
+        raise BackendUnavailable(
+            f"an NVIDIA GPU is present but unusable: {state.message}; fix the driver, or build for the CPU "
+            "with --backend onnxruntime"
+        )
+    return "onnxruntime", f"TensorRT is installed but there is no GPU ({state.message})"
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend ``auto`` resolves to (see :func:`choose_backend`)."""
+    return choose_backend(backend)[0]
 
 
 def _build_onnxruntime(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import re
 import threading
 import time
 from collections import deque
@@ -54,6 +55,11 @@ def _real_driver() -> Any:
     from .._lazy import require
 
     return require("cuda.bindings.driver", "The simulated GPU", package="cuda-python", extra="gpu")
+
+
+def _ptx_cuda_major(isa_major: int) -> int:
+    """The CUDA major whose driver first loads PTX of this ISA major (ISA 8.x: CUDA 12, 9.x: CUDA 13)."""
+    return isa_major + 4 if isa_major >= 8 else 11
 
 
 class SimulatedFault(Exception):
@@ -722,6 +728,16 @@ class SimulatedDriver:
             return self._err(
                 self.CUresult.CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: not a CUBIN or PTX image"
             )[0], None
+        ptx_version = re.search(rb"^\s*\.version\s+(\d+)\.(\d+)", data, re.MULTILINE)
+        if (
+            ptx_version is not None
+            and _ptx_cuda_major(int(ptx_version.group(1))) > self.driver_version // 1000
+        ):
+            isa = f"{ptx_version.group(1).decode()}.{ptx_version.group(2).decode()}"
+            self._note(
+                f"cuModuleLoadData: PTX ISA {isa} needs a driver newer than {self.driver_version}"
+            )
+            return (self.CUresult.CUDA_ERROR_UNSUPPORTED_PTX_VERSION, None)
         name = module_for_image(data)
         if name is None:
             self._note("cuModuleLoadData: the image is not one of crystal-rt's kernel files")

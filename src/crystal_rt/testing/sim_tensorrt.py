@@ -499,6 +499,16 @@ _ADDRESS_NOT_SET = (
 )
 
 
+def _runs_version_compatible(built: str, here: str) -> bool:
+    """TensorRT's published rule: a later runtime of the same major, or 10 -> 11 and 8 -> 10."""
+
+    def parts(text: str) -> tuple[int, ...]:
+        return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in text.split(".")[:3])
+
+    b, h = parts(built), parts(here)
+    return h >= b and (b[0] == h[0] or (b[0], h[0]) in {(10, 11), (8, 10)})
+
+
 class _Runtime:
     def __init__(self, sim: SimulatedTensorRT, logger: Any) -> None:
         self.sim, self.logger = sim, logger
@@ -516,7 +526,9 @@ class _Runtime:
             return self._fail("not_a_plan")
         header, onnx_bytes = parsed
         vc = "VERSION_COMPATIBLE" in header["flags"]
-        if header["version"] != self.sim.version and not vc:
+        if header["version"] != self.sim.version and not (
+            vc and _runs_version_compatible(header["version"], self.sim.version)
+        ):
             return self._fail("version", here=self.sim.version, built=header["version"])
         major, minor = self.sim.driver.compute_capability
         here = f"{major}.{minor}"
@@ -524,8 +536,12 @@ class _Runtime:
             return self._fail("device", here=here, built=header["compute_capability"])
         with self.sim.lock:
             registered = set(self.sim.plugins)
-        if vc and header["plugins_serialized"] and self.engine_host_code_allowed:
-            registered |= set(header["plugins"])
+        if vc:  # the lean runtime sees only the plugins serialized into the plan
+            registered = (
+                set(header["plugins"])
+                if header["plugins_serialized"] and self.engine_host_code_allowed
+                else set()
+            )
         for plugin in header["plugins"]:
             if plugin not in registered:
                 return self._fail("plugin", plugin=plugin)

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import CrystalRtError, EngineIncompatible, InvalidModel
+from ...errors import CrystalRtError, CudaError, EngineIncompatible, InvalidModel
 from ...geometry import CORE_INPUT, CORE_OUTPUTS
 from ..artifacts import Manifest
 from ..backends.base import Backend, CoreOutputs, DeviceSession
 from ..result import InstanceMask
 from .builder import init_plugins
 from .modules import load_tensorrt
-from .trtlog import get_logger, summarize
+from .trtlog import create, get_logger, out_of_memory, summarize
 
 if TYPE_CHECKING:
     import tensorrt as trt_types
@@ -84,10 +84,16 @@ class TensorRTBackend(Backend):
         logger = get_logger(trt)
         mark = logger.mark()
         init_plugins(trt, logger)  # before deserializing: a Mask R-CNN plan uses ROIAlign_TRT
-        self.runtime: trt_types.Runtime = trt.Runtime(logger)
+        self.runtime: trt_types.Runtime = create(trt.Runtime, logger, "runtime")
         if manifest is not None and manifest.build_options.get("version_compatible"):
             self.runtime.engine_host_code_allowed = True
         engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None and out_of_memory(logger.since(mark)):
+            raise CudaError(
+                f"out of GPU memory loading this plan ({summarize(logger.since(mark))})",
+                code="CUDA_ERROR_OUT_OF_MEMORY",
+                path=self.path,
+            )
         if engine is None:
             hint = manifest.rebuild_hint() if manifest else "rebuild it with crystal-rt build-engine"
             raise EngineIncompatible(

@@ -91,9 +91,11 @@ def build_tensorrt(
     key = engine_cache.cache_key(key_fields)
     hit = engine_cache.lookup(key) if use_cache else None
     start = time.perf_counter()
+    plugin_libraries: list[str] = []
     if hit is not None:
         shutil.copyfile(hit[0], plan_path)
         build_seconds = float(hit[1].get("build_seconds", 0.0))
+        plugin_libraries = list(hit[1].get("plugin_libraries", []))
         say(f"reused the cached engine {hit[0]} (identical build)")
     else:
         say(f"building {source.name} with {BACKEND_NAMES[module]} {version} ({precision}, {cc})")
@@ -102,8 +104,10 @@ def build_tensorrt(
         tmp.write_bytes(result.plan)
         tmp.replace(plan_path)
         build_seconds = result.seconds
+        plugin_libraries = result.plugin_libraries
         if use_cache:
-            engine_cache.store(key, plan_path, {**key_fields, "build_seconds": build_seconds})
+            meta = {**key_fields, "build_seconds": build_seconds, "plugin_libraries": plugin_libraries}
+            engine_cache.store(key, plan_path, meta)
     manifest = Manifest.for_engine(
         plan_path,
         source,
@@ -125,6 +129,7 @@ def build_tensorrt(
             "build_seconds": round(build_seconds, 3),
             "cache": "hit" if hit is not None else "miss",
             "cache_key": key,
+            **({"serialized_plugins": plugin_libraries} if plugin_libraries else {}),
             **({"calibration": asdict(calibration)} if calibration else {}),
         },
     )

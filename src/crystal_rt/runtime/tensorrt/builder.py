@@ -18,10 +18,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ...errors import BackendUnavailable, CrystalRtError, InvalidModel
+from ...errors import BackendUnavailable, CrystalRtError, CudaError, InvalidModel
 from .options import HARDWARE_COMPAT_LEVELS, BuildOptions
 from .precision import PrecisionRoute
-from .trtlog import get_logger, summarize
+from .trtlog import create, get_logger, out_of_memory, summarize
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class BuildResult:
     plan: bytes
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    #: plugin libraries serialized into a version-compatible plan (``config.plugins_to_serialize``)
+    plugin_libraries: list[str] = field(default_factory=list)
 
 
 def network_flags(trt: ModuleType, strongly_typed: bool) -> int:
@@ -143,9 +145,28 @@ def configure(
         if not hasattr(trt.BuilderFlag, flag):
             raise BackendUnavailable(f"this TensorRT has no builder flag {flag}")
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in route.cleared_flags:
+        if hasattr(trt.BuilderFlag, flag):  # TensorRT-RTX has no TF32 flag: nothing to clear
+            config.clear_flag(getattr(trt.BuilderFlag, flag))
     if target_cc is not None:
         set_compute_capability(trt, config, target_cc)
     return load_timing_cache(config, options.timing_cache)
+
+
+def serialize_vc_plugins(config: Any, parser: Any) -> list[str]:
+    """Put the plugin libraries the graph uses into a version-compatible plan, as trtexec does: such
+    a plan runs on TensorRT's lean runtime, which does not see the process's plugin registry (the
+    RoiAlign of every Mask R-CNN is the ``ROIAlign_TRT`` plugin). Returns the libraries."""
+    used = getattr(parser, "get_used_vc_plugin_libraries", None)
+    libraries = [str(lib) for lib in used()] if callable(used) else []
+    if libraries:
+        if not hasattr(config, "plugins_to_serialize"):
+            raise BackendUnavailable(
+                "this graph needs plugins that a --version-compatible plan must carry, and this TensorRT "
+                "cannot serialize plugins into a plan; build without --version-compatible"
+            )
+        config.plugins_to_serialize = libraries
+    return libraries
 
 
 def _need(config: Any, attr: str, option: str) -> None:
@@ -213,13 +234,14 @@ def build_plan(
     (BuildCancelled); a build TensorRT refuses raises CrystalRtError quoting its log."""
     logger = get_logger(trt)
     mark = logger.mark()
-    builder = trt.Builder(logger)
-    network, _parser = parse_onnx(trt, builder, onnx_path, route.strongly_typed, say)
+    builder = create(trt.Builder, logger, "builder")
+    network, parser = parse_onnx(trt, builder, onnx_path, route.strongly_typed, say)
     config = builder.create_builder_config()
     configure(trt, config, options, route, target_cc=target_cc)
+    plugin_libraries = serialize_vc_plugins(config, parser) if options.version_compatible else []
     from .progress import make_monitor
 
-    monitor = make_monitor(trt) if progress else None
+    monitor = make_monitor(trt, show=progress)  # also without a bar: Ctrl-C cancels through it
     if monitor is not None:
         config.progress_monitor = monitor
     start = time.perf_counter()
@@ -232,19 +254,39 @@ def build_plan(
     if monitor is not None and monitor.cancelled:
         raise BuildCancelled("the TensorRT build was cancelled", path=onnx_path)
     if serialized is None:
-        raise CrystalRtError(
-            f"TensorRT could not build this graph: {summarize(logger.since(mark))}", path=onnx_path
-        )
+        said = logger.since(mark)
+        if out_of_memory(said):
+            raise CudaError(
+                f"TensorRT ran out of GPU memory building this graph ({summarize(said)}){_free_memory()}; "
+                "set a smaller --workspace, or close other GPU programs",
+                code="CUDA_ERROR_OUT_OF_MEMORY",
+                path=onnx_path,
+            )
+        raise CrystalRtError(f"TensorRT could not build this graph: {summarize(said)}", path=onnx_path)
     save_timing_cache(config, options.timing_cache)
     plan = bytes(memoryview(serialized))
     if not plan:
         raise CrystalRtError("TensorRT built an empty plan", path=onnx_path)
-    return BuildResult(plan, seconds, [ln for ln in logger.since(mark) if ln.startswith("[WARNING]")])
+    warnings = [ln for ln in logger.since(mark) if ln.startswith("[WARNING]")]
+    return BuildResult(plan, seconds, warnings, plugin_libraries)
+
+
+def _free_memory() -> str:
+    """'; X MiB of Y MiB of GPU memory free' where the driver says, else ''."""
+    from ...cuda.launch import _driver, check, ensure_context
+
+    try:
+        ensure_context()
+        free, total = check(_driver().cuMemGetInfo(), "cuMemGetInfo")
+    except CrystalRtError:
+        return ""
+    return f"; {int(free) / 2**20:.0f} MiB of {int(total) / 2**20:.0f} MiB of GPU memory are free"
 
 
 def _build_interruptibly(builder: Any, network: Any, config: Any, monitor: Any) -> Any:
     """``build_serialized_network`` in a worker thread, so that Ctrl-C reaches Python and cancels it
-    (the monitor's ``step_complete`` then returns False); without a monitor Ctrl-C waits for the build."""
+    (the monitor's ``step_complete`` then returns False); without a monitor (no IProgressMonitor in this
+    TensorRT) Ctrl-C is re-raised at once and the daemon build thread dies with the process."""
     result: dict[str, Any] = {}
 
     def work() -> None:

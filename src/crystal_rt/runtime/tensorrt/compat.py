@@ -1,9 +1,10 @@
 """Check an engine's manifest against this machine before TensorRT sees the plan.
 
 A plan runs only on the TensorRT version that built it (or, built ``--version-compatible``, a
-later one of the same major) and on the compute capability it was built for (or any Ampere-or-newer
-desktop/server GPU when built ``--hardware-compat ampere+``; never Jetson). The facts about this
-machine come from :mod:`crystal_rt.runtime.tensorrt.device`, which tests monkeypatch.
+later one of the same major, or TensorRT 11 for a TensorRT 10 plan) and on the compute capability
+it was built for (or any Ampere-or-newer desktop/server GPU when built ``--hardware-compat
+ampere+``; never Jetson). The facts about this machine come from
+:mod:`crystal_rt.runtime.tensorrt.device`, which tests monkeypatch.
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+#: (built major, runtime major) pairs TensorRT runs a version-compatible plan across (TensorRT 11's
+#: support matrix: 10 -> 11 and 8 -> 10; within a major, any later runtime)
+CROSS_MAJOR = {(10, 11), (8, 10)}
+
+
 def version_ok(built: str, here: str, version_compatible: bool) -> bool:
     if built == here:
         return True
     if not version_compatible:
         return False
     b, h = _version_tuple(built), _version_tuple(here)
-    return b[:1] == h[:1] and h >= b
+    if h < b or b < (8, 6):  # never on an older runtime; version compatibility began with 8.6
+        return False
+    return b[:1] == h[:1] or (b[0], h[0]) in CROSS_MAJOR
 
 
 def cc_ok(built: str | None, here: str, hardware_compat: str) -> bool:

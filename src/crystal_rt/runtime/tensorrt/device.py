@@ -24,16 +24,11 @@ class GpuInfo:
 
 
 def _driver() -> Any | None:
+    """The driver module where a GPU is usable (see :func:`crystal_rt.cuda.probe.probe`), else None."""
     from ...cuda.binding import driver_if_installed
+    from ...cuda.probe import probe
 
-    driver = driver_if_installed()
-    if driver is None:
-        return None
-    try:
-        (err,) = driver.cuInit(0)
-    except Exception:  # DynamicLibNotFoundError and friends: no libcuda (no NVIDIA driver)
-        return None
-    return driver if err == driver.CUresult.CUDA_SUCCESS else None
+    return driver_if_installed() if probe().usable else None
 
 
 def gpus() -> list[GpuInfo]:

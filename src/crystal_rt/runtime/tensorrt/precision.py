@@ -28,11 +28,15 @@ class PrecisionRoute:
     strongly_typed: bool
     builder_flags: tuple[str, ...] = ()
     graph: str = "fp32"  # what the source graph is: "fp32", "autocast-fp16" or "qdq-int8"
+    #: flags TensorRT sets by default that this precision must clear: FP32 clears TF32 (on by default,
+    #: it runs FP32 convolutions and matrix products in TF32 on Ampere and newer, Orin included)
+    cleared_flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
             "strongly_typed": self.strongly_typed,
             "builder_flags": list(self.builder_flags),
+            "cleared_flags": list(self.cleared_flags),
             "graph": self.graph,
         }
 
@@ -65,7 +69,7 @@ def route_precision(
                 "or build FP32 from the uncalibrated core ONNX",
                 path=path,
             )
-        return PrecisionRoute("fp32", strongly_typed=typed)
+        return PrecisionRoute("fp32", strongly_typed=typed, cleared_flags=("TF32",))
     if precision == "fp16":
         if info is None:
             if has_fp16_flag(trt):

@@ -1,4 +1,5 @@
-"""A rich progress bar fed by ``trt.IProgressMonitor`` (TensorRT 10+, TensorRT-RTX); cancellable."""
+"""A build monitor on ``trt.IProgressMonitor`` (TensorRT 10+, TensorRT-RTX): cancellable (Ctrl-C stops
+the build through it), and drawing a rich progress bar where asked."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from types import ModuleType
 from typing import Any
 
 
-def make_monitor(trt: ModuleType) -> Any:
-    """An ``IProgressMonitor`` drawing a rich progress bar on stderr, or None where the API is absent.
+def make_monitor(trt: ModuleType, show: bool = True) -> Any:
+    """An ``IProgressMonitor`` (drawing a rich progress bar on stderr when ``show``), or None where the
+    API is absent.
 
     It has ``cancel()`` (the next ``step_complete`` returns False, which stops the build),
     ``cancelled`` and ``close()``."""
@@ -31,6 +33,7 @@ def make_monitor(trt: ModuleType) -> Any:
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
                 transient=True,
+                disable=not show,
             )
             self._progress.start()
 

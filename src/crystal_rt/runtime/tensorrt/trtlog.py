@@ -30,6 +30,9 @@ def get_logger(trt: ModuleType) -> Any:
 
 
 def _make_logger(trt: ModuleType) -> Any:
+    severities = trt.ILogger.Severity
+    keep_upto = max(int(getattr(severities, name)) for name in KEPT_SEVERITIES)  # WARNING
+
     class CapturingLogger(trt.ILogger):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             super().__init__()
@@ -39,9 +42,11 @@ def _make_logger(trt: ModuleType) -> Any:
             self._lock = threading.Lock()
 
         def log(self, severity: Any, msg: str) -> None:
-            name = getattr(severity, "name", str(severity))
-            if name not in KEPT_SEVERITIES:
+            # TensorRT's Python trampoline calls this for every message, VERBOSE included, holding the
+            # GIL: drop what is not kept with one integer comparison first
+            if int(severity) > keep_upto:
                 return
+            name = getattr(severity, "name", str(severity))
             line = f"[{name}] {msg}"
             with self._lock:
                 self.lines.append(line)
@@ -58,6 +63,44 @@ def _make_logger(trt: ModuleType) -> Any:
                 return list(self.lines)[-new:] if new > 0 else []
 
     return CapturingLogger()
+
+
+def create(factory: Callable[[Any], Any], logger: Any, what: str) -> Any:
+    """``trt.Builder(logger)`` / ``trt.Runtime(logger)``, or one sentence where TensorRT cannot start:
+    pybind raises "factory function returned nullptr" when TensorRT's CUDA initialisation fails
+    (error 35: the driver is older than TensorRT's CUDA)."""
+    from ...errors import BackendUnavailable
+
+    mark = logger.mark()
+    try:
+        made = factory(logger)
+    except (TypeError, RuntimeError) as exc:
+        made, error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    else:
+        error = "it returned None"
+    if made is not None:
+        return made
+    from ...cuda.probe import probe
+
+    said = logger.since(mark)
+    state = probe()
+    hint = (
+        state.message
+        if not state.usable
+        else (
+            "the NVIDIA driver may be older than the CUDA this TensorRT was built for; update the driver or "
+            "install the TensorRT for the driver's CUDA major"
+        )
+    )
+    raise BackendUnavailable(
+        f"TensorRT could not create its {what} ({summarize(said) if said else error}): {hint}"
+    )
+
+
+def out_of_memory(lines: list[str]) -> bool:
+    """Whether TensorRT's log says it ran out of GPU memory."""
+    text = " ".join(lines).lower()
+    return "out of memory" in text or "could not be allocated" in text or "cudaerrormemoryallocation" in text
 
 
 def summarize(lines: list[str], limit: int = 3) -> str:
