@@ -63,16 +63,11 @@ def _private_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 def simulated_gpu_or_skip() -> None:
     """Skip where the simulated GPU cannot run (no cuda-python/NVRTC, no g++)."""
-    pytest.importorskip("cuda.bindings.driver", reason="cuda-python is not installed")
-    pytest.importorskip("onnxruntime")
-    if shutil.which(os.environ.get("CXX") or "g++") is None:
-        pytest.skip("the simulated GPU needs g++ (C++20)")
-    from crystal_rt.cuda import build
+    from crystal_rt.testing import unavailable_reason
 
-    try:
-        build.nvrtc_version()
-    except Exception as exc:
-        pytest.skip(f"NVRTC is not usable: {exc}")
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def test_doctor_gpu_without_gpu_exits_2(capsys: pytest.CaptureFixture[str]) -> N
         pytest.skip("a GPU is present: doctor --gpu would run its checks")
     assert _doctor(["--gpu"]) == doctor.NO_GPU_EXIT == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no NVIDIA GPU" in err
+    assert len(err.splitlines()) == 1 and "no NVIDIA driver" in err
 
 
 def test_doctor_survives_broken_probes(
@@ -60,3 +60,21 @@ def test_doctor_survives_broken_probes(
     monkeypatch.setattr(device, "cuda_driver_version", broken)
     assert _doctor([]) == 0
     assert "unavailable (RuntimeError: driver exploded)" in capsys.readouterr().out
+
+
+def test_doctor_compares_nvrtc_with_the_driver(capsys, monkeypatch) -> None:
+    """A CUDA 12.6 driver (JetPack 6) with NVRTC 13: doctor says which extra to install, and
+    --gpu refuses to go on."""
+    from crystal_rt.cli.main import main
+    from crystal_rt.testing import simulated_gpu, unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    monkeypatch.setenv("COLUMNS", "400")
+    with simulated_gpu(driver_version=12060):
+        assert main(["doctor"]) == 0
+        out = capsys.readouterr().out
+        assert "driver CUDA 12.6" in out and 'pip install "crystal-rt[gpu-cu12]"' in out
+        assert main(["doctor", "--gpu"]) == 1
+        err = capsys.readouterr().err
+        assert "NVRTC is CUDA 13" in err and "crystal-rt[gpu-cu12]" in err

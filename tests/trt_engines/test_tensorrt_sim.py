@@ -97,7 +97,9 @@ def test_ptx_the_driver_cannot_load_is_explained(monkeypatch: pytest.MonkeyPatch
     from crystal_rt.cuda import build, probe
     from crystal_rt.cuda.launch import Module
 
-    monkeypatch.setattr(probe, "nvrtc_mismatch", lambda driver, nvrtc: None)  # get past the early check
+    monkeypatch.setattr(
+        probe, "nvrtc_mismatch", lambda driver, nvrtc, ptx=False: None
+    )  # get past the early check
     with simulated_gpu(compute_capability="12.2", driver_version=12060):
         assert build.target_for(build.device_arch()) == "compute_121"
         with pytest.raises(CudaError, match=r"UNSUPPORTED_PTX_VERSION.*NVRTC 13\.\d+ built compute_121"):

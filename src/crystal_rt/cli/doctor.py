@@ -96,13 +96,45 @@ def _kernel_archs() -> str:
     return ", ".join(a for a in DEFAULT_ARCHS if a in have) or "none"
 
 
+def nvrtc_against_driver() -> str | None:
+    """None where NVRTC can build kernels this driver loads (or either is missing), else the sentence
+    naming the extra to install."""
+    from ..cuda.build import nvrtc_version
+    from ..cuda.probe import nvrtc_mismatch, probe
+
+    state = probe()
+    if not state.usable:
+        return None
+    try:
+        nvrtc = nvrtc_version()
+    except Exception:  # no NVRTC: reported on its own row
+        return None
+    return nvrtc_mismatch(state.driver_cuda, nvrtc)
+
+
+def _driver_row() -> str:
+    from ..cuda.probe import probe
+
+    state = probe()
+    return state.message if state.status != "no_cuda_python" else "not checked (cuda-python is not installed)"
+
+
+def _nvrtc_row() -> str:
+    from ..cuda.probe import probe
+
+    if not probe().usable:
+        return f"{_nvrtc()} (no usable driver to compare it with)"
+    mismatch = nvrtc_against_driver()
+    return f"{_nvrtc()}" + (f": {mismatch}" if mismatch else " (the driver loads what it builds)")
+
+
 def machine_rows() -> list[tuple[str, str]]:
     from ..runtime.tensorrt import device
 
     gpus = _try(lambda: "; ".join(f"{g.index}: {g.name}, compute {g.compute_capability}, "
                                   f"{g.memory_bytes / 2**30:.0f} GiB" for g in device.gpus()))  # fmt: skip
     return [
-        ("NVIDIA driver", _try(lambda: "present" if device.cuda_driver_version() else None)),
+        ("NVIDIA driver", _try(_driver_row)),
         ("GPU(s)", gpus),
         ("CUDA driver version", _try(device.cuda_driver_version)),
         ("TensorRT", _try(device.tensorrt_version)),
@@ -112,7 +144,7 @@ def machine_rows() -> list[tuple[str, str]]:
             "cuda-python",
             _try(lambda: device.package_version("cuda-python") or device.package_version("cuda-bindings")),
         ),
-        ("NVRTC", _try(_nvrtc)),
+        ("NVRTC", _try(_nvrtc_row)),
         ("nvcc", _try(_nvcc)),
         ("ModelOpt", _try(_modelopt)),
     ]
@@ -144,27 +176,31 @@ def build_rows() -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from .console import console, err_console, info
 
     table = Table(title="this machine", show_header=False)
     for key, value in machine_rows():
-        table.add_row(key, value)
+        table.add_row(key, escape(value))  # values hold "crystal-rt[gpu-cu12]", which is not markup
     console.print(table)
     can = Table(title="what it can build", show_header=False)
     for key, value in build_rows():
-        can.add_row(key, value)
+        can.add_row(key, escape(value))
     console.print(can)
     if not args.gpu:
         return 0
-    from ..runtime.tensorrt import device
+    from ..cuda.probe import probe
 
-    if device.gpu_count() == 0:
-        err_console.print(
-            "doctor --gpu: no NVIDIA GPU (or driver) on this machine; nothing to check", highlight=False
-        )
-        return NO_GPU_EXIT
+    state = probe()
+    if not state.usable:
+        err_console.print(f"doctor --gpu: {state.message}; nothing to check", highlight=False, soft_wrap=True)
+        return NO_GPU_EXIT if not state.present else 1
+    mismatch = nvrtc_against_driver()
+    if mismatch is not None:
+        err_console.print(f"doctor --gpu: {escape(mismatch)}", highlight=False, soft_wrap=True)
+        return 1
     from ..runtime.tensorrt.gpucheck import load_images, run_gpu_checks, synthetic_images
 
     images = synthetic_images() + load_images(args.images)
@@ -174,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     result.add_column("result")
     result.add_column("detail")
     for check in checks:
-        result.add_row(check.name, "[green]pass[/]" if check.ok else "[red]FAIL[/]", check.detail)
+        result.add_row(
+            escape(check.name), "[green]pass[/]" if check.ok else "[red]FAIL[/]", escape(check.detail)
+        )
     console.print(result)
     return 0 if all(c.ok for c in checks) else 1

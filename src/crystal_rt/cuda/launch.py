@@ -265,14 +265,15 @@ class Module:
     """A compiled kernel file loaded into the current context."""
 
     def __init__(self, name: str, device: int = 0, arch: str | None = None) -> None:
-        from .build import compile_kernel, nvrtc_version
+        from .build import compile_kernel, device_arch, nvrtc_version, target_for
         from .probe import nvrtc_mismatch, probe
 
         self.context = ensure_context(device)
-        mismatch = nvrtc_mismatch(probe().driver_cuda, nvrtc_version())
+        target = target_for(arch if arch is not None else device_arch(device))
+        mismatch = nvrtc_mismatch(probe().driver_cuda, nvrtc_version(), ptx=target.startswith("compute_"))
         if mismatch is not None:
             raise BackendUnavailable(mismatch)
-        self.compiled = compile_kernel(name, arch, device=device)
+        self.compiled = compile_kernel(name, target, device=device)
         driver = _driver()
         image = self.compiled.image
         if self.compiled.is_ptx and not image.endswith(b"\0"):
@@ -316,7 +317,7 @@ def _module_load_error(exc: CudaError, name: str, arch: str) -> CudaError:
 
     nvrtc = nvrtc_version()
     driver_cuda = probe().driver_cuda
-    reason = nvrtc_mismatch(driver_cuda, nvrtc) or (
+    reason = nvrtc_mismatch(driver_cuda, nvrtc, ptx=arch.startswith("compute_")) or (
         f"NVRTC {nvrtc[0]}.{nvrtc[1]} built {arch} code that this driver "
         f"(CUDA {driver_cuda[0]}.{driver_cuda[1] if driver_cuda else '?'}) cannot load"
         if driver_cuda

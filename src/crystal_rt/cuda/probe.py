@@ -112,9 +112,14 @@ def _fmt(version: tuple[int, int] | None) -> str:
     return "unknown" if version is None else f"{version[0]}.{version[1]}"
 
 
-def nvrtc_mismatch(driver_cuda: tuple[int, int] | None, nvrtc: tuple[int, int] | None) -> str | None:
-    """One sentence when NVRTC is newer than the driver (its PTX would not load), else None."""
-    if driver_cuda is None or nvrtc is None or nvrtc[0] <= driver_cuda[0]:
+def nvrtc_mismatch(
+    driver_cuda: tuple[int, int] | None, nvrtc: tuple[int, int] | None, *, ptx: bool = False
+) -> str | None:
+    """One sentence when NVRTC is newer than the driver can take, else None: a newer CUDA major for
+    any image, and for PTX (JIT-compiled by the driver) also a newer minor."""
+    if driver_cuda is None or nvrtc is None:
+        return None
+    if (nvrtc[:2] if ptx else nvrtc[:1]) <= (driver_cuda[:2] if ptx else driver_cuda[:1]):
         return None
     extra = EXTRA_FOR_MAJOR.get(driver_cuda[0], f"gpu-cu{driver_cuda[0]}")
     return (

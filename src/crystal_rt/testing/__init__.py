@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from .sim_driver import KernelLaunchRecord, SimulatedDriver
 
-__all__ = ["ENV_VAR", "SimulatedGpu", "simulated_gpu", "simulated_gpu_from_env"]
+__all__ = ["ENV_VAR", "SimulatedGpu", "simulated_gpu", "simulated_gpu_from_env", "unavailable_reason"]
 
 #: set to 1 to run the crystal-rt command line (and the cold-start child of ``bench``) on the
 #: simulated GPU, e.g. ``CRYSTAL_RT_SIMULATED_GPU=1 crystal-rt detect ...`` in an integrator's CI
@@ -106,6 +106,30 @@ def simulated_gpu(
         modules[binding.TENSORRT] = trt
     with binding.overridden(modules):
         yield SimulatedGpu(driver, trt)
+
+
+def unavailable_reason() -> str | None:
+    """Why the simulated GPU cannot run here (for a test's skip message), or None where it can."""
+    import importlib.util
+    import os
+    import shutil
+
+    for module, package in (("cuda.bindings.driver", "cuda-python"), ("onnxruntime", "onnxruntime")):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            return f"the simulated GPU needs {package}"
+    if shutil.which(os.environ.get("CXX") or "g++") is None:
+        return "the simulated GPU needs g++ (C++20) or $CXX"
+    from ..cuda.build import nvrtc_version
+
+    try:
+        nvrtc_version()
+    except Exception as exc:  # no NVRTC library: MissingDependency, or the loader's own error
+        return f"the simulated GPU needs NVRTC: {exc}"
+    return None
 
 
 def simulated_gpu_from_env() -> AbstractContextManager[SimulatedGpu | None]:

@@ -734,9 +734,7 @@ class SimulatedDriver:
             and _ptx_cuda_major(int(ptx_version.group(1))) > self.driver_version // 1000
         ):
             isa = f"{ptx_version.group(1).decode()}.{ptx_version.group(2).decode()}"
-            self._note(
-                f"cuModuleLoadData: PTX ISA {isa} needs a driver newer than {self.driver_version}"
-            )
+            self._note(f"cuModuleLoadData: PTX ISA {isa} needs a driver newer than {self.driver_version}")
             return (self.CUresult.CUDA_ERROR_UNSUPPORTED_PTX_VERSION, None)
         name = module_for_image(data)
         if name is None:
