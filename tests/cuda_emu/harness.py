@@ -11,8 +11,19 @@ import pytest
 
 from crystal_rt.testing.emulator import build as _build
 from crystal_rt.testing.emulator.build import EMU_DIR, EMU_HEADER, EmulatorUnavailable
+from crystal_rt.testing.emulator.kernels import EmulatedModule, emulated_module
 
-__all__ = ["EMU_DIR", "EMU_HEADER", "build_executable", "build_library"]
+__all__ = ["EMU_DIR", "EMU_HEADER", "build_executable", "build_library", "emulated_module_or_skip"]
+
+
+def emulated_module_or_skip(name: str, extra_flags: tuple[str, ...] = ()) -> EmulatedModule:
+    """``kernels/<name>.cu`` built for the emulator (skips without a C++20 compiler)."""
+    try:
+        return emulated_module(name, extra_flags)
+    except EmulatorUnavailable as exc:
+        if "needs a C++20 compiler" in exc.message:
+            pytest.skip(exc.message)
+        raise
 
 
 def build_library(sources: Sequence[Path], wrapper_cpp: str, name: str, *, tsan: bool = False) -> ctypes.CDLL:

@@ -7,8 +7,8 @@ Emulated blocks are small (32 threads) for speed; one case uses the GPU launch s
 
 from __future__ import annotations
 
-import ctypes
 import os
+import platform
 import subprocess
 import zlib
 from pathlib import Path
@@ -20,8 +20,10 @@ import pytest
 from crystal_rt.cuda.clahe_plan import APPLY_ARGTYPES, HIST_ARGTYPES, LAB_ARGTYPES, ClahePlan, pixel_launch
 from crystal_rt.runtime.preprocess import apply_clahe
 from crystal_rt.spec import PreprocessSpec
+from crystal_rt.testing.clahe_reference import clahe_reference
+from crystal_rt.testing.emulator.kernels import EmulatedModule
 
-from .harness import build_executable, build_library
+from .harness import build_executable, emulated_module_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 KERNELS = REPO / "src" / "crystal_rt" / "cuda" / "kernels"
@@ -29,63 +31,16 @@ CLAHE_CU = KERNELS / "clahe.cu"
 REAL_DIR = REPO.parent / "shared" / "data" / "real"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
-# Host entry points: launch geometry first, then exactly the kernel's parameters.
-_ENTRY = """
-#define EMU_ENTRY(NAME, ...)                                                                  \\
-    template <class... P>                                                                     \\
-    static int run_##NAME(void (*k)(P...), unsigned g0, unsigned g1, unsigned b0, unsigned b1, \\
-                          unsigned long long smem, P... a) {                                  \\
-        try { emu::launch(dim3(g0, g1), dim3(b0, b1), smem, k, a...); } catch (...) { return -1; } \\
-        return 0;                                                                             \\
-    }
-EMU_ENTRY(any)
-
-#define HIST(T, SUF)                                                                                     \\
-    extern "C" int emu_clahe_hist_lut_##SUF(unsigned g0, unsigned g1, unsigned b0, unsigned b1,            \\
-        unsigned long long smem, const T* src, long long sp, int w, int h, int tx, int tw, int th, int sh,  \\
-        int hs, int cl, float ls, int sub, int* scr, T* lut) {                                             \\
-        return run_any(clahe_hist_lut_##SUF, g0, g1, b0, b1, smem, src, sp, w, h, tx, tw, th, sh, hs, cl,   \\
-                       ls, sub, scr, lut);                                                                 \\
-    }
-#define APPLY(T, SUF)                                                                                    \\
-    extern "C" int emu_clahe_apply_##SUF(unsigned g0, unsigned g1, unsigned b0, unsigned b1,               \\
-        unsigned long long smem, const T* src, long long sp, T* dst, long long dp, int w, int h, int tx,    \\
-        int ty, int sh, int hs, float itw, float ith, const T* lut) {                                      \\
-        return run_any(clahe_apply_##SUF, g0, g1, b0, b1, smem, src, sp, dst, dp, w, h, tx, ty, sh, hs,     \\
-                       itw, ith, lut);                                                                     \\
-    }
-#define LAB(NAME, A, B, C)                                                                                \
-    extern "C" int emu_##NAME(unsigned g0, unsigned g1, unsigned b0, unsigned b1, unsigned long long smem,  \
-        A* p0, long long s0, B* p1, long long s1, C* p2, long long s2, int w, int h) {                     \
-        return run_any(NAME, g0, g1, b0, b1, smem, p0, s0, p1, s1, p2, s2, w, h);                          \
-    }
-LAB(rgb_to_lab_u8, const uint8_t, uint8_t, uint16_t)
-LAB(lab_to_rgb_u8, const uint8_t, const uint16_t, uint8_t)
-HIST(uint8_t, u8)
-HIST(uint16_t, u16)
-APPLY(uint8_t, u8)
-APPLY(uint16_t, u16)
-"""
-
-_GEOM = [ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_ulonglong]
-
 # Small launch shapes for the emulator (one OS thread per CUDA thread).
 EMU_SHAPE = {"hist_threads": 32, "apply_block": (8, 4), "max_apply_blocks": 8, "max_splits": 2}
 
 
 class EmuClahe:
-    """Runs clahe.cu's kernels in the emulator with a ClahePlan's arguments."""
+    """Runs clahe.cu's kernels in the emulator with a ClahePlan's arguments (the generic launch entry
+    the simulated GPU uses: kernelParams packed from HIST/APPLY/LAB_ARGTYPES)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self.lib = lib
-        for suf in ("u8", "u16"):
-            fn = getattr(lib, f"emu_clahe_hist_lut_{suf}")
-            fn.argtypes, fn.restype = [*_GEOM, *HIST_ARGTYPES], ctypes.c_int
-            fn = getattr(lib, f"emu_clahe_apply_{suf}")
-            fn.argtypes, fn.restype = [*_GEOM, *APPLY_ARGTYPES], ctypes.c_int
-        for name in ("rgb_to_lab_u8", "lab_to_rgb_u8"):
-            fn = getattr(lib, f"emu_{name}")
-            fn.argtypes, fn.restype = [*_GEOM, *LAB_ARGTYPES], ctypes.c_int
+    def __init__(self, module: EmulatedModule) -> None:
+        self.module = module
 
     def __call__(
         self,
@@ -97,9 +52,10 @@ class EmuClahe:
         shape: dict[str, object] | None = None,
         pad_cols: int = 3,
         in_place: bool = False,
+        fma: bool = False,
     ) -> np.ndarray:
         kw: dict[str, object] = dict(EMU_SHAPE if shape is None else shape)
-        plan = ClahePlan.for_image(img.shape[0], img.shape[1], img.dtype, clip, grid, shift, **kw)  # type: ignore[arg-type]
+        plan = ClahePlan.for_image(img.shape[0], img.shape[1], img.dtype, clip, grid, shift, fma=fma, **kw)  # type: ignore[arg-type]
         h, w = img.shape
         # pitched buffers (extra columns) to exercise the pitch arguments
         src = np.zeros((h, w + pad_cols), img.dtype)
@@ -107,19 +63,15 @@ class EmuClahe:
         dst = src if in_place else np.full((h, w + pad_cols + 1), 77, img.dtype)
         scratch = np.zeros(plan.scratch_bytes // 4, np.int32)
         lut = np.zeros(plan.lut_bytes // img.dtype.itemsize, img.dtype)
-        hist = getattr(self.lib, f"emu_clahe_hist_lut_{plan.suffix}")
-        apply = getattr(self.lib, f"emu_clahe_apply_{plan.suffix}")
-        g, b = plan.hist_grid, plan.hist_block
         args = plan.hist_args(src.ctypes.data, src.strides[0], scratch.ctypes.data, lut.ctypes.data)
-        rc = hist(g[0], g[1], b[0], b[1], plan.hist_dynamic_smem, *args)
-        assert rc == 0
+        self.module.run(
+            plan.hist_kernel, plan.hist_grid, plan.hist_block, args, HIST_ARGTYPES, plan.hist_dynamic_smem
+        )
         assert not scratch.any(), "the histogram kernel must leave its scratch zeroed"
-        g, b = plan.apply_grid, plan.apply_block
         args = plan.apply_args(
             src.ctypes.data, src.strides[0], dst.ctypes.data, dst.strides[0], lut.ctypes.data
         )
-        rc = apply(g[0], g[1], b[0], b[1], 0, *args)
-        assert rc == 0
+        self.module.run(plan.apply_kernel, plan.apply_grid, plan.apply_block, args, APPLY_ARGTYPES)
         return np.ascontiguousarray(dst[:, :w])
 
     def rgb_to_lab(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +89,10 @@ class EmuClahe:
             lum.strides[0],
             ab.ctypes.data,
             ab.strides[0],
+            w,
+            h,
         )
-        rc = self.lib.emu_rgb_to_lab_u8(grid[0], grid[1], block[0], block[1], 0, *args, w, h)
-        assert rc == 0
+        self.module.run("rgb_to_lab_u8", grid, block, args, LAB_ARGTYPES)
         return np.ascontiguousarray(lum[:, :w]), np.ascontiguousarray(ab[:, :w])
 
     def lab_to_rgb(self, lum: np.ndarray, ab: np.ndarray) -> np.ndarray:
@@ -153,9 +106,10 @@ class EmuClahe:
             ab.strides[0],
             out.ctypes.data,
             out.strides[0],
+            w,
+            h,
         )
-        rc = self.lib.emu_lab_to_rgb_u8(grid[0], grid[1], block[0], block[1], 0, *args, w, h)
-        assert rc == 0
+        self.module.run("lab_to_rgb_u8", grid, block, args, LAB_ARGTYPES)
         return np.ascontiguousarray(out[:, :w])
 
     def colour_clahe(self, rgb: np.ndarray, clip: float, grid: tuple[int, int]) -> np.ndarray:
@@ -165,72 +119,10 @@ class EmuClahe:
 
 @pytest.fixture(scope="session")
 def emu() -> EmuClahe:
-    return EmuClahe(build_library([CLAHE_CU], _ENTRY, "clahe"))
+    return EmuClahe(emulated_module_or_skip("clahe"))
 
 
 # ---- numpy reference of clahe-spec.md (needed for bitShift > 0, which cv2's Python API lacks) ----------
-
-
-def _reflect101(p: np.ndarray, n: int) -> np.ndarray:
-    if n == 1:
-        return np.zeros_like(p)
-    p = p.copy()
-    while True:
-        lo, hi = p < 0, p >= n
-        if not (lo.any() or hi.any()):
-            return p
-        p[lo] = -p[lo]
-        p[hi] = 2 * n - 2 - p[hi]
-
-
-def clahe_reference(img: np.ndarray, clip: float, grid: tuple[int, int], shift: int = 0) -> np.ndarray:
-    h, w = img.shape
-    gx, gy = grid
-    bits = 8 if img.dtype == np.uint8 else 16
-    hs = (1 << bits) >> shift
-    if w % gx == 0 and h % gy == 0:
-        tw, th = w // gx, h // gy
-    else:
-        tw, th = (w + gx - w % gx) // gx, (h + gy - h % gy) // gy
-    rows = _reflect101(np.arange(th * gy), h)
-    cols = _reflect101(np.arange(tw * gx), w)
-    ext = img[np.ix_(rows, cols)].astype(np.int64) >> shift
-    area = tw * th
-    clip_count = max(int(clip * area / hs), 1) if clip > 0 else 0
-    scale = np.float32(hs - 1) / np.float32(area)
-    luts = np.empty((gy, gx, hs), np.int64)
-    for ty in range(gy):
-        for tx in range(gx):
-            hist = np.bincount(ext[ty * th : (ty + 1) * th, tx * tw : (tx + 1) * tw].ravel(), minlength=hs)
-            if clip_count > 0:
-                clipped = int(np.maximum(hist - clip_count, 0).sum())
-                hist = np.minimum(hist, clip_count) + clipped // hs
-                residual = clipped - (clipped // hs) * hs
-                if residual:
-                    step = max(hs // residual, 1)
-                    hist[0:hs:step][:residual] += 1  # the sequential `i += step, residual--` loop
-            cdf = np.cumsum(hist)
-            luts[ty, tx] = np.clip(np.rint(cdf.astype(np.float32) * scale), 0, (1 << bits) - 1)
-
-    def axis(n: int, t: int, tiles: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        f = np.arange(n).astype(np.float32) * (np.float32(1) / np.float32(t)) - np.float32(0.5)
-        lo = np.floor(f).astype(np.int64)
-        wgt = (f - lo.astype(np.float32)).astype(np.float32)
-        return np.maximum(lo, 0), np.minimum(lo + 1, tiles - 1), wgt, np.float32(1) - wgt
-
-    x1, x2, xa, xa1 = axis(w, tw, gx)
-    y1, y2, ya, ya1 = axis(h, th, gy)
-    v = img.astype(np.int64) >> shift
-    yy = np.arange(h)[:, None]
-
-    def lut(ty: np.ndarray, tx: np.ndarray) -> np.ndarray:
-        return luts[ty[yy], tx[None, :], v].astype(np.float32)
-
-    top = lut(y1, x1) * xa1 + lut(y1, x2) * xa
-    bot = lut(y2, x1) * xa1 + lut(y2, x2) * xa
-    res = top * ya1[:, None] + bot * ya[:, None]
-    out = np.clip(np.rint(res), 0, (1 << bits) - 1).astype(np.int64) << shift
-    return out.astype(img.dtype)
 
 
 def cv2_clahe(img: np.ndarray, clip: float, grid: tuple[int, int]) -> np.ndarray:
@@ -392,6 +284,71 @@ def test_extra_images(emu: EmuClahe, name: str) -> None:
     _check_real(emu, Path(_EXTRA) / name)
 
 
+# ---- the FMA flavour (aarch64 OpenCV, Jetson): clahe-spec 1.9 ---------------------------------------------
+
+FMA_CASES = [
+    ((1000, 1333), np.uint16, 2.0, (8, 8)),
+    ((480, 641), np.uint8, 3.0, (8, 8)),
+    ((517, 389), np.uint16, 1.5, (7, 5)),
+    ((96, 128), np.uint8, 2.0, (6, 4)),
+    ((1, 9), np.uint8, 2.0, (8, 8)),
+]
+
+
+def _smooth_noise(shape: tuple[int, int], dtype: type, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    top = 255 if dtype == np.uint8 else 65535
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    base = (np.sin(xx / 23.0) * np.cos(yy / 17.0) * 0.35 + 0.45) * top
+    return np.clip(base + rng.normal(0, top / 12, shape), 0, top).astype(dtype)
+
+
+@pytest.mark.parametrize(("shape", "dtype", "clip", "grid"), FMA_CASES)
+def test_fma_flavour_equals_the_spec(emu: EmuClahe, shape, dtype, clip: float, grid) -> None:
+    """fma=1 equals the spec's aarch64 formula; fma=0 equals cv2 here (x86); and the two differ where
+    the spec says they do (16-bit at 1333x1000: ~0.03-0.08 % of pixels)."""
+    img = _smooth_noise(shape, dtype, seed=shape[0])
+    fused = emu(img, clip, grid, fma=True, shape={})
+    _assert_equal(fused, clahe_reference(img, clip, grid, fma=True), f"fma {shape}")
+    plain = emu(img, clip, grid, fma=False, shape={})
+    _assert_equal(plain, cv2_clahe(img, clip, grid), f"plain {shape}")
+    if shape == (1000, 1333):
+        differ = float(np.mean(fused != plain))
+        assert 0 < differ < 2e-3, differ
+
+
+def test_results_do_not_depend_on_contraction(emu: EmuClahe) -> None:
+    """The kernels round every float step with intrinsics: built with g++ -ffp-contract=fast -mfma
+    (contraction on, FMA instructions available) they give the very same pixels in both flavours."""
+    if platform.machine() != "x86_64" or "fma" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("needs an x86-64 CPU with FMA instructions")
+    contracted = EmuClahe(emulated_module_or_skip("clahe", ("-ffp-contract=fast", "-mfma")))
+    for shape, dtype, clip, grid in FMA_CASES[:3]:
+        img = _smooth_noise(shape, dtype, seed=7)
+        for fma in (False, True):
+            _assert_equal(
+                contracted(img, clip, grid, fma=fma, shape={}),
+                emu(img, clip, grid, fma=fma, shape={}),
+                str(fma),
+            )
+
+
+def test_flavour_follows_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crystal_rt.cuda import flavour
+    from crystal_rt.testing.clahe_reference import opencv_clahe_flavour
+
+    monkeypatch.delenv(flavour.ENV, raising=False)
+    monkeypatch.setattr(flavour.platform, "machine", lambda: "aarch64")
+    assert flavour.opencv_fma()
+    monkeypatch.setattr(flavour.platform, "machine", lambda: "x86_64")
+    assert not flavour.opencv_fma()
+    monkeypatch.setenv(flavour.ENV, "1")
+    assert flavour.opencv_fma()
+    # the installed cv2 is this machine's OpenCV: its flavour is the machine's
+    expected = "fma" if platform.machine() in flavour.FMA_MACHINES else "plain"
+    assert opencv_clahe_flavour() == expected
+
+
 # ---- colour path: RGB <-> LAB ------------------------------------------------------------------------------
 
 
@@ -450,7 +407,7 @@ int main() {
     emu::launch(dim3(tx * ty, 2), dim3(64), 2 * hs * 4, clahe_hist_lut_u8, src.data(), (long long)w, w, h, tx,
                 tw, th, 0, hs, clip, 255.0f / (tw * th), 2, scratch.data(), lut.data());
     emu::launch(dim3(2, 2), dim3(16, 4), 0, clahe_apply_u8, src.data(), (long long)w, dst.data(),
-                (long long)w, w, h, tx, ty, 0, hs, 1.0f / tw, 1.0f / th, (const uint8_t*)lut.data());
+                (long long)w, w, h, tx, ty, 0, hs, 1.0f / tw, 1.0f / th, (const uint8_t*)lut.data(), 0);
     unsigned long long s = 0;
     for (uint8_t v : dst) s += v;
     std::printf("checksum %llu\\n", s);

@@ -11,53 +11,33 @@ Reference: the CPU letterbox, whose resize is OpenCV's own code with Intel IPP s
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from crystal_rt.cuda.launch import LETTERBOX_ARGTYPES, letterbox_launch
+from crystal_rt.cuda.launch import letterbox_launch
 from crystal_rt.runtime.preprocess import letterbox, normalize
 from crystal_rt.spec import PreprocessSpec
+from crystal_rt.testing.emulator.kernels import EmulatedModule
 
-from .harness import build_library
+from .harness import emulated_module_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 LETTERBOX_CU = REPO / "src" / "crystal_rt" / "cuda" / "kernels" / "letterbox.cu"
 TOL = 1e-6
 
-_ENTRY = """
-template <class... P, class... A>
-static int run_lb(void (*k)(P...), unsigned g0, unsigned g1, unsigned b0, unsigned b1, A... a) {
-    try { emu::launch(dim3(g0, g1), dim3(b0, b1), 0, k, a...); } catch (...) { return -1; }
-    return 0;
-}
-#define LB(T, SUF)                                                                                       \\
-    extern "C" int emu_letterbox_##SUF(unsigned g0, unsigned g1, unsigned b0, unsigned b1, const T* src, \\
-        long long sp, int w, int h, int ch, int nw, int nh, int s, float g0f, float g1f, float g2f,      \\
-        float b0f, float b1f, float b2f, float* out) {                                                   \\
-        return run_lb(crt_letterbox_normalize_##SUF, g0, g1, b0, b1, src, sp, w, h, ch, nw, nh, s, g0f,  \\
-                      g1f, g2f, b0f, b1f, b2f, out);                                                     \\
-    }
-LB(uint8_t, u8)
-LB(uint16_t, u16)
-"""
-
-_GEOM = [ctypes.c_uint] * 4
 EMU_BLOCK = (16, 4, 1)
 EMU_MAX_GRID = (4, 4)
 
 
 class EmuLetterbox:
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self.fns = {}
-        for suf in ("u8", "u16"):
-            fn = getattr(lib, f"emu_letterbox_{suf}")
-            fn.argtypes, fn.restype = [*_GEOM, *LETTERBOX_ARGTYPES], ctypes.c_int
-            self.fns[suf] = fn
+    def __init__(self, module: EmulatedModule) -> None:
+        self.module = module
 
-    def __call__(self, img: np.ndarray, spec: PreprocessSpec, pad_cols: int = 5) -> tuple[np.ndarray, float]:
+    def __call__(
+        self, img: np.ndarray, spec: PreprocessSpec, pad_cols: int = 5, fma: bool = False
+    ) -> tuple[np.ndarray, float]:
         h, w = img.shape[:2]
         channels = 1 if img.ndim == 2 else 3
         # a pitched source (extra columns of garbage) exercises the pitch argument
@@ -76,16 +56,15 @@ class EmuLetterbox:
             out.ctypes.data,
             block=EMU_BLOCK,
             max_grid=EMU_MAX_GRID,
+            fma=fma,
         )
-        fn = self.fns["u8" if img.dtype == np.uint8 else "u16"]
-        rc = fn(launch.grid[0], launch.grid[1], launch.block[0], launch.block[1], *launch.args)
-        assert rc == 0
+        self.module.run(launch.kernel, launch.grid, launch.block, launch.args, launch.argtypes)
         return out, scale
 
 
 @pytest.fixture(scope="session")
 def emu() -> EmuLetterbox:
-    return EmuLetterbox(build_library([LETTERBOX_CU], _ENTRY, "letterbox"))
+    return EmuLetterbox(emulated_module_or_skip("letterbox"))
 
 
 def reference(img: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, float]:

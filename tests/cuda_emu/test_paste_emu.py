@@ -7,39 +7,28 @@ Intel IPP, see preprocess.resize_linear), as on ARM.
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from crystal_rt.cuda.launch import PASTE_ARGTYPES, PasteLayout, paste_launch, paste_layout
+from crystal_rt.cuda.launch import PasteLayout, paste_launch, paste_layout
 from crystal_rt.runtime.postprocess import paste_mask
+from crystal_rt.testing.emulator.kernels import EmulatedModule
 
-from .harness import build_library
+from .harness import emulated_module_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 PASTE_CU = REPO / "src" / "crystal_rt" / "cuda" / "kernels" / "paste.cu"
 M = 28
 
-_ENTRY = """
-extern "C" int emu_paste(unsigned g0, unsigned g1, unsigned b0, const float* probs, int m, const int* meta,
-                         const long long* offsets, int n, unsigned char* out) {
-    try { emu::launch(dim3(g0, g1), dim3(b0), 0, crt_paste_masks, probs, m, meta, offsets, n, out); }
-    catch (...) { return -1; }
-    return 0;
-}
-"""
-
 
 class EmuPaste:
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self.fn = lib.emu_paste
-        self.fn.argtypes = [ctypes.c_uint] * 3 + list(PASTE_ARGTYPES)
-        self.fn.restype = ctypes.c_int
+    def __init__(self, module: EmulatedModule) -> None:
+        self.module = module
 
     def __call__(
-        self, probs: np.ndarray, boxes: list[tuple[float, ...]], h: int, w: int
+        self, probs: np.ndarray, boxes: list[tuple[float, ...]], h: int, w: int, fma: bool = False
     ) -> tuple[np.ndarray, PasteLayout]:
         probs = np.ascontiguousarray(probs, dtype=np.float32)
         layout = paste_layout(boxes, h, w, probs.shape[-1])
@@ -47,17 +36,21 @@ class EmuPaste:
         offsets = np.ascontiguousarray(layout.offsets)
         out = np.full(max(layout.total_bytes, 1), 7, np.uint8)  # 7: "never written"
         launch = paste_launch(
-            probs.ctypes.data, probs.shape[-1], meta.ctypes.data, offsets.ctypes.data, layout, out.ctypes.data
+            probs.ctypes.data,
+            probs.shape[-1],
+            meta.ctypes.data,
+            offsets.ctypes.data,
+            layout,
+            out.ctypes.data,
+            fma,
         )
-        grid = (min(launch.grid[0], 4), launch.grid[1])  # the kernel strides; small grids emulate faster
-        rc = self.fn(grid[0], grid[1], 64, *launch.args)
-        assert rc == 0
+        self.module.run(launch.kernel, launch.grid, launch.block, launch.args, launch.argtypes)
         return out, layout
 
 
 @pytest.fixture(scope="session")
 def emu() -> EmuPaste:
-    return EmuPaste(build_library([PASTE_CU], _ENTRY, "paste"))
+    return EmuPaste(emulated_module_or_skip("paste"))
 
 
 def compare(emu: EmuPaste, probs: np.ndarray, boxes: list[tuple[float, ...]], h: int, w: int) -> int:

@@ -75,6 +75,7 @@ APPLY_ARGTYPES: tuple[type, ...] = (
     ctypes.c_float,  # inv_tw
     ctypes.c_float,  # inv_th
     ctypes.c_void_p,  # lut (T)
+    ctypes.c_int,  # fma: aarch64 OpenCV's contracted arithmetic (cuda/flavour.py)
 )
 
 
@@ -124,6 +125,7 @@ class ClahePlan:
     # kernel 2 (apply)
     apply_block: Dim3
     apply_grid: Dim3
+    fma: bool = False  # the interpolation as aarch64 OpenCV computes it (clahe-spec 1.9)
 
     @classmethod
     def for_image(
@@ -139,6 +141,7 @@ class ClahePlan:
         apply_block: tuple[int, int] = (32, 8),
         max_apply_blocks: int | None = None,
         max_splits: int | None = None,
+        fma: bool = False,
     ) -> ClahePlan:
         """Plan for an ``height x width`` image of ``dtype`` (uint8/uint16).
 
@@ -224,6 +227,7 @@ class ClahePlan:
             sub_hists=sub_hists,
             apply_block=(bx, by, 1),
             apply_grid=(grid_x, grid_y, 1),
+            fma=bool(fma),
         )
 
     # ---- derived sizes ------------------------------------------------------------------------
@@ -306,6 +310,7 @@ class ClahePlan:
             self.inv_tw,
             self.inv_th,
             lut,
+            int(self.fma),
         )
 
 

@@ -55,6 +55,7 @@ LETTERBOX_ARGTYPES: tuple[type, ...] = (
     ctypes.c_float,  # bias1
     ctypes.c_float,  # bias2
     ctypes.c_void_p,  # out float32 [3, S, S]
+    ctypes.c_int,  # fma: aarch64 OpenCV's contracted arithmetic (cuda/flavour.py)
 )
 #: paste kernel parameters, in order.
 PASTE_ARGTYPES: tuple[type, ...] = (
@@ -64,6 +65,7 @@ PASTE_ARGTYPES: tuple[type, ...] = (
     ctypes.c_void_p,  # offsets int64 [N]
     ctypes.c_int,  # N
     ctypes.c_void_p,  # out uint8
+    ctypes.c_int,  # fma
 )
 PASTE_META_FIELDS: tuple[str, ...] = (
     "prob_index",
@@ -110,6 +112,7 @@ def letterbox_launch(
     *,
     block: Dim3 = LETTERBOX_BLOCK,
     max_grid: tuple[int, int] | None = None,
+    fma: bool = False,
 ) -> tuple[KernelLaunch, float]:
     """The letterbox + normalise launch for a ``height x width`` image, and the letterbox scale.
 
@@ -129,7 +132,7 @@ def letterbox_launch(
     if max_grid is not None:
         gx, gy = max(1, min(gx, max_grid[0])), max(1, min(gy, max_grid[1]))
     kernel = "crt_letterbox_normalize_u8" if dt == np.uint8 else "crt_letterbox_normalize_u16"
-    args = (src, src_pitch, width, height, channels, new_w, new_h, size, *gains, *biases, out)
+    args = (src, src_pitch, width, height, channels, new_w, new_h, size, *gains, *biases, out, int(fma))
     return KernelLaunch(kernel, (gx, gy, 1), block, args, LETTERBOX_ARGTYPES), scale
 
 
@@ -179,12 +182,14 @@ def paste_layout(
     return PasteLayout(meta, np.array(offsets, dtype=np.int64), total, height, width)
 
 
-def paste_launch(probs: int, m: int, meta: int, offsets: int, layout: PasteLayout, out: int) -> KernelLaunch:
+def paste_launch(
+    probs: int, m: int, meta: int, offsets: int, layout: PasteLayout, out: int, fma: bool = False
+) -> KernelLaunch:
     """The paste launch for ``layout`` (``meta``/``offsets``/``out``: device pointers)."""
     n = len(layout)
     largest = int((layout.meta[:, 7].astype(np.int64) * layout.meta[:, 8]).max()) if n else 0
     gx = max(1, min(PASTE_MAX_BLOCKS_PER_INSTANCE, _cdiv(largest, PASTE_BLOCK[0])))
-    args = (probs, m, meta, offsets, n, out)
+    args = (probs, m, meta, offsets, n, out, int(fma))
     return KernelLaunch("crt_paste_masks", (gx, max(n, 1), 1), PASTE_BLOCK, args, PASTE_ARGTYPES)
 
 
@@ -531,8 +536,11 @@ class GpuPreprocessor:
     ``src`` stays untouched (CLAHE writes internal buffers). One instance per stream/thread.
     """
 
-    def __init__(self, spec: PreprocessSpec, device: int = 0) -> None:
+    def __init__(self, spec: PreprocessSpec, device: int = 0, *, fma: bool | None = None) -> None:
+        from .flavour import opencv_fma
+
         self.spec = spec
+        self.fma = opencv_fma() if fma is None else fma  # match this machine's OpenCV (flavour.py)
         self.letterbox = Module("letterbox", device)
         self.clahe = Module("clahe", device) if spec.clahe else None
         self._scratch = DeviceBuffer()
@@ -587,7 +595,9 @@ class GpuPreprocessor:
     ) -> float:
         """Queue letterbox + normalise of the device image into ``out`` (float32 [1, 3, S, S]);
         returns the letterbox scale."""
-        launch_spec, scale = letterbox_launch(image, pitch, height, width, channels, dtype, self.spec, out)
+        launch_spec, scale = letterbox_launch(
+            image, pitch, height, width, channels, dtype, self.spec, out, fma=self.fma
+        )
         self.letterbox.launch(launch_spec, stream)
         return scale
 
@@ -623,7 +633,7 @@ class GpuPreprocessor:
         from .clahe_plan import APPLY_ARGTYPES, HIST_ARGTYPES, ClahePlan
 
         assert self.clahe is not None
-        plan = ClahePlan.for_image(height, width, dt, self.spec.clip_limit, self.spec.tile_grid)
+        plan = ClahePlan.for_image(height, width, dt, self.spec.clip_limit, self.spec.tile_grid, fma=self.fma)
         if plan.scratch_bytes > self._scratch_zeroed:
             scratch = self._scratch.reserve(plan.scratch_bytes)
             driver = _driver()
@@ -702,7 +712,10 @@ class GpuPreprocessor:
 class GpuMaskPaster:
     """Paste the engine's M x M mask probabilities (on the device) into per-instance binary crops."""
 
-    def __init__(self, device: int = 0) -> None:
+    def __init__(self, device: int = 0, *, fma: bool | None = None) -> None:
+        from .flavour import opencv_fma
+
+        self.fma = opencv_fma() if fma is None else fma
         self.module = Module("paste", device)
         self._meta = DeviceBuffer()
         self._offsets = DeviceBuffer()
@@ -716,7 +729,7 @@ class GpuMaskPaster:
         meta = self._meta.upload(layout.meta.astype(np.int32), stream)
         offsets = self._offsets.upload(layout.offsets.astype(np.int64), stream)
         out = self._out.reserve(max(layout.total_bytes, 1))
-        self.module.launch(paste_launch(probs, m, meta, offsets, layout, out), stream)
+        self.module.launch(paste_launch(probs, m, meta, offsets, layout, out, fma=self.fma), stream)
         return out
 
     def __call__(

@@ -196,8 +196,9 @@ struct Axis {
     int lo, hi;
     float w, w1;  // weight of `hi` and of `lo`
 };
-__device__ __forceinline__ Axis axis(int p, float inv, int tiles) {
-    const float f = __fadd_rn(__fmul_rn(__int2float_rn(p), inv), -0.5f);
+// fma != 0: the FMA-contracted arithmetic of aarch64 OpenCV builds (clahe-spec 1.9), else x86's.
+__device__ __forceinline__ Axis axis(int p, float inv, int tiles, int fma) {
+    const float f = fma ? __fmaf_rn(__int2float_rn(p), inv, -0.5f) : __fadd_rn(__fmul_rn(__int2float_rn(p), inv), -0.5f);
     int lo = (int)floorf(f);
     int hi = lo + 1;
     Axis a;
@@ -213,10 +214,10 @@ constexpr int kPx = 4;  // pixels per thread along x
 template <typename T>
 __device__ __forceinline__ void apply(const T* src, long long src_pitch, T* dst, long long dst_pitch, int width,
                                       int height, int tiles_x, int tiles_y, int shift, int hist_size, float inv_tw,
-                                      float inv_th, const T* lut) {
+                                      float inv_th, const T* lut, int fma) {
     const long long tile_stride = hist_size;
     for (int y = (int)(blockIdx.y * blockDim.y + threadIdx.y); y < height; y += (int)(gridDim.y * blockDim.y)) {
-        const Axis ay = axis(y, inv_th, tiles_y);
+        const Axis ay = axis(y, inv_th, tiles_y, fma);
         const T* lut_r1 = lut + (long long)ay.lo * tiles_x * tile_stride;
         const T* lut_r2 = lut + (long long)ay.hi * tiles_x * tile_stride;
         const T* srow = crt::row_ptr(src, src_pitch, y);
@@ -227,7 +228,7 @@ __device__ __forceinline__ void apply(const T* src, long long src_pitch, T* dst,
             for (int j = 0; j < kPx; ++j) {
                 const int x = x0 + j;
                 if (x < width) {
-                    const Axis ax = axis(x, inv_tw, tiles_x);
+                    const Axis ax = axis(x, inv_tw, tiles_x, fma);
                     const int v = (int)srow[x] >> shift;
                     const long long o1 = ax.lo * tile_stride + v;
                     const long long o2 = ax.hi * tile_stride + v;
@@ -235,9 +236,16 @@ __device__ __forceinline__ void apply(const T* src, long long src_pitch, T* dst,
                     const float l12 = (float)__ldg(lut_r1 + o2);
                     const float l21 = (float)__ldg(lut_r2 + o1);
                     const float l22 = (float)__ldg(lut_r2 + o2);
-                    const float top = __fadd_rn(__fmul_rn(l11, ax.w1), __fmul_rn(l12, ax.w));
-                    const float bot = __fadd_rn(__fmul_rn(l21, ax.w1), __fmul_rn(l22, ax.w));
-                    const float res = __fadd_rn(__fmul_rn(top, ay.w1), __fmul_rn(bot, ay.w));
+                    float top, bot, res;
+                    if (fma) {  // (L11*xa1 + L12*xa)*ya1 + (...)*ya with GCC's contraction: the left product fused
+                        top = __fmaf_rn(l11, ax.w1, __fmul_rn(l12, ax.w));
+                        bot = __fmaf_rn(l21, ax.w1, __fmul_rn(l22, ax.w));
+                        res = __fmaf_rn(top, ay.w1, __fmul_rn(bot, ay.w));
+                    } else {
+                        top = __fadd_rn(__fmul_rn(l11, ax.w1), __fmul_rn(l12, ax.w));
+                        bot = __fadd_rn(__fmul_rn(l21, ax.w1), __fmul_rn(l22, ax.w));
+                        res = __fadd_rn(__fmul_rn(top, ay.w1), __fmul_rn(bot, ay.w));
+                    }
                     drow[x] = out_value<T>(res, shift);
                 }
             }
@@ -266,17 +274,17 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
 extern "C" __global__ void __launch_bounds__(1024)
     clahe_apply_u8(const uint8_t* src, long long src_pitch, uint8_t* dst, long long dst_pitch, int width,
                    int height, int tiles_x, int tiles_y, int shift, int hist_size, float inv_tw, float inv_th,
-                   const uint8_t* lut) {
+                   const uint8_t* lut, int fma) {
     crt_clahe::apply<uint8_t>(src, src_pitch, dst, dst_pitch, width, height, tiles_x, tiles_y, shift, hist_size,
-                              inv_tw, inv_th, lut);
+                              inv_tw, inv_th, lut, fma);
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
     clahe_apply_u16(const uint16_t* src, long long src_pitch, uint16_t* dst, long long dst_pitch, int width,
                     int height, int tiles_x, int tiles_y, int shift, int hist_size, float inv_tw, float inv_th,
-                    const uint16_t* lut) {
+                    const uint16_t* lut, int fma) {
     crt_clahe::apply<uint16_t>(src, src_pitch, dst, dst_pitch, width, height, tiles_x, tiles_y, shift,
-                               hist_size, inv_tw, inv_th, lut);
+                               hist_size, inv_tw, inv_th, lut, fma);
 }
 
 // =====================================================================================================

@@ -21,7 +21,10 @@
 //             horizontal pass is an exact int sum h = s0*w0 + s1*w1; the vertical pass is OpenCV's
 //             (((v0 * (h0 >> 4)) >> 16) + ((v1 * (h1 >> 4)) >> 16) + 2) >> 2.
 //     uint16: float weights (1 - fx, fx); h = s0*w0 + s1*w1, v = h0*v0 + h1*v1 in float32 with
-//             every product and sum rounded (no FMA), then rint (half to even) and clamp to 16 bit.
+//             every product and sum rounded, then rint (half to even) and clamp to 16 bit.
+//   fma (last parameter) != 0 reproduces aarch64 OpenCV builds instead (Jetson), whose compiler and
+//   NEON v_muladd fuse: the source coordinate (d + 0.5) * scale - 0.5 is one double FMA, and each
+//   a*b + c*d above is fma(a, b, c*d). 8-bit weights are fixed point either way.
 //   On x86 the opencv-python wheels route 16-bit (and float) linear resize through Intel IPP,
 //   whose arithmetic differs from OpenCV's own in the last bit (16-bit: by 1 for some pixels).
 //   This kernel equals cv2 with cv2.ipp.setUseIPP(False), and cv2 on ARM (Jetson); see the tests.
@@ -51,7 +54,7 @@ __device__ __forceinline__ int px(const T* row, int channels, int x, int c) {
 // Resized integer value of channel c at (x, y) of the new image; cx/cy are the column/row coordinates.
 template <typename T, bool kFixedPoint>
 __device__ __forceinline__ int resized_value(const T* src, long long pitch, int channels, int mode, int x, int y,
-                                             const Coord& cx, const Coord& cy, int c) {
+                                             const Coord& cx, const Coord& cy, int c, int fma) {
     if (mode == kCopy) return px(crt::row_ptr(src, pitch, y), channels, x, c);
     if (mode == kArea2) {
         const T* r0 = crt::row_ptr(src, pitch, 2 * y);
@@ -73,9 +76,9 @@ __device__ __forceinline__ int resized_value(const T* src, long long pitch, int 
         return crt::clamp_int(v, 0, 255);
     }
     const float a0 = __fsub_rn(1.0f, cx.f), b0 = __fsub_rn(1.0f, cy.f);
-    const float h0 = __fadd_rn(__fmul_rn((float)s00, a0), __fmul_rn((float)s01, cx.f));
-    const float h1 = __fadd_rn(__fmul_rn((float)s10, a0), __fmul_rn((float)s11, cx.f));
-    const float v = __fadd_rn(__fmul_rn(h0, b0), __fmul_rn(h1, cy.f));
+    const float h0 = mul_add2((float)s00, a0, (float)s01, cx.f, fma);
+    const float h1 = mul_add2((float)s10, a0, (float)s11, cx.f, fma);
+    const float v = mul_add2(h0, b0, h1, cy.f, fma);
     return crt::clamp_int(__float2int_rn(v), 0, 65535);
 }
 
@@ -83,7 +86,7 @@ template <typename T, bool kFixedPoint>
 __device__ __forceinline__ void letterbox_normalize(const T* __restrict__ src, long long src_pitch, int src_w,
                                                     int src_h, int channels, int new_w, int new_h, int out_size,
                                                     float gain0, float gain1, float gain2, float bias0, float bias1,
-                                                    float bias2, float* __restrict__ out) {
+                                                    float bias2, float* __restrict__ out, int fma) {
     int mode = kLinear;
     if (new_w == src_w && new_h == src_h) {
         mode = kCopy;
@@ -94,20 +97,20 @@ __device__ __forceinline__ void letterbox_normalize(const T* __restrict__ src, l
     const long long plane = (long long)out_size * out_size;
     for (int y = blockIdx.y * blockDim.y + threadIdx.y; y < out_size; y += gridDim.y * blockDim.y) {
         Coord cy = {0, 0, 0.0f};
-        if (mode == kLinear && y < new_h) cy = linear_coord(y, scale_y, src_h, false);
+        if (mode == kLinear && y < new_h) cy = linear_coord(y, scale_y, src_h, false, fma);
         for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < out_size; x += gridDim.x * blockDim.x) {
             int r0 = 0, r1 = 0, r2 = 0;
             if (x < new_w && y < new_h) {
                 Coord cx = {0, 0, 0.0f};
-                if (mode == kLinear) cx = linear_coord(x, scale_x, src_w, true);
+                if (mode == kLinear) cx = linear_coord(x, scale_x, src_w, true, fma);
                 if (channels == 1) {
-                    r0 = resized_value<T, kFixedPoint>(src, src_pitch, 1, mode, x, y, cx, cy, 0);
+                    r0 = resized_value<T, kFixedPoint>(src, src_pitch, 1, mode, x, y, cx, cy, 0, fma);
                     r1 = r0;
                     r2 = r0;
                 } else {
-                    r0 = resized_value<T, kFixedPoint>(src, src_pitch, 3, mode, x, y, cx, cy, 0);
-                    r1 = resized_value<T, kFixedPoint>(src, src_pitch, 3, mode, x, y, cx, cy, 1);
-                    r2 = resized_value<T, kFixedPoint>(src, src_pitch, 3, mode, x, y, cx, cy, 2);
+                    r0 = resized_value<T, kFixedPoint>(src, src_pitch, 3, mode, x, y, cx, cy, 0, fma);
+                    r1 = resized_value<T, kFixedPoint>(src, src_pitch, 3, mode, x, y, cx, cy, 1, fma);
+                    r2 = resized_value<T, kFixedPoint>(src, src_pitch, 3, mode, x, y, cx, cy, 2, fma);
                 }
             }
             const long long o = (long long)y * out_size + x;
@@ -124,16 +127,18 @@ __device__ __forceinline__ void letterbox_normalize(const T* __restrict__ src, l
 extern "C" __global__ void
     crt_letterbox_normalize_u8(const uint8_t* __restrict__ src, long long src_pitch, int src_w, int src_h,
                                int channels, int new_w, int new_h, int out_size, float gain0, float gain1,
-                               float gain2, float bias0, float bias1, float bias2, float* __restrict__ out) {
+                               float gain2, float bias0, float bias1, float bias2, float* __restrict__ out,
+                               int fma) {
     crt_lb::letterbox_normalize<uint8_t, true>(src, src_pitch, src_w, src_h, channels, new_w, new_h, out_size,
-                                                gain0, gain1, gain2, bias0, bias1, bias2, out);
+                                                gain0, gain1, gain2, bias0, bias1, bias2, out, fma);
 }
 
 // uint16 source (gray or interleaved RGB) -> float32 [3, S, S].
 extern "C" __global__ void
     crt_letterbox_normalize_u16(const uint16_t* __restrict__ src, long long src_pitch, int src_w, int src_h,
                                 int channels, int new_w, int new_h, int out_size, float gain0, float gain1,
-                                float gain2, float bias0, float bias1, float bias2, float* __restrict__ out) {
+                                float gain2, float bias0, float bias1, float bias2, float* __restrict__ out,
+                                int fma) {
     crt_lb::letterbox_normalize<uint16_t, false>(src, src_pitch, src_w, src_h, channels, new_w, new_h, out_size,
-                                                  gain0, gain1, gain2, bias0, bias1, bias2, out);
+                                                  gain0, gain1, gain2, bias0, bias1, bias2, out, fma);
 }

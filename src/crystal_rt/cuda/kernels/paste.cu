@@ -19,7 +19,8 @@
 //                                   as (a + b) + (c + d) and the rest with scalar code as
 //                                   ((a + b) + c) + d (a, b: top pair, c, d: bottom pair); so do we;
 //   * otherwise bilinear, half-pixel centres, float32 weights (1 - f, f), h = p0*w0 + p1*w1 per
-//     row then v = h0*v0 + h1*v1, each operation rounded (no FMA); coordinates as in letterbox.cu.
+//     row then v = h0*v0 + h1*v1, each operation rounded; coordinates as in letterbox.cu. With fma
+//     (last parameter) != 0, aarch64 OpenCV's contracted arithmetic instead (see letterbox.cu).
 // The threshold is `v > 0.5f`: a pixel at exactly 0.5 is background, as on the CPU. Against cv2 with
 // IPP disabled (and cv2 on ARM) the result is identical. The x86 opencv-python wheels resize float32
 // through Intel IPP, whose bilinear arithmetic differs from OpenCV's by up to ~2e-6 absolute: only
@@ -45,7 +46,8 @@ enum { CRT_PASTE_META = 9 };
 
 extern "C" __global__ void
     crt_paste_masks(const float* __restrict__ probs, int m, const int* __restrict__ meta,
-                    const long long* __restrict__ offsets, int n_instances, unsigned char* __restrict__ out) {
+                    const long long* __restrict__ offsets, int n_instances, unsigned char* __restrict__ out,
+                    int fma) {
     using namespace crt_paste;
     const int inst = blockIdx.y;
     if (inst >= n_instances) return;
@@ -80,14 +82,12 @@ extern "C" __global__ void
                                              : __fadd_rn(__fadd_rn(__fadd_rn(a, b), c), d);
             v = __fmul_rn(sum, 0.25f);
         } else {
-            const Coord kx = linear_coord(bx, scale_x, p, true);
-            const Coord ky = linear_coord(by, scale_y, p, false);
+            const Coord kx = linear_coord(bx, scale_x, p, true, fma);
+            const Coord ky = linear_coord(by, scale_y, p, false, fma);
             const float a0 = __fsub_rn(1.0f, kx.f), b0 = __fsub_rn(1.0f, ky.f);
-            const float h0 = __fadd_rn(__fmul_rn(padded(prob, m, ky.i0, kx.i0), a0),
-                                       __fmul_rn(padded(prob, m, ky.i0, kx.i1), kx.f));
-            const float h1 = __fadd_rn(__fmul_rn(padded(prob, m, ky.i1, kx.i0), a0),
-                                       __fmul_rn(padded(prob, m, ky.i1, kx.i1), kx.f));
-            v = __fadd_rn(__fmul_rn(h0, b0), __fmul_rn(h1, ky.f));
+            const float h0 = mul_add2(padded(prob, m, ky.i0, kx.i0), a0, padded(prob, m, ky.i0, kx.i1), kx.f, fma);
+            const float h1 = mul_add2(padded(prob, m, ky.i1, kx.i0), a0, padded(prob, m, ky.i1, kx.i1), kx.f, fma);
+            v = mul_add2(h0, b0, h1, ky.f, fma);
         }
         dst[i] = v > 0.5f ? 1 : 0;
     }

@@ -118,13 +118,20 @@ def _compile(
     return target
 
 
-def build_library(sources: Sequence[Path], wrapper_cpp: str, name: str, *, tsan: bool = False) -> ctypes.CDLL:
+def build_library(
+    sources: Sequence[Path],
+    wrapper_cpp: str,
+    name: str,
+    *,
+    tsan: bool = False,
+    extra: Sequence[str] = (),
+) -> ctypes.CDLL:
     """Compile ``sources`` + ``wrapper_cpp`` into a cached shared library and load it.
 
     With ``tsan=True`` the library is built with ThreadSanitizer; it only loads into a process
     started with ``LD_PRELOAD=$(g++ -print-file-name=libtsan.so)`` (prefer ``build_executable``).
     """
-    path = _compile(sources, wrapper_cpp, name, ("-shared", "-fPIC"), ".so", tsan)
+    path = _compile(sources, wrapper_cpp, name, ("-shared", "-fPIC", *extra), ".so", tsan)
     return ctypes.CDLL(str(path))
 
 

@@ -108,12 +108,17 @@ class EmulatedKernel:
 class EmulatedModule:
     """``kernels/<name>.cu`` compiled with g++ against the emulator: its kernels by name."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, extra_flags: tuple[str, ...] = ()) -> None:
+        """``extra_flags`` go to g++ after the emulator's own (e.g. ``-ffp-contract=fast -mfma``, to show
+        that the kernels' explicit rounding intrinsics keep results independent of contraction)."""
         self.name = name
         self.source = KERNEL_DIR / f"{name}.cu"
         names = kernels_in(self.source)
         wrapper = _ENTRY.replace("@KERNELS@", "\n".join(f"    CRT_EMU_KERNEL({n})" for n in names))
-        self._lib = build_library([self.source], wrapper, f"sim-{name}")
+        tag = "-".join(f.strip("-").replace("=", "") for f in extra_flags)
+        self._lib = build_library(
+            [self.source], wrapper, f"sim-{name}{'-' + tag if tag else ''}", extra=extra_flags
+        )
         lib = self._lib
         lib.crt_emu_count.restype = ctypes.c_int
         lib.crt_emu_name.restype = ctypes.c_char_p
@@ -139,6 +144,29 @@ class EmulatedModule:
                 )
             self.kernels[kname] = EmulatedKernel(i, kname, kinds)
 
+    def run(
+        self,
+        kernel: str,
+        grid: tuple[int, ...],
+        block: tuple[int, ...],
+        args: tuple[int | float, ...],
+        argtypes: tuple[type, ...],
+        shared_bytes: int = 0,
+    ) -> None:
+        """Run ``kernel`` at once with ``args`` packed as ``cuLaunchKernel``'s kernelParams (the same
+        packing as :func:`crystal_rt.cuda.launch.launch`); RuntimeError with the emulator's message."""
+        if len(args) != len(argtypes) or len(argtypes) != len(self.kernels[kernel].kinds):
+            raise RuntimeError(
+                f"{kernel}: {len(args)} arguments for {len(self.kernels[kernel].kinds)} parameters"
+            )
+        holders = [t(a) for a, t in zip(args, argtypes, strict=True)]
+        pointers = (ctypes.c_void_p * len(holders))(*(ctypes.addressof(h) for h in holders))
+        g = (*grid, 1, 1)[:3]
+        b = (*block, 1, 1)[:3]
+        error = self.launch(self.kernels[kernel], g, b, shared_bytes, ctypes.addressof(pointers))  # type: ignore[arg-type]
+        if error is not None:
+            raise RuntimeError(f"{kernel}: {error}")
+
     def launch(
         self,
         kernel: EmulatedKernel,
@@ -155,16 +183,17 @@ class EmulatedModule:
         return None if rc == 0 else (err.value.decode(errors="replace") or f"launch failed ({rc})")
 
 
-_MODULES: dict[str, EmulatedModule] = {}
+_MODULES: dict[tuple[str, tuple[str, ...]], EmulatedModule] = {}
 _LOCK = threading.Lock()
 
 
-def emulated_module(name: str) -> EmulatedModule:
+def emulated_module(name: str, extra_flags: tuple[str, ...] = ()) -> EmulatedModule:
     """The emulator build of ``kernels/<name>.cu`` (compiled once per process, cached on disk)."""
+    key = (name, tuple(extra_flags))
     with _LOCK:
-        if name not in _MODULES:
-            _MODULES[name] = EmulatedModule(name)
-        return _MODULES[name]
+        if key not in _MODULES:
+            _MODULES[key] = EmulatedModule(name, key[1])
+        return _MODULES[key]
 
 
 def module_for_image(image: bytes) -> str | None:
