@@ -117,7 +117,7 @@ def test_launch_limits(drv) -> None:
     from crystal_rt.errors import CudaError
 
     module = Module("paste")
-    too_big = KernelLaunch("crt_paste_masks", (1, 1, 1), (2048, 1, 1), (0, 28, 0, 0, 0, 0), PASTE_ARGTYPES)
+    too_big = KernelLaunch("crt_paste_masks", (1, 1, 1), (2048, 1, 1), (0, 28, 0, 0, 0, 0, 0), PASTE_ARGTYPES)
     with pytest.raises(CudaError, match="INVALID_VALUE"):
         module.launch(too_big)
     assert "bad launch" in drv.messages[-1]
