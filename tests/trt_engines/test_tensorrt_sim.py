@@ -128,3 +128,108 @@ def test_tensorrt_that_cannot_start_is_one_sentence(
     trt.Builder = broken  # what TensorRT does when its CUDA initialisation fails (error 35)
     with pytest.raises(BackendUnavailable, match=r"could not create its builder.*nullptr"):
         build_engine(demo_onnx, tmp_path / "e", backend="tensorrt")
+
+
+def test_ended_threads_give_their_context_back(sim_gpu, demo_trt_engine: Path, real_images) -> None:
+    """A service's pool replaces threads: the contexts, streams and buffers of ended threads are freed
+    (when the next thread starts), and close() from another thread frees the rest."""
+    import threading
+
+    with Detector.load(demo_trt_engine) as det:
+        backend = det.backend
+        for _ in range(3):
+            worker = threading.Thread(target=lambda: det.detect(real_images[2]))
+            worker.start()
+            worker.join()
+        assert backend.live_contexts() == 1  # type: ignore[attr-defined]  # each new thread freed the last
+        streams_before = len(sim_gpu.driver.live_streams())
+        assert streams_before == 1
+        det.detect(real_images[2])  # this thread: the ended one's state is freed
+        assert backend.live_contexts() == 1  # type: ignore[attr-defined]
+        closer = threading.Thread(target=det.close)  # close() works from any thread
+        closer.start()
+        closer.join()
+    assert sim_gpu.live_allocations() == {} and sim_gpu.driver.live_streams() == []
+
+
+def test_jetson_contexts_share_one_activation_memory(demo_trt_engine: Path, real_images) -> None:
+    """On an integrated GPU (Jetson) the threads' contexts share one activation memory and take turns
+    running the engine; elsewhere each context has its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from crystal_rt.testing.sim_tensorrt import ExecutionContextAllocationStrategy
+
+    with simulated_gpu(integrated=True), Detector.load(demo_trt_engine) as det:
+        backend = det.backend
+        assert backend.shares_activations  # type: ignore[attr-defined]
+        expected = det.detect(real_images[0]).to_dict()["instances"]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(lambda _: det.detect(real_images[0]).to_dict()["instances"], range(8)))
+        assert all(r == expected for r in results)
+        strategies = {s.context.strategy for s in backend._states}  # type: ignore[attr-defined]
+        assert strategies == {ExecutionContextAllocationStrategy.USER_MANAGED}
+    with simulated_gpu(), Detector.load(demo_trt_engine) as det:
+        assert not det.backend.shares_activations  # type: ignore[attr-defined]
+
+
+def _fp16_io_core(path: Path, size: int = 32, k: int = 4) -> Path:
+    """A core-graph-shaped ONNX whose input and float outputs are float16 (an AutoCast graph made
+    without keep_io_types): constant detections, the score nudged by the input so it is read."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from crystal_rt.spec import MODEL_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec, PreprocessSpec
+
+    boxes = np.array([[2, 2, 20, 12], [8, 4, 30, 28], [0, 0, 0, 0], [0, 0, 0, 0]], np.float16)
+    scores = np.array([0.9, 0.8, 0.0, 0.0], np.float16)
+    inits = [
+        numpy_helper.from_array(boxes, "boxes_c"),
+        numpy_helper.from_array(scores, "scores_c"),
+        numpy_helper.from_array(np.array([1, 1, 0, 0], np.int64), "labels"),
+        numpy_helper.from_array(np.full((k, 28, 28), 0.75, np.float16), "masks_c"),
+        numpy_helper.from_array(np.array(0.0, np.float16), "zero"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["nudge"]),
+        helper.make_node("Add", ["scores_c", "nudge"], ["scores"]),
+        helper.make_node("Identity", ["boxes_c"], ["boxes"]),
+        helper.make_node("Identity", ["masks_c"], ["masks"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fp16io",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT16, [1, 3, size, size])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT16, [k, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT16, [k]),
+            helper.make_tensor_value_info("labels", TensorProto.INT64, [k]),
+            helper.make_tensor_value_info("masks", TensorProto.FLOAT16, [k, 28, 28]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in (
+        (SPEC_METADATA_KEY, PreprocessSpec(input_size=size).to_json()),
+        (MODEL_METADATA_KEY, ModelSpec(arch="fp16io", num_classes=2, max_detections=k).to_json()),
+    ):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fp16_io_plan_is_converted_on_the_host(sim_gpu, tmp_path: Path) -> None:
+    """Float16 input/outputs: the device stages (which write and read float32) step aside; the host
+    converts, and the detections are right instead of float32 garbage."""
+    import numpy as np
+
+    core = _fp16_io_core(tmp_path / "fp16io.onnx")
+    build_engine(core, tmp_path / "e", backend="tensorrt")
+    with Detector.load(tmp_path / "e") as det:
+        assert det.backend.dtypes["images"] == np.float16  # type: ignore[attr-defined]
+        result = det.detect_pixels(np.full((64, 64), 100, np.uint8), score_threshold=0.5)
+    assert result.devices["engine"] == "cuda:0" and result.devices["paste"] == "cpu"
+    assert [round(i.score, 3) for i in result.instances] == [0.9, 0.8]
+    assert result.instances[0].box == (4.0, 4.0, 40.0, 24.0)  # network pixels / letterbox scale 0.5

@@ -84,6 +84,7 @@ def simulated_gpu(
     compute_capability: str = "8.9",
     memory_bytes: int = 8 << 30,
     driver_version: int = 13000,
+    integrated: bool = False,
     tensorrt: bool = True,
     tensorrt_version: str = SIMULATED_TENSORRT_VERSION,
 ) -> Iterator[SimulatedGpu]:
@@ -99,6 +100,7 @@ def simulated_gpu(
         compute_capability=(int(major), int(minor or 0)),
         memory_bytes=memory_bytes,
         driver_version=driver_version,
+        integrated=integrated,
     )
     modules: dict[str, ModuleType] = {binding.DRIVER: driver}  # type: ignore[dict-item]
     trt = SimulatedTensorRT(driver, tensorrt_version).module() if tensorrt else None

@@ -154,6 +154,12 @@ class MemoryPoolType(enum.IntEnum):
     TACTIC_DRAM = 4
 
 
+class ExecutionContextAllocationStrategy(enum.IntEnum):
+    STATIC = 0
+    ON_PROFILE_CHANGE = 1
+    USER_MANAGED = 2
+
+
 class HardwareCompatibilityLevel(enum.IntEnum):
     NONE = 0
     AMPERE_PLUS = 1
@@ -211,6 +217,7 @@ class SimulatedTensorRT:
             BuilderFlag,
             MemoryPoolType,
             HardwareCompatibilityLevel,
+            ExecutionContextAllocationStrategy,
             IProgressMonitor,
             IHostMemory,
         ):
@@ -492,6 +499,10 @@ _DESERIALIZE_FAILED = (
     "4: [runtime.cpp::deserializeCudaEngine::66] Error Code 4: Internal Error "
     "(Engine deserialization failed.)"
 )
+_NO_DEVICE_MEMORY = (
+    "3: [executionContext.cpp::enqueueV3] Error Code 3: API Usage Error (a USER_MANAGED context needs "
+    "setDeviceMemory before enqueue)"
+)
 _ADDRESS_NOT_SET = (
     "3: [executionContext.cpp::enqueueV3::2666] Error Code 3: API Usage Error (Parameter check failed, "
     "condition: ... Address is not set for {mode} tensor {name}. Call setInputTensorAddress or "
@@ -567,7 +578,7 @@ class _Engine:
             onnx_bytes, sess_options=session_options(), providers=["CPUExecutionProvider"]
         )
         self.name = "crystal-rt simulated engine"
-        self.device_memory_size = 64 << 20
+        self.device_memory_size = self.device_memory_size_v2 = 64 << 20  # activation memory asked for
 
     @property
     def num_io_tensors(self) -> int:
@@ -590,17 +601,41 @@ class _Engine:
     def get_tensor_mode(self, name: str) -> TensorIOMode:
         return TensorIOMode[self._tensor(name).mode]
 
-    def create_execution_context(self) -> _Context:
-        return _Context(self)
+    def create_execution_context(
+        self, strategy: ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy.STATIC
+    ) -> _Context:
+        return _Context(self, ExecutionContextAllocationStrategy(strategy))
 
     def __del__(self) -> None:
         self.session = None
 
 
 class _Context:
-    def __init__(self, engine: _Engine) -> None:
+    def __init__(self, engine: _Engine, strategy: ExecutionContextAllocationStrategy) -> None:
         self.engine = engine
+        self.strategy = strategy
         self.addresses: dict[str, int] = {}
+        self._device_memory = 0
+
+    @property
+    def device_memory(self) -> int:
+        return self._device_memory
+
+    @device_memory.setter
+    def device_memory(self, ptr: int) -> None:
+        self.set_device_memory(ptr, self.engine.device_memory_size_v2)
+
+    def set_device_memory(self, ptr: int, size: int) -> None:
+        """USER_MANAGED contexts: the activation memory (at least device_memory_size_v2 bytes)."""
+        if (
+            self.engine.sim.driver.device_view(int(ptr), int(size)) is None
+            or size < self.engine.device_memory_size_v2
+        ):
+            self.engine.sim.log(
+                self.engine.logger, Severity.ERROR, "setDeviceMemory: not enough device memory"
+            )
+            return
+        self._device_memory = int(ptr)
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         if name not in self.engine._by_name:
@@ -619,6 +654,9 @@ class _Context:
         engine, sim = self.engine, self.engine.sim
         driver = sim.driver
         if not driver.context_current():
+            return False
+        if self.strategy == ExecutionContextAllocationStrategy.USER_MANAGED and not self._device_memory:
+            sim.log(engine.logger, Severity.ERROR, _NO_DEVICE_MEMORY)
             return False
         missing = [t.name for t in engine.tensors if not self.addresses.get(t.name)]
         if missing:

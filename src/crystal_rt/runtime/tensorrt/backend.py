@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,19 @@ class _ThreadState:
     host: dict[str, np.ndarray]
     pinned: PinnedBuffer
     stages: CudaStages
+    thread: threading.Thread
     session: TensorRTSession | None = None
+
+    def free(self) -> None:
+        """Release the stream, buffers and stages (the context must be current on the caller)."""
+        from ...cuda.launch import _driver
+
+        self.stages.close()
+        for buf in self.device.values():
+            buf.free()
+        self.pinned.free()
+        _driver().cuStreamDestroy(self.stream)
+        self.context = None  # type: ignore[assignment]
 
     @property
     def stream_handle(self) -> int:
@@ -70,9 +83,18 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(
-        self, plan: str | os.PathLike[str], *, manifest: Manifest | None = None, device: int = 0
+        self,
+        plan: str | os.PathLike[str],
+        *,
+        manifest: Manifest | None = None,
+        device: int = 0,
+        share_activations: bool | None = None,
     ) -> None:
-        from ...cuda.launch import ensure_context
+        """``share_activations``: one activation (scratch) memory for every thread's execution context,
+        which then run the engine one at a time (TensorRT allows sharing it between contexts that do
+        not run concurrently). None: on integrated GPUs (Jetson), where device memory is the
+        system's memory."""
+        from ...cuda.launch import DeviceBuffer, ensure_context
 
         self.path = Path(plan)
         self.manifest = manifest
@@ -122,6 +144,19 @@ class TensorRTBackend(Backend):
         self._local = threading.local()
         self._states: list[_ThreadState] = []
         self._lock = threading.Lock()
+        self._scratch: DeviceBuffer | None = None  # shared activation memory (share_activations)
+        self._engine_lock = threading.Lock()  # serialises the contexts that share it
+        if share_activations is None:
+            share_activations = _integrated_gpu(device)
+        if share_activations and _user_managed_strategy(trt) is not None:
+            size = int(
+                getattr(engine, "device_memory_size_v2", 0) or getattr(engine, "device_memory_size", 0)
+            )
+            self._scratch = DeviceBuffer(max(size, 1))
+
+    @property
+    def shares_activations(self) -> bool:
+        return self._scratch is not None
 
     # --- per-thread state -------------------------------------------------------------------
     def _state(self) -> _ThreadState:
@@ -132,11 +167,10 @@ class TensorRTBackend(Backend):
         from ...cuda.stages import CudaStages
 
         ensure_context(self.device_index)
+        self._free_dead_threads()
         driver = _driver()
         stream = check(driver.cuStreamCreate(driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
-        context = self.engine.create_execution_context()
-        if context is None:
-            raise CrystalRtError("TensorRT could not create an execution context", path=self.path)
+        context = self._create_context()
         dev: dict[str, DeviceBuffer] = {}
         sizes = {t: max(int(np.prod(s)) * self.dtypes[t].itemsize, 1) for t, s in self.shapes.items()}
         offsets, total = {}, 0
@@ -152,11 +186,40 @@ class TensorRTBackend(Backend):
             t: raw[offsets[t] : offsets[t] + sizes[t]].view(self.dtypes[t]).reshape(self.shapes[t])
             for t in self.shapes
         }
-        state = _ThreadState(context, stream, dev, host, pinned, CudaStages(self.device_index, stream))
+        stages = CudaStages(self.device_index, stream)
+        state = _ThreadState(context, stream, dev, host, pinned, stages, threading.current_thread())
         self._local.state = state
         with self._lock:
             self._states.append(state)
         return state
+
+    def _create_context(self) -> Any:
+        if self._scratch is None:
+            context = self.engine.create_execution_context()
+        else:
+            context = self.engine.create_execution_context(_user_managed_strategy(self._trt))
+            if context is not None:
+                if hasattr(context, "set_device_memory"):
+                    context.set_device_memory(self._scratch.ptr, self._scratch.nbytes)
+                else:
+                    context.device_memory = self._scratch.ptr
+        if context is None:
+            raise CrystalRtError("TensorRT could not create an execution context", path=self.path)
+        return context
+
+    def _free_dead_threads(self) -> None:
+        """Free the contexts, streams and buffers of threads that have ended (a service's thread pool
+        replaces its threads); the caller's context is current."""
+        with self._lock:
+            dead = [s for s in self._states if not s.thread.is_alive()]
+            self._states = [s for s in self._states if s.thread.is_alive()]
+        for state in dead:
+            state.free()
+
+    def live_contexts(self) -> int:
+        """Execution contexts held for threads (alive, or ended and not yet freed)."""
+        with self._lock:
+            return len(self._states)
 
     def _execute(self, state: _ThreadState) -> None:
         if not state.context.execute_async_v3(state.stream_handle):
@@ -165,6 +228,10 @@ class TensorRTBackend(Backend):
                 f"TensorRT failed to enqueue the engine ({summarize(list(logger.lines)[-3:])})",
                 path=self.path,
             )
+
+    def engine_turn(self) -> AbstractContextManager[object]:
+        """Held while this thread's engine runs when the contexts share one activation memory."""
+        return self._engine_lock if self._scratch is not None else nullcontext()
 
     def _fetch(self, state: _ThreadState, names: Sequence[str]) -> None:
         from ...cuda.launch import _driver, check
@@ -188,14 +255,15 @@ class TensorRTBackend(Backend):
         if tuple(images.shape) != expected:
             raise InvalidModel(f"input {tuple(images.shape)} is not the engine's {expected}", path=self.path)
         pinned = state.host[INPUT_NAME]
-        np.copyto(pinned, images, casting="same_kind")
+        np.copyto(pinned, images, casting="same_kind")  # float32 -> the plan's input dtype (FP16 I/O too)
         check(
             driver.cuMemcpyHtoDAsync(state.device[INPUT_NAME].ptr, pinned.ctypes.data, pinned.nbytes, stream),
             "cuMemcpyHtoDAsync",
         )
-        self._execute(state)
-        self._fetch(state, OUTPUT_NAMES)
-        check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
+        with self.engine_turn():
+            self._execute(state)
+            self._fetch(state, OUTPUT_NAMES)
+            check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
         return CoreOutputs(
             state.host["boxes"].astype(np.float32, copy=True),
             state.host["scores"].astype(np.float32, copy=True),
@@ -215,19 +283,37 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         """Free every thread's context, stream and buffers (callable from any thread)."""
-        from ...cuda.launch import _driver, ensure_context
+        from ...cuda.launch import ensure_context
 
         with self._lock:
             states, self._states = self._states, []
-        if states:
+        if states or self._scratch is not None:
             ensure_context(self.device_index)
         for state in states:
-            state.stages.close()
-            for buf in state.device.values():
-                buf.free()
-            state.pinned.free()
-            _driver().cuStreamDestroy(state.stream)
+            state.free()
+        if self._scratch is not None:
+            self._scratch.free()
+            self._scratch = None
         self._local = threading.local()
+
+
+def _user_managed_strategy(trt: Any) -> Any:
+    """``ExecutionContextAllocationStrategy.USER_MANAGED`` where this TensorRT has it (10.x+), else None."""
+    strategies = getattr(trt, "ExecutionContextAllocationStrategy", None)
+    return getattr(strategies, "USER_MANAGED", None) if strategies is not None else None
+
+
+def _integrated_gpu(device: int) -> bool:
+    """Whether the GPU shares the system's memory (Jetson): CU_DEVICE_ATTRIBUTE_INTEGRATED."""
+    from ...cuda.launch import _driver, check
+
+    driver = _driver()
+    try:
+        dev = check(driver.cuDeviceGet(device), "cuDeviceGet")
+        attr = driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_INTEGRATED
+        return bool(check(driver.cuDeviceGetAttribute(attr, dev), "cuDeviceGetAttribute"))
+    except CrystalRtError:
+        return False
 
 
 class TensorRTSession(DeviceSession):
@@ -261,11 +347,12 @@ class TensorRTSession(DeviceSession):
         from ...cuda.launch import synchronize
 
         state = self.state
-        state.stages.timer.start("engine")
-        self.backend._execute(state)
-        self.backend._fetch(state, ("boxes", "scores", "labels"))
-        state.stages.timer.stop()
-        synchronize(state.stream)
+        with self.backend.engine_turn():
+            state.stages.timer.start("engine")
+            self.backend._execute(state)
+            self.backend._fetch(state, ("boxes", "scores", "labels"))
+            state.stages.timer.stop()
+            synchronize(state.stream)
         return (
             state.host["boxes"].astype(np.float32, copy=True),
             state.host["scores"].astype(np.float32, copy=True),
