@@ -78,3 +78,70 @@ def test_doctor_compares_nvrtc_with_the_driver(capsys, monkeypatch) -> None:
         assert main(["doctor", "--gpu"]) == 1
         err = capsys.readouterr().err
         assert "NVRTC is CUDA 13" in err and "crystal-rt[gpu-cu12]" in err
+
+
+def test_doctor_gpu_acceptance_run_on_the_simulated_gpu(tmp_path, real_images) -> None:
+    """The acceptance command end to end, from a plain process (kernels, engines, JSON)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from crystal_rt.testing import unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "crystal_rt.cli.main", "--simulated-gpu", "doctor", "--gpu", "--runs", "1"]
+    cmd += ["--images", str(real_images[0].parent), "--json", str(out)]
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=600, env=dict(os.environ, COLUMNS="200")
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["gpu"]["name"] == "crystal-rt simulated GPU"
+    names = [c["name"] for c in report["checks"]]
+    for expected in (
+        "CUDA kernels build for this GPU",
+        "CLAHE on the GPU equals OpenCV",
+        "mask paste on the GPU equals the CPU",
+        "time: CLAHE 8-bit 2048x2048",
+        "parity fp32 vs ONNX Runtime CPU",
+        "latency fp16 end to end (GPU path, decode excluded)",
+    ):
+        assert expected in names
+    clahe = next(c for c in report["checks"] if c["name"] == "CLAHE on the GPU equals OpenCV")
+    assert set(clahe["data"]["differing_pixels"]) >= {p.name for p in real_images}
+
+
+def test_doctor_gpu_lists_failing_checks(capsys, monkeypatch, tmp_path) -> None:
+    """A kernel that disagrees with the CPU: exit 1 and the failing check named; without TensorRT the
+    kernel half still runs."""
+    from crystal_rt.cli.main import main
+    from crystal_rt.runtime import postprocess
+    from crystal_rt.runtime.tensorrt import gpucheck
+    from crystal_rt.testing import simulated_gpu, unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    monkeypatch.setattr(gpucheck, "SYNTHETIC_SHAPES", [(64, 96, False, 8), (40, 33, True, 16)])
+    import dataclasses
+
+    real_paste = postprocess.paste_mask
+
+    def inverted(*args: object) -> object:  # a CPU reference the kernel cannot match
+        mask = real_paste(*args)  # type: ignore[arg-type]
+        return dataclasses.replace(mask, crop=~mask.crop)
+
+    monkeypatch.setattr(postprocess, "paste_mask", inverted)
+    monkeypatch.setenv("COLUMNS", "300")
+    with simulated_gpu(tensorrt=False):
+        code = main(["doctor", "--gpu", "--runs", "1", "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and "mask paste on the GPU equals the CPU" in err
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert not report["ok"] and any(
+        c["name"] == "TensorRT" and "not installed" in c["detail"] for c in report["checks"]
+    )

@@ -2,9 +2,14 @@
 
 Without ``--gpu`` nothing is built or run: it reports the NVIDIA driver, GPUs and compute
 capabilities, the CUDA driver version, TensorRT / TensorRT-RTX, ONNX Runtime and its providers,
-cuda-python and NVRTC, nvcc, ModelOpt, then which engines and kernels can be built here.
-``--gpu`` (a GPU machine): builds the demo engine FP32 and FP16, checks the CUDA kernels against the
-CPU, each engine against ONNX Runtime on the CPU, and times them; exit 1 on any failure, 2 without a GPU.
+cuda-python and NVRTC (against the driver's CUDA), nvcc, ModelOpt, then which engines and kernels
+can be built here.
+
+``--gpu`` is the acceptance command of a GPU machine (``runtime/tensorrt/gpucheck.py``): the CUDA
+kernels built for the device, checked against the CPU functions on synthetic drops (and ``--images``),
+timed with CUDA events; with TensorRT, the demo engine built FP32 and FP16 (INT8 from ``--int8``),
+compared with ONNX Runtime and timed. ``--json`` writes the report. Exit 0 when every check holds,
+1 with the failing checks listed, 2 where there is no GPU.
 """
 
 from __future__ import annotations
@@ -28,7 +33,21 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--images", type=Path, metavar="DIR", help="--gpu: real drop images to check too (up to 8)"
     )
+    p.add_argument("--json", type=Path, metavar="REPORT.json", help="--gpu: write the report here")
+    p.add_argument(
+        "--runs", type=_positive, default=20, help="--gpu: timed runs per kernel (default 20; engines 5x)"
+    )
+    p.add_argument(
+        "--int8", type=Path, metavar="GRAPH.onnx", help="--gpu: also build and check this Q/DQ INT8 graph"
+    )
     p.set_defaults(run=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _try(fn: Any, default: str = "not found") -> str:
@@ -201,10 +220,13 @@ def run(args: argparse.Namespace) -> int:
     if mismatch is not None:
         err_console.print(f"doctor --gpu: {escape(mismatch)}", highlight=False, soft_wrap=True)
         return 1
-    from ..runtime.tensorrt.gpucheck import load_images, run_gpu_checks, synthetic_images
+    import time
 
-    images = synthetic_images() + load_images(args.images)
-    checks = run_gpu_checks(images, info)
+    from ..runtime.tensorrt.gpucheck import load_images, report, run_gpu_checks, synthetic_images
+
+    start = time.perf_counter()
+    images = load_images(args.images) + synthetic_images()
+    checks = run_gpu_checks(images, info, runs=args.runs, int8_graph=args.int8)
     result = Table(title="GPU checks")
     result.add_column("check")
     result.add_column("result")
@@ -214,4 +236,17 @@ def run(args: argparse.Namespace) -> int:
             escape(check.name), "[green]pass[/]" if check.ok else "[red]FAIL[/]", escape(check.detail)
         )
     console.print(result)
-    return 0 if all(c.ok for c in checks) else 1
+    data = report(checks, time.perf_counter() - start)
+    if args.json:
+        import json
+
+        from ..io.writers import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(data, indent=2) + "\n").encode())
+        info(f"wrote {args.json}")
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        err_console.print(
+            f"doctor --gpu: {len(failed)} check(s) failed: {escape('; '.join(failed))}", soft_wrap=True
+        )
+    return 0 if not failed else 1

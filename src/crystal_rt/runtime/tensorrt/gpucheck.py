@@ -1,10 +1,20 @@
-"""``crystal-rt doctor --gpu``: what can only be checked on a GPU, as one list of pass/fail checks.
+"""``crystal-rt doctor --gpu``: the acceptance checks only a GPU can answer, as one list of checks.
 
-Builds the demo engine (FP32, and FP16 where the builder flag exists), runs the CLAHE/letterbox and
-paste kernels against the CPU reference, compares each engine with ONNX Runtime on the CPU
-(matched IoU, :mod:`crystal_rt.evaluate.parity`) and times engine-only and end-to-end latency.
+Kernel half (needs cuda-python, NVRTC, numpy and OpenCV; no TensorRT):
+  * every kernel file compiled for the device (NVRTC, ptxas registers and spills);
+  * the device stages against the CPU functions on each image (the given real images, and synthetic
+    8/16-bit gray/RGB drops of odd sizes): CLAHE pixel for pixel (``apply_clahe``), letterbox +
+    normalise (``preprocess``) within 1e-6, the mask paste pixel for pixel (``paste_mask``), in the
+    OpenCV arithmetic of this machine (``cuda/flavour.py``);
+  * CUDA-event timings (median of ``runs``): CLAHE 8-bit 2048x2048 and 16-bit 1920x1080, letterbox
+    2532x2028 -> 512x512, paste of 100 masks.
+TensorRT half (where TensorRT is installed): the demo model built FP32 and FP16 (and INT8 from a
+given Q/DQ graph), each compared with ONNX Runtime on the CPU (matched box IoU, mask IoU, score
+difference) and timed engine-only and end to end (the GPU path), p50/p99.
 
-UNVERIFIED: written without a GPU; every step reports its own failure instead of stopping the rest.
+Every check reports its own failure instead of stopping the others. Runs on the simulated GPU too
+(``crystal-rt --simulated-gpu doctor --gpu``), which is how CI checks this module; the numbers there
+are the emulator's wall times.
 """
 
 from __future__ import annotations
@@ -12,10 +22,21 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+#: synthetic drops checked besides the given images: (height, width, rgb, bit depth)
+SYNTHETIC_SHAPES = [
+    (1024, 1224, False, 8),
+    (600, 801, True, 8),
+    (767, 1025, False, 16),
+    (333, 517, True, 16),
+    (2028, 2532, False, 8),
+    (37, 53, True, 8),
+]
 
 
 @dataclass
@@ -23,122 +44,302 @@ class Check:
     name: str
     ok: bool
     detail: str
+    data: dict[str, Any] = field(default_factory=dict)
 
 
-def _percentiles(samples: list[float]) -> str:
+def _percentiles(samples: list[float]) -> dict[str, float]:
     arr = np.asarray(samples)
-    return f"p50 {np.percentile(arr, 50):.2f} ms, p99 {np.percentile(arr, 99):.2f} ms (n={len(samples)})"
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "n": len(samples)}
 
 
-def _guard(name: str, fn: Callable[[], str | tuple[bool, str]]) -> Check:
+def _fmt(stats: dict[str, float]) -> str:
+    return f"p50 {stats['p50']:.3f} ms, p99 {stats['p99']:.3f} ms (n={int(stats['n'])})"
+
+
+def _guard(name: str, fn: Callable[[], tuple[bool, str, dict[str, Any]]]) -> Check:
     from ...errors import CrystalRtError
 
     try:
-        result = fn()
+        ok, detail, data = fn()
     except (CrystalRtError, RuntimeError, ValueError, OSError, AssertionError) as exc:
-        return Check(name, False, f"{type(exc).__name__}: {str(exc)[:200]}")
-    ok, detail = result if isinstance(result, tuple) else (True, result)
-    return Check(name, ok, detail)
+        return Check(name, False, f"{type(exc).__name__}: {str(exc)[:300]}")
+    return Check(name, ok, detail, data)
 
 
-def synthetic_images(count: int = 4, seed: int = 7) -> list[tuple[str, np.ndarray]]:
+def synthetic_images(seed: int = 7) -> list[tuple[str, np.ndarray]]:
     from ...data.synthetic import make_drop
 
-    shapes = [(768, 1024, False, 8), (600, 800, True, 8), (1024, 1224, False, 16), (512, 512, True, 8)]
     images = []
-    for i in range(count):
-        h, w, rgb, depth = shapes[i % len(shapes)]
-        images.append((f"synthetic-{i}", make_drop(seed + i, h, w, rgb=rgb, bit_depth=depth).image))
+    for i, (h, w, rgb, depth) in enumerate(SYNTHETIC_SHAPES):
+        kind = f"{'rgb' if rgb else 'gray'}{depth}"
+        images.append(
+            (f"synthetic-{h}x{w}-{kind}", make_drop(seed + i, h, w, rgb=rgb, bit_depth=depth).image)
+        )
     return images
 
 
 def load_images(folder: Path | None, limit: int = 8) -> list[tuple[str, np.ndarray]]:
-    from ...io.decode import read_image
+    from ...io.decode import list_images, read_image
 
     if folder is None:
         return []
-    paths = sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-    )
-    return [(p.name, read_image(p)) for p in paths[:limit]]
+    return [(p.name, read_image(p)) for p in list_images([folder])[:limit]]
 
 
-def kernel_check(images: Iterable[tuple[str, np.ndarray]]) -> tuple[bool, str]:
-    """GpuPreprocessor vs apply_clahe+letterbox+normalize (1e-6), GpuMaskPaster vs paste_mask (exact)."""
-    import cv2
+# ---- kernel half --------------------------------------------------------------------------------------
 
-    from ...cuda.launch import DeviceBuffer, GpuMaskPaster, GpuPreprocessor, download, synchronize
+
+def kernel_build_check() -> Check:
+    def run() -> tuple[bool, str, dict[str, Any]]:
+        from ...cuda.build import compile_kernel, device_arch, kernel_names
+
+        arch = device_arch()
+        built = [compile_kernel(name, arch) for name in kernel_names()]
+        resources = [r for k in built for r in k.resources]
+        spills = sum(r.spills for r in resources)
+        data = {
+            "arch": built[0].arch if built else arch,
+            "kernels": {r.function: {"registers": r.registers, "spill_bytes": r.spills} for r in resources},
+        }
+        names = ", ".join(k.name for k in built)
+        return spills == 0, f"{names} for {data['arch']}, {spills} bytes spilled", data
+
+    return _guard("CUDA kernels build for this GPU", run)
+
+
+class _Stages:
+    """The device stages driven one by one, for the checks and the timings."""
+
+    def __init__(self) -> None:
+        from ...cuda.launch import DeviceBuffer, EventTimer, _driver, check, ensure_context
+
+        ensure_context()
+        driver = _driver()
+        self.stream = check(driver.cuStreamCreate(1), "cuStreamCreate")
+        self.timer = EventTimer(self.stream)
+        self.src, self.out, self.probs = DeviceBuffer(), DeviceBuffer(), DeviceBuffer()
+        self._pre: dict[Any, Any] = {}
+        self.paster: Any = None
+
+    def preprocessor(self, spec: Any) -> Any:
+        from ...cuda.launch import GpuPreprocessor
+
+        if spec not in self._pre:
+            self._pre[spec] = GpuPreprocessor(spec)
+        return self._pre[spec]
+
+    def upload(self, pixels: np.ndarray) -> tuple[int, int]:
+        data = np.ascontiguousarray(pixels)
+        channels = 1 if data.ndim == 2 else 3
+        return self.src.upload(data, self.stream), data.shape[1] * channels * data.itemsize
+
+    def close(self) -> None:
+        from ...cuda.launch import _driver
+
+        for pre in self._pre.values():
+            pre.close()
+        if self.paster is not None:
+            self.paster.close()
+        for buf in (self.src, self.out, self.probs):
+            buf.free()
+        self.timer.close()
+        _driver().cuStreamDestroy(self.stream)
+
+
+def _download(ptr: int, shape: tuple[int, ...], dtype: Any, stream: Any) -> np.ndarray:
+    from ...cuda.launch import download
+
+    dt = np.dtype(dtype)
+    array: np.ndarray = download(ptr, int(np.prod(shape)) * dt.itemsize, stream).view(dt).reshape(shape)
+    return array
+
+
+def stage_checks(images: Iterable[tuple[str, np.ndarray]], stages: _Stages) -> list[Check]:
+    """Device CLAHE and letterbox against the CPU on every image; paste against the CPU paste."""
+    from ...runtime.preprocess import apply_clahe, preprocess
     from ...spec import PreprocessSpec
-    from ..postprocess import paste_mask
-    from ..preprocess import preprocess
 
     spec = PreprocessSpec()
-    pre, paster = GpuPreprocessor(spec), GpuMaskPaster()
-    src, out = DeviceBuffer(), DeviceBuffer(3 * spec.input_size**2 * 4)
-    worst, count = 0.0, 0
-    ipp = cv2.ipp.useIPP()
-    cv2.ipp.setUseIPP(False)  # the kernels reproduce OpenCV's own arithmetic (design-notes 13)
-    try:
-        for _name, pixels in images:
-            if pixels.ndim == 3 and pixels.dtype == np.uint16:
-                continue  # 16-bit RGB CLAHE is CPU only
-            data = np.ascontiguousarray(pixels)
-            channels = 1 if data.ndim == 2 else 3
-            ptr = src.upload(data)
-            pitch = data.shape[1] * channels * data.itemsize
-            pre(ptr, pitch, data.shape[0], data.shape[1], data.dtype, channels, out.ptr)
-            gpu = (
-                download(out.ptr, out.nbytes).view(np.float32).reshape(1, 3, spec.input_size, spec.input_size)
-            )
-            worst = max(worst, float(np.abs(gpu - preprocess(data, spec).tensor).max()))
-            count += 1
-        rng = np.random.default_rng(0)
-        probs = rng.random((8, 28, 28), dtype=np.float32)
-        boxes = [
-            (float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in rng.uniform(5, 300, (8, 4))
-        ]
-        dev = DeviceBuffer()
-        dev.upload(probs)
-        crops = paster(dev.ptr, 28, boxes, 480, 640)
-        synchronize()
-        mismatched = sum(
-            int(not np.array_equal(crop, paste_mask(probs[i], boxes[i], 480, 640).crop))
-            for i, (crop, _, _) in enumerate(crops)
+    size = spec.input_size
+    clahe_rows: dict[str, Any] = {}
+    letterbox_rows: dict[str, Any] = {}
+    for name, pixels in images:
+        h, w = pixels.shape[:2]
+        channels = 1 if pixels.ndim == 2 else 3
+        pre = stages.preprocessor(spec)
+        ptr, pitch = stages.upload(pixels)
+        if pre.has_clahe(pixels.dtype, channels):
+            out_ptr, out_pitch = pre.clahe_async(ptr, pitch, h, w, pixels.dtype, channels, stages.stream)
+            gpu = _download(out_ptr, (h, out_pitch // pixels.itemsize), pixels.dtype, stages.stream)
+            gpu = gpu[:, : w * channels].reshape(pixels.shape)
+            want = apply_clahe(pixels, spec)
+            clahe_rows[name] = int(np.count_nonzero(gpu != want))
+            enhanced = want
+        else:
+            enhanced = apply_clahe(pixels, spec)  # 16-bit RGB: the CPU runs that stage (design note 19)
+        ptr, pitch = stages.upload(enhanced)
+        out = stages.out.reserve(3 * size * size * 4)
+        plain = PreprocessSpec(clahe=False, input_size=size)
+        stages.preprocessor(plain).letterbox_async(
+            ptr, pitch, h, w, enhanced.dtype, channels, out, stages.stream
         )
-        dev.free()
+        got = _download(out, (1, 3, size, size), np.float32, stages.stream)
+        letterbox_rows[name] = float(np.abs(got - preprocess(enhanced, plain).tensor).max())
+    clahe_bad = {k: v for k, v in clahe_rows.items() if v}
+    worst = max(letterbox_rows.values(), default=0.0)
+    checks = [
+        Check(
+            "CLAHE on the GPU equals OpenCV",
+            not clahe_bad,
+            f"{len(clahe_rows)} images, "
+            + (f"pixels differ: {clahe_bad}" if clahe_bad else "every pixel equal"),
+            {"differing_pixels": clahe_rows},
+        ),
+        Check(
+            "letterbox + normalise on the GPU equals the CPU",
+            worst <= 1e-6,
+            f"{len(letterbox_rows)} images, max |GPU - CPU| {worst:.2e}",
+            {"max_abs_diff": letterbox_rows},
+        ),
+    ]
+    checks.append(_guard("mask paste on the GPU equals the CPU", lambda: _paste_check(stages)))
+    return checks
+
+
+def _random_masks(n: int, h: int, w: int, seed: int = 0) -> tuple[np.ndarray, list[tuple[float, ...]]]:
+    rng = np.random.default_rng(seed)
+    probs: np.ndarray = rng.random((n, 28, 28), dtype=np.float32)
+    boxes: list[tuple[float, ...]] = []
+    for _ in range(n):
+        bw, bh = float(rng.uniform(2, 300)), float(rng.uniform(2, 300))
+        x1, y1 = float(rng.uniform(-20, w - 10)), float(rng.uniform(-20, h - 10))
+        boxes.append((x1, y1, x1 + bw, y1 + bh))
+    return probs, boxes
+
+
+def _paste_check(stages: _Stages) -> tuple[bool, str, dict[str, Any]]:
+    from ...cuda.launch import GpuMaskPaster
+    from ...runtime.postprocess import paste_mask
+
+    h, w = 2028, 2532
+    probs, boxes = _random_masks(100, h, w)
+    stages.paster = stages.paster or GpuMaskPaster()
+    stages.probs.upload(probs, stages.stream)
+    crops = stages.paster(stages.probs.ptr, 28, boxes, h, w, stream=stages.stream)
+    differ = 0
+    for i, (crop, x0, y0) in enumerate(crops):
+        want = paste_mask(probs[i], boxes[i], h, w)
+        if crop.shape != want.crop.shape or (crop.size and (x0, y0) != (want.x0, want.y0)):
+            differ += crop.size or 1
+        else:
+            differ += int(np.count_nonzero(crop != want.crop))
+    return differ == 0, f"100 masks in a {w}x{h} image, {differ} pixels differ", {"differing_pixels": differ}
+
+
+def kernel_timings(stages: _Stages, runs: int) -> list[Check]:
+    """CUDA-event timings of the stages at the sizes the targets name (medians over ``runs``)."""
+    from ...spec import PreprocessSpec
+
+    rng = np.random.default_rng(1)
+    results: list[Check] = []
+
+    def time_it(name: str, target_ms: float | None, launch: Callable[[], None]) -> None:
+        def run() -> tuple[bool, str, dict[str, Any]]:
+            from ...cuda.launch import synchronize
+
+            launch()  # warm-up (module load, buffers)
+            synchronize(stages.stream)
+            samples = []
+            for _ in range(runs):
+                stages.timer.reset()
+                stages.timer.start(name)
+                launch()
+                stages.timer.stop()
+                samples.append(stages.timer.elapsed()[name])
+            stats = _percentiles(samples)
+            note = f" (target <= {target_ms} ms)" if target_ms is not None else ""
+            return True, _fmt(stats) + note, {**stats, "target_ms": target_ms}
+
+        results.append(_guard(f"time: {name}", run))
+
+    spec = PreprocessSpec()
+    for label, shape, dtype, target in (
+        ("CLAHE 8-bit 2048x2048", (2048, 2048), np.uint8, 0.1),
+        ("CLAHE 16-bit 1920x1080", (1080, 1920), np.uint16, 0.2),
+    ):
+        top = 255 if dtype == np.uint8 else 65535
+        img = rng.integers(0, top + 1, shape, dtype=dtype)
+        ptr, pitch = stages.upload(img)
+
+        def clahe(ptr: int = ptr, pitch: int = pitch, img: np.ndarray = img) -> None:
+            stages.preprocessor(spec).clahe_async(
+                ptr, pitch, img.shape[0], img.shape[1], img.dtype, 1, stages.stream
+            )
+
+        time_it(label, target, clahe)
+    big = rng.integers(0, 256, (2028, 2532), dtype=np.uint8)
+    ptr, pitch = stages.upload(big)
+    out = stages.out.reserve(3 * 512 * 512 * 4)
+    plain = PreprocessSpec(clahe=False)
+    time_it(
+        "letterbox 2532x2028 -> 512x512",
+        None,
+        lambda: stages.preprocessor(plain).letterbox_async(
+            ptr, pitch, 2028, 2532, np.uint8, 1, out, stages.stream
+        ),
+    )
+    from ...cuda.launch import GpuMaskPaster, paste_layout
+
+    probs, boxes = _random_masks(100, 2028, 2532)
+    stages.paster = stages.paster or GpuMaskPaster()
+    stages.probs.upload(probs, stages.stream)
+    layout = paste_layout(boxes, 2028, 2532)
+    time_it(
+        "paste of 100 masks",
+        None,
+        lambda: stages.paster.launch_async(stages.probs.ptr, 28, layout, stages.stream),
+    )
+    return results
+
+
+def run_kernel_checks(images: list[tuple[str, np.ndarray]], runs: int = 20) -> list[Check]:
+    checks = [kernel_build_check()]
+    stages = _Stages()
+    try:
+        checks += stage_checks(images, stages)
+        checks += kernel_timings(stages, runs)
     finally:
-        cv2.ipp.setUseIPP(ipp)
-        pre.close()
-        paster.close()
-        src.free()
-        out.free()
-    ok = worst <= 1e-6 and mismatched == 0
-    return ok, f"{count} images: max |GPU-CPU| {worst:.2e}; paste: {mismatched}/8 masks differ"
+        stages.close()
+    return checks
+
+
+# ---- TensorRT half ------------------------------------------------------------------------------------
 
 
 def engine_checks(
-    precision: str, images: list[tuple[str, np.ndarray]], workdir: Path, say: Callable[[str], None]
+    precision: str,
+    images: list[tuple[str, np.ndarray]],
+    workdir: Path,
+    say: Callable[[str], None],
+    *,
+    source: Path | None = None,
+    runs: int = 100,
 ) -> list[Check]:
     from ...cli.demo import demo_model
     from ...evaluate.parity import Tolerances, compare_detectors
     from ..build import build_engine
     from ..detector import Detector
 
-    checks: list[Check] = []
     start = time.perf_counter()
     try:
         manifest = build_engine(
-            demo_model(), workdir / precision, backend="tensorrt", precision=precision, log=say
+            source or demo_model(), workdir / precision, backend="tensorrt", precision=precision, log=say
         )
     except Exception as exc:  # report and go on: one failed build must not hide the other checks
-        return [Check(f"build {precision}", False, f"{type(exc).__name__}: {str(exc)[:200]}")]
-    checks.append(
-        Check(
-            f"build {precision}",
-            True,
-            f"{manifest.engine_bytes / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s",
-        )
-    )
+        return [Check(f"build {precision}", False, f"{type(exc).__name__}: {str(exc)[:300]}")]
+    seconds = time.perf_counter() - start
+    checks = [Check(f"build {precision}", True, f"{manifest.engine_bytes / 1e6:.1f} MB in {seconds:.1f} s",
+                    {"bytes": manifest.engine_bytes, "seconds": seconds})]  # fmt: skip
     reference = Detector.from_onnx(demo_model())
     with Detector.load(manifest.path or workdir / precision) as engine:
         loose = precision != "fp32"
@@ -146,7 +347,7 @@ def engine_checks(
             box_iou=0.85 if loose else 0.95, mask_iou=0.8 if loose else 0.9, score=0.05 if loose else 0.01
         )
 
-        def parity() -> tuple[bool, str]:
+        def parity() -> tuple[bool, str, dict[str, Any]]:
             report = compare_detectors(
                 reference, engine, images, score_threshold=reference.model.score_threshold, tolerances=tol
             )
@@ -155,47 +356,83 @@ def engine_checks(
                 f"matched {s['matched']}/{s['reference_detections']}, min box IoU {s['min_box_iou']:.3f}, "
                 f"min mask IoU {s['min_mask_iou']:.3f}, max score diff {s['max_score_diff']:.3f}"
             )
-            return report.ok, detail if report.ok else f"{detail}; {report.failures[0][:120]}"
+            return report.ok, detail if report.ok else f"{detail}; {report.failures[0][:200]}", dict(s)
 
         checks.append(_guard(f"parity {precision} vs ONNX Runtime CPU", parity))
 
-        def engine_latency() -> str:
+        def engine_latency() -> tuple[bool, str, dict[str, Any]]:
             tensor = np.zeros((1, 3, engine.preprocess.input_size, engine.preprocess.input_size), np.float32)
-            for _ in range(10):
+            for _ in range(min(10, runs)):
                 engine.backend.infer(tensor)
             samples = []
-            for _ in range(100):
+            for _ in range(runs):
                 t = time.perf_counter()
                 engine.backend.infer(tensor)
                 samples.append((time.perf_counter() - t) * 1e3)
-            return _percentiles(samples)
+            stats = _percentiles(samples)
+            return True, _fmt(stats), stats
 
-        def end_to_end() -> str:
-            samples = []
-            for _ in range(3):
+        def end_to_end() -> tuple[bool, str, dict[str, Any]]:
+            samples, devices = [], {}
+            for _ in range(max(1, runs // 30)):
                 for name, pixels in images:
                     t = time.perf_counter()
-                    engine.detect_pixels(pixels, name=name)
+                    devices = engine.detect_pixels(pixels, name=name).devices
                     samples.append((time.perf_counter() - t) * 1e3)
-            return _percentiles(samples)
+            stats = _percentiles(samples)
+            return True, f"{_fmt(stats)}, stages on {devices.get('paste')}", {**stats, "devices": devices}
 
         checks.append(_guard(f"latency {precision} engine only (H2D+run+D2H)", engine_latency))
-        checks.append(_guard(f"latency {precision} end to end (CPU pre/post)", end_to_end))
+        checks.append(_guard(f"latency {precision} end to end (GPU path, decode excluded)", end_to_end))
     return checks
 
 
 def run_gpu_checks(
-    images: list[tuple[str, np.ndarray]], say: Callable[[str], None], work: Path | None = None
+    images: list[tuple[str, np.ndarray]],
+    say: Callable[[str], None],
+    work: Path | None = None,
+    *,
+    runs: int = 20,
+    int8_graph: Path | None = None,
 ) -> list[Check]:
-    from .modules import load_tensorrt
+    """The kernel half, then the TensorRT half where TensorRT is installed."""
+    from .modules import load_tensorrt, tensorrt_installed
     from .precision import has_fp16_flag
 
-    checks = [_guard("CUDA kernels vs CPU (CLAHE, letterbox, paste)", lambda: kernel_check(images))]
+    say("checking the CUDA kernels")
+    checks = run_kernel_checks(images, runs)
+    if not tensorrt_installed():
+        checks.append(Check("TensorRT", True, "not installed: the engine checks are skipped"))
+        return checks
     trt = load_tensorrt("crystal-rt doctor --gpu")
     precisions = ["fp32", "fp16"] if has_fp16_flag(trt) else ["fp32"]
     with tempfile.TemporaryDirectory(prefix="crystal-rt-doctor-") as tmp:
         for precision in precisions:
-            checks += engine_checks(precision, images, work or Path(tmp), say)
+            say(f"building and checking the demo engine ({precision})")
+            checks += engine_checks(precision, images, work or Path(tmp), say, runs=5 * runs)
+        if int8_graph is not None:
+            checks += engine_checks("int8", images, work or Path(tmp), say, source=int8_graph, runs=5 * runs)
     if "fp16" not in precisions:
         checks.append(Check("build fp16", True, "skipped: this TensorRT builds FP16 from an AutoCast graph"))
     return checks
+
+
+def report(checks: list[Check], seconds: float) -> dict[str, Any]:
+    """The JSON report: the machine, every check, and whether all passed."""
+    from ...cuda.build import nvrtc_version
+    from ...cuda.flavour import flavour_name, opencv_fma
+    from ...cuda.probe import probe
+    from . import device
+
+    state = probe()
+    gpu = device.gpu()
+    return {
+        "ok": all(c.ok for c in checks),
+        "seconds": round(seconds, 1),
+        "gpu": asdict(gpu) if gpu else None,
+        "driver": state.message,
+        "nvrtc": ".".join(map(str, nvrtc_version())),
+        "tensorrt": device.tensorrt_version(),
+        "opencv_arithmetic": flavour_name(opencv_fma()),
+        "checks": [asdict(c) for c in checks],
+    }
