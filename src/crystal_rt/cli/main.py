@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from .._version import __version__
 from ..errors import CrystalRtError
@@ -80,15 +80,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _simulation(requested: bool) -> AbstractContextManager[object]:
+@contextmanager
+def _simulation(requested: bool) -> Iterator[None]:
     """The simulated GPU where asked for (flag or environment), else nothing."""
     import os
 
     from ..testing import ENV_VAR, simulated_gpu_from_env
 
+    before = os.environ.get(ENV_VAR)
     if requested:
         os.environ[ENV_VAR] = "1"  # child processes (bench's cold starts) simulate too
-    return simulated_gpu_from_env()
+    try:
+        with simulated_gpu_from_env():
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
 
 
 if __name__ == "__main__":

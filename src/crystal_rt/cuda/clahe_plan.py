@@ -75,7 +75,7 @@ APPLY_ARGTYPES: tuple[type, ...] = (
     ctypes.c_float,  # inv_tw
     ctypes.c_float,  # inv_th
     ctypes.c_void_p,  # lut (T)
-    ctypes.c_int,  # fma: aarch64 OpenCV's contracted arithmetic (cuda/flavour.py)
+    ctypes.c_int,  # fma: aarch64 OpenCV's contracted arithmetic (crystal_rt/arith.py)
 )
 
 

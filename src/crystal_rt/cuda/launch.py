@@ -55,7 +55,7 @@ LETTERBOX_ARGTYPES: tuple[type, ...] = (
     ctypes.c_float,  # bias1
     ctypes.c_float,  # bias2
     ctypes.c_void_p,  # out float32 [3, S, S]
-    ctypes.c_int,  # fma: aarch64 OpenCV's contracted arithmetic (cuda/flavour.py)
+    ctypes.c_int,  # fma: aarch64 OpenCV's fused arithmetic (crystal_rt/arith.py)
 )
 #: paste kernel parameters, in order.
 PASTE_ARGTYPES: tuple[type, ...] = (
@@ -537,10 +537,10 @@ class GpuPreprocessor:
     """
 
     def __init__(self, spec: PreprocessSpec, device: int = 0, *, fma: bool | None = None) -> None:
-        from .flavour import opencv_fma
+        from ..arith import opencv_fma
 
         self.spec = spec
-        self.fma = opencv_fma() if fma is None else fma  # match this machine's OpenCV (flavour.py)
+        self.fma = opencv_fma() if fma is None else fma  # match this machine's OpenCV (crystal_rt/arith.py)
         self.letterbox = Module("letterbox", device)
         self.clahe = Module("clahe", device) if spec.clahe else None
         self._scratch = DeviceBuffer()
@@ -713,7 +713,7 @@ class GpuMaskPaster:
     """Paste the engine's M x M mask probabilities (on the device) into per-instance binary crops."""
 
     def __init__(self, device: int = 0, *, fma: bool | None = None) -> None:
-        from .flavour import opencv_fma
+        from ..arith import opencv_fma
 
         self.fma = opencv_fma() if fma is None else fma
         self.module = Module("paste", device)

@@ -15,6 +15,7 @@ from time import perf_counter
 import cv2
 import numpy as np
 
+from ..arith import cv2_u8_resize_is_portable
 from ..errors import InvalidImage
 from ..geometry import letterbox_size, normalize_constants
 from ..spec import PreprocessSpec
@@ -57,13 +58,17 @@ def apply_clahe(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``cv2.resize(..., INTER_LINEAR)`` computed by OpenCV's own code, never Intel IPP.
+    """``cv2.resize(..., INTER_LINEAR)`` computed by OpenCV's own code, never by a vendor library.
 
-    The x86_64 opencv-python wheels hand 16-bit and float32 linear resizes to IPP, which rounds
-    differently (up to 2 steps on ~18 % of 16-bit pixels); ARM builds and the CUDA kernels do not
-    use it. Switching IPP off for this call (a per-thread setting in OpenCV) gives the same result
-    on every platform and on the GPU. 8-bit resizes never went to IPP and are unchanged.
+    The x86_64 opencv-python wheels hand 16-bit and float32 linear resizes to Intel IPP, which rounds
+    differently (up to 2 steps on ~18 % of 16-bit pixels): IPP is switched off for this call (a
+    per-thread setting in OpenCV). The aarch64 wheels send 8-bit linear resizes to an optimised HAL
+    (carotene/KleidiCV, ±1 on ~18 % of pixels) that cannot be switched off: there 8-bit images go to
+    :func:`resize_u8_portable`, OpenCV's own arithmetic in numpy (``crystal_rt.arith``). The CUDA
+    kernels compute the same on every platform.
     """
+    if image.dtype == np.uint8 and not cv2_u8_resize_is_portable():
+        return resize_u8_portable(image, width, height)
     use_ipp = cv2.ipp.useIPP()
     if use_ipp:
         cv2.ipp.setUseIPP(False)
@@ -73,6 +78,52 @@ def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
         if use_ipp:
             cv2.ipp.setUseIPP(True)
     return out
+
+
+def _linear_axis(n_dst: int, n_src: int, clamp_frac: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's source indices (i0, i1) and float32 fraction of each destination index (resize.cpp:
+    ``fx = (float)((d + 0.5) * scale - 0.5)`` in double, ``sx = floor(fx)``; x clamps its fraction)."""
+    scale = 1.0 / (n_dst / n_src)
+    frac = ((np.arange(n_dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    start = np.floor(frac).astype(np.int64)
+    frac = (frac - start.astype(np.float32)).astype(np.float32)
+    if clamp_frac:
+        low, high = start < 0, start >= n_src - 1
+        frac[low | high] = 0.0
+        start[low] = 0
+        start[high] = n_src - 1
+    return np.clip(start, 0, n_src - 1), np.clip(start + 1, 0, n_src - 1), frac
+
+
+def _fixed_weight(weight: np.ndarray) -> np.ndarray:
+    """saturate_cast<short>(w * INTER_RESIZE_COEF_SCALE), INTER_RESIZE_COEF_SCALE = 2048."""
+    scaled = (weight.astype(np.float32) * np.float32(2048.0)).astype(np.float32)
+    return np.clip(np.rint(scaled), -32768, 32767).astype(np.int32)
+
+
+def resize_u8_portable(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """OpenCV's own 8-bit ``INTER_LINEAR`` (resize.cpp, the code x86 runs), in numpy: same size is a
+    copy; exactly half on both axes is the "area fast" 2x2 mean ``(a + b + c + d + 2) >> 2``; else
+    11-bit fixed-point weights, ``h = s0*w0 + s1*w1`` per row, then
+    ``(((b0*(h0 >> 4)) >> 16) + ((b1*(h1 >> 4)) >> 16) + 2) >> 2``. Equal to the CUDA kernel."""
+    src_h, src_w = image.shape[:2]
+    if (width, height) == (src_w, src_h):
+        return image.copy()
+    if src_w == 2 * width and src_h == 2 * height:
+        s = image.astype(np.int32)
+        return ((s[0::2, 0::2] + s[0::2, 1::2] + s[1::2, 0::2] + s[1::2, 1::2] + 2) >> 2).astype(np.uint8)
+    x0, x1, fx = _linear_axis(width, src_w, True)
+    y0, y1, fy = _linear_axis(height, src_h, False)
+    a0, a1 = _fixed_weight(np.float32(1.0) - fx), _fixed_weight(fx)
+    b0, b1 = _fixed_weight(np.float32(1.0) - fy), _fixed_weight(fy)
+    col = (slice(None), None) if image.ndim == 3 else (slice(None),)
+    row = (slice(None), None, None) if image.ndim == 3 else (slice(None), None)
+    rows0, rows1 = image[y0].astype(np.int32), image[y1].astype(np.int32)
+    h0 = rows0[:, x0] * a0[col] + rows0[:, x1] * a1[col]
+    h1 = rows1[:, x0] * a0[col] + rows1[:, x1] * a1[col]
+    out = (((b0[row] * (h0 >> 4)) >> 16) + ((b1[row] * (h1 >> 4)) >> 16) + 2) >> 2
+    resized: np.ndarray = np.clip(out, 0, 255).astype(np.uint8)
+    return resized
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:

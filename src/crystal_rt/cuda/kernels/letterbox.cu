@@ -22,9 +22,10 @@
 //             (((v0 * (h0 >> 4)) >> 16) + ((v1 * (h1 >> 4)) >> 16) + 2) >> 2.
 //     uint16: float weights (1 - fx, fx); h = s0*w0 + s1*w1, v = h0*v0 + h1*v1 in float32 with
 //             every product and sum rounded, then rint (half to even) and clamp to 16 bit.
-//   fma (last parameter) != 0 reproduces aarch64 OpenCV builds instead (Jetson), whose compiler and
-//   NEON v_muladd fuse: the source coordinate (d + 0.5) * scale - 0.5 is one double FMA, and each
-//   a*b + c*d above is fma(a, b, c*d). 8-bit weights are fixed point either way.
+//   fma (last parameter) != 0 reproduces aarch64 OpenCV builds instead (Jetson) for 16 bit, whose
+//   compiler and NEON v_muladd fuse: the source coordinate (d + 0.5) * scale - 0.5 is one double FMA,
+//   and each a*b + c*d above is fma(a, b, c*d). 8-bit ignores it: there the aarch64 wheels use a HAL,
+//   and crystal-rt's CPU path computes OpenCV's portable 8-bit code itself (crystal_rt/arith.py).
 //   On x86 the opencv-python wheels route 16-bit (and float) linear resize through Intel IPP,
 //   whose arithmetic differs from OpenCV's own in the last bit (16-bit: by 1 for some pixels).
 //   This kernel equals cv2 with cv2.ipp.setUseIPP(False), and cv2 on ARM (Jetson); see the tests.
@@ -95,6 +96,9 @@ __device__ __forceinline__ void letterbox_normalize(const T* __restrict__ src, l
     }
     const double scale_x = axis_scale(src_w, new_w), scale_y = axis_scale(src_h, new_h);
     const long long plane = (long long)out_size * out_size;
+    // 8-bit: one arithmetic everywhere (OpenCV's portable code, which crystal-rt's CPU path computes
+    // itself on aarch64, where cv2's 8-bit resize is a HAL's); fma only for 16-bit (cv2's own code)
+    if (kFixedPoint) fma = 0;
     for (int y = blockIdx.y * blockDim.y + threadIdx.y; y < out_size; y += gridDim.y * blockDim.y) {
         Coord cy = {0, 0, 0.0f};
         if (mode == kLinear && y < new_h) cy = linear_coord(y, scale_y, src_h, false, fma);

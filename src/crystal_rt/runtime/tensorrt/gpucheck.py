@@ -419,8 +419,8 @@ def run_gpu_checks(
 
 def report(checks: list[Check], seconds: float) -> dict[str, Any]:
     """The JSON report: the machine, every check, and whether all passed."""
+    from ...arith import flavour_name, opencv_fma
     from ...cuda.build import nvrtc_version
-    from ...cuda.flavour import flavour_name, opencv_fma
     from ...cuda.probe import probe
     from . import device
 
