@@ -147,6 +147,21 @@ def _nvrtc_row() -> str:
     return f"{_nvrtc()}" + (f": {mismatch}" if mismatch else " (the driver loads what it builds)")
 
 
+def _arithmetic_row() -> str:
+    """The OpenCV arithmetic the kernels follow here, and whether the installed cv2 agrees."""
+    from ..arith import ENV, flavour_name, opencv_fma
+    from ..testing.clahe_reference import opencv_clahe_flavour
+
+    chosen = "fma" if opencv_fma() else "plain"
+    found = opencv_clahe_flavour()
+    agree = (
+        "the installed cv2 computes the same"
+        if found == chosen
+        else (f"but the installed cv2's CLAHE is {found}: set {ENV} to match it")
+    )
+    return f"{flavour_name(opencv_fma())}; {agree}"
+
+
 def machine_rows() -> list[tuple[str, str]]:
     from ..runtime.tensorrt import device
 
@@ -164,6 +179,7 @@ def machine_rows() -> list[tuple[str, str]]:
             _try(lambda: device.package_version("cuda-python") or device.package_version("cuda-bindings")),
         ),
         ("NVRTC", _try(_nvrtc_row)),
+        ("OpenCV arithmetic", _try(_arithmetic_row)),
         ("nvcc", _try(_nvcc)),
         ("ModelOpt", _try(_modelopt)),
     ]
