@@ -334,18 +334,19 @@ def test_results_do_not_depend_on_contraction(emu: EmuClahe) -> None:
 
 
 def test_flavour_follows_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    from crystal_rt.cuda import flavour
+    from crystal_rt import arith
     from crystal_rt.testing.clahe_reference import opencv_clahe_flavour
 
-    monkeypatch.delenv(flavour.ENV, raising=False)
-    monkeypatch.setattr(flavour.platform, "machine", lambda: "aarch64")
-    assert flavour.opencv_fma()
-    monkeypatch.setattr(flavour.platform, "machine", lambda: "x86_64")
-    assert not flavour.opencv_fma()
-    monkeypatch.setenv(flavour.ENV, "1")
-    assert flavour.opencv_fma()
+    monkeypatch.delenv(arith.ENV, raising=False)
+    monkeypatch.setattr(arith.platform, "machine", lambda: "aarch64")
+    assert arith.opencv_fma() and not arith.cv2_u8_resize_is_portable()
+    monkeypatch.setattr(arith.platform, "machine", lambda: "x86_64")
+    assert not arith.opencv_fma() and arith.cv2_u8_resize_is_portable()
+    monkeypatch.setenv(arith.ENV, "aarch64")
+    assert arith.opencv_fma()
+    monkeypatch.undo()
     # the installed cv2 is this machine's OpenCV: its flavour is the machine's
-    expected = "fma" if platform.machine() in flavour.FMA_MACHINES else "plain"
+    expected = "fma" if platform.machine() in arith.AARCH64_MACHINES else "plain"
     assert opencv_clahe_flavour() == expected
 
 
