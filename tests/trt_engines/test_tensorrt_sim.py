@@ -166,7 +166,7 @@ def test_jetson_contexts_share_one_activation_memory(demo_trt_engine: Path, real
         with ThreadPoolExecutor(max_workers=4) as pool:
             results = list(pool.map(lambda _: det.detect(real_images[0]).to_dict()["instances"], range(8)))
         assert all(r == expected for r in results)
-        strategies = {s.context.strategy for s in backend._states}  # type: ignore[attr-defined]
+        strategies = {s.handle.strategy for s in backend._states}  # type: ignore[attr-defined]
         assert strategies == {ExecutionContextAllocationStrategy.USER_MANAGED}
     with simulated_gpu(), Detector.load(demo_trt_engine) as det:
         assert not det.backend.shares_activations  # type: ignore[attr-defined]
