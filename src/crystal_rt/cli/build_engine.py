@@ -24,9 +24,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=("auto", "onnxruntime", "tensorrt"),
+        choices=("auto", "onnxruntime", "tensorrt", "onnxruntime-trt", "onnxruntime-cuda"),
         default="auto",
-        help="auto (default): TensorRT where it is installed and a GPU is present, else ONNX Runtime",
+        help="auto (default): TensorRT where it is installed and a GPU is usable, else ONNX Runtime's "
+        "TensorRT provider, else its CUDA provider (onnxruntime-gpu), else ONNX Runtime on the CPU; each "
+        "choice is printed with its reason",
     )
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument("--name", help="engine name (default: the model file's name)")
@@ -80,7 +82,7 @@ def tensorrt_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import CrystalRtError
-    from ..runtime.build import build_engine, resolve_backend
+    from ..runtime.build import build_engine, choose_backend
     from .console import console, err_console, info
 
     calib_options = {
@@ -93,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.calib is not None and args.precision != "int8":
         raise CrystalRtError(f"--calib calibrates for --precision int8, not {args.precision}")
+    backend, reason = choose_backend(args.backend)
+    if args.backend == "auto":
+        info(f"--backend auto chose {backend}: {reason}")
     # TensorRT draws its own progress bar (rich allows one live display at a time).
-    tensorrt = resolve_backend(args.backend) == "tensorrt"
+    tensorrt = backend == "tensorrt"
     status = (
         contextlib.nullcontext()
         if tensorrt
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = build_engine(
             args.model,
             args.output,
-            backend=args.backend,
+            backend=backend,
             precision=args.precision,
             name=args.name,
             threads=args.threads,

@@ -1,9 +1,11 @@
-"""The one place crystal-rt gets its GPU API modules: cuda-python's driver and TensorRT.
+"""The one place crystal-rt gets its GPU API modules: cuda-python's driver, TensorRT, and ONNX Runtime
+for its GPU execution providers.
 
-Every GPU call in crystal-rt goes through :func:`driver` (``cuda.bindings.driver``) or
-:func:`tensorrt` (the ``tensorrt`` module), so that :func:`crystal_rt.testing.simulated_gpu` can put
-a stand-in behind both for the length of a ``with`` block (process-wide: the service's worker
-threads see it too) while the host code itself runs unchanged. Nothing is imported at module load.
+Every GPU call in crystal-rt goes through :func:`driver` (``cuda.bindings.driver``), TensorRT's
+loader (``runtime/tensorrt/modules.py``, via :func:`override`) or :func:`onnxruntime_gpu`, so that
+:func:`crystal_rt.testing.simulated_gpu` can put a stand-in behind them for the length of a ``with``
+block (process-wide: the service's worker threads see it too) while the host code itself runs
+unchanged. Nothing is imported at module load.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ _OVERRIDES: dict[str, ModuleType] = {}
 
 DRIVER = "cuda.bindings.driver"
 TENSORRT = "tensorrt"
+ONNXRUNTIME_GPU = "onnxruntime"  # only for the GPU execution providers; the CPU backend imports it itself
 
 
 def driver(purpose: str = "Running the CUDA kernels") -> ModuleType:
@@ -43,6 +46,14 @@ def driver_if_installed() -> ModuleType | None:
         return None
 
 
+def onnxruntime_gpu(purpose: str = "Running an ONNX Runtime GPU engine") -> ModuleType:
+    """``onnxruntime`` (onnxruntime-gpu's) for the CUDA and TensorRT providers, or its stand-in."""
+    module = _OVERRIDES.get(ONNXRUNTIME_GPU)
+    if module is not None:
+        return module
+    return require("onnxruntime", purpose, package="onnxruntime-gpu", extra="gpu-cu13")
+
+
 def override(name: str) -> ModuleType | None:
     """The stand-in for ``name`` (``"cuda.bindings.driver"`` or ``"tensorrt"``) in force, if any."""
     return _OVERRIDES.get(name)
@@ -51,7 +62,7 @@ def override(name: str) -> ModuleType | None:
 @contextmanager
 def overridden(modules: dict[str, ModuleType]) -> Iterator[None]:
     """Use ``modules`` (by real module name) instead of the real ones inside the block; not nestable."""
-    unknown = set(modules) - {DRIVER, TENSORRT}
+    unknown = set(modules) - {DRIVER, TENSORRT, ONNXRUNTIME_GPU}
     if unknown:
         raise ValueError(f"cannot stand in for {', '.join(sorted(unknown))}")
     with _LOCK:

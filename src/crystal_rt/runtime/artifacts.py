@@ -180,7 +180,9 @@ class Manifest:
 
     def rebuild_hint(self) -> str:
         out = self.path.parent if self.path else Path("engines")
-        return f"rebuild it here: crystal-rt build-engine {self.source_onnx} -o {out}"
+        backend = f" --backend {self.backend}" if self.backend != "onnxruntime" else ""
+        precision = f" --precision {self.precision}" if self.precision != "fp32" else ""
+        return f"rebuild it here: crystal-rt build-engine {self.source_onnx} -o {out}{backend}{precision}"
 
 
 def resolve_manifest(location: str | os.PathLike[str]) -> Path:

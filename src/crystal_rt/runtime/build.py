@@ -21,7 +21,7 @@ from .artifacts import Manifest
 if TYPE_CHECKING:
     from ..calibration.metadata import CalibrationInfo
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "onnxruntime-trt", "onnxruntime-cuda")
 PRECISIONS = ("fp32", "fp16", "int8")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
@@ -108,30 +108,42 @@ def build_engine(
             from .tensorrt.build import build_tensorrt
 
             return build_tensorrt(source, out, stem, precision, tensorrt_options, log=say, progress=progress)
+        if backend in ("onnxruntime-trt", "onnxruntime-cuda"):
+            from .ort_gpu_build import build_ort_gpu
+
+            return build_ort_gpu(source, out, stem, backend, precision, say)
         return _build_onnxruntime(source, out, stem, precision, threads, Path(tmp), say)
 
 
 def choose_backend(backend: str) -> tuple[str, str]:
-    """The backend to build for and why. ``auto``: TensorRT where it is installed and a GPU is usable,
-    else ONNX Runtime; but a GPU that is present and unusable (driver trouble) is refused in one
-    sentence rather than silently built for the CPU."""
+    """The backend to build for and why. ``auto``, in this order: TensorRT (installed, GPU usable),
+    ONNX Runtime's TensorRT provider, its CUDA provider (where they really load), the CPU. A GPU that
+    is present and unusable (driver trouble) is refused in one sentence rather than silently built
+    for the CPU."""
     if backend != "auto":
         return backend, "asked for"
     from ..cuda.probe import probe
+    from .backends.ort_providers import CUDA_EP, TRT_EP
+    from .backends.ort_providers import probe as provider_loads
     from .tensorrt.modules import tensorrt_installed
 
     state = probe()
-    if not tensorrt_installed():
-        why = "TensorRT is not installed" + (" (a GPU is present)" if state.usable else "")
-        return "onnxruntime", why
-    if state.usable:
-        return "tensorrt", f"TensorRT is installed and the GPU is usable ({state.message})"
-    if state.present:
+    if state.present and not state.usable:
         raise BackendUnavailable(
             f"an NVIDIA GPU is present but unusable: {state.message}; fix the driver, or build for the CPU "
             "with --backend onnxruntime"
         )
-    return "onnxruntime", f"TensorRT is installed but there is no GPU ({state.message})"
+    if not state.usable:
+        return "onnxruntime", f"no GPU ({state.message})"
+    if tensorrt_installed():
+        return "tensorrt", f"TensorRT is installed and the GPU is usable ({state.message})"
+    trt_ok, trt_why = provider_loads(TRT_EP)
+    if trt_ok:
+        return "onnxruntime-trt", f"TensorRT is not installed, ONNX Runtime's {TRT_EP} loads"
+    cuda_ok, cuda_why = provider_loads(CUDA_EP)
+    if cuda_ok:
+        return "onnxruntime-cuda", f"TensorRT is not installed; {trt_why}; ONNX Runtime's {CUDA_EP} loads"
+    return "onnxruntime", f"a GPU is usable but TensorRT is not installed, and {cuda_why}"
 
 
 def resolve_backend(backend: str) -> str:

@@ -214,6 +214,12 @@ def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
                 f"this engine was built with {built}, this machine has {here}; {manifest.rebuild_hint()}",
                 path=manifest.path,
             )
+    elif manifest.backend in ("onnxruntime-cuda", "onnxruntime-trt"):
+        from .ort_gpu_build import check_ort_gpu_manifest, open_ort_gpu
+
+        check_ort_gpu_manifest(manifest)
+        _check_engine_file(manifest, Path(engine))
+        return open_ort_gpu(manifest)  # type: ignore[no-any-return]
     elif manifest.backend == "tensorrt":
         from .tensorrt.backend import TensorRTBackend
         from .tensorrt.compat import check_manifest

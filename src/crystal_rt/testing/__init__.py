@@ -11,8 +11,9 @@
             result = det.detect("drop.png")        # CLAHE, letterbox, engine, paste "on the GPU"
         print(result.devices, gpu.kernels_launched())
 
-Inside the block, crystal-rt's calls to ``cuda.bindings.driver`` and ``tensorrt`` go to stand-ins
-(:mod:`.sim_driver`, :mod:`.sim_tensorrt`) while crystal-rt's host code runs unchanged:
+Inside the block, crystal-rt's calls to ``cuda.bindings.driver``, ``tensorrt`` and onnxruntime-gpu's
+CUDA/TensorRT providers go to stand-ins (:mod:`.sim_driver`, :mod:`.sim_tensorrt`,
+:mod:`.sim_onnxruntime`) while crystal-rt's host code runs unchanged:
 
 What it proves: the host code (buffer sizes, pitches, pointer arguments, launch geometry, stream
 order, synchronisation, per-thread contexts, resource release, error handling), the CUDA kernels
@@ -87,11 +88,18 @@ def simulated_gpu(
     integrated: bool = False,
     tensorrt: bool = True,
     tensorrt_version: str = SIMULATED_TENSORRT_VERSION,
+    onnxruntime_providers: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider"),
+    broken_providers: dict[str, str] | None = None,
 ) -> Iterator[SimulatedGpu]:
     """Run crystal-rt's GPU path (CUDA kernels, and TensorRT engines unless ``tensorrt=False``) on
-    the CPU inside the block; see the module docstring for what it does and does not prove."""
+    the CPU inside the block; see the module docstring for what it does and does not prove.
+
+    ``onnxruntime_providers``: the GPU execution providers of the stand-in onnxruntime-gpu (empty: a
+    CPU-only onnxruntime); ``broken_providers``: provider -> the loader message it logs before ONNX
+    Runtime falls back to the CPU (e.g. a missing libcudnn)."""
     from ..cuda import binding
     from .sim_driver import SimulatedDriver
+    from .sim_onnxruntime import SimulatedOnnxRuntime
     from .sim_tensorrt import SimulatedTensorRT
 
     major, _, minor = compute_capability.partition(".")
@@ -106,6 +114,9 @@ def simulated_gpu(
     trt = SimulatedTensorRT(driver, tensorrt_version).module() if tensorrt else None
     if trt is not None:
         modules[binding.TENSORRT] = trt
+    modules[binding.ONNXRUNTIME_GPU] = SimulatedOnnxRuntime(
+        driver, onnxruntime_providers, broken_providers or {}
+    )
     with binding.overridden(modules):
         yield SimulatedGpu(driver, trt)
 
