@@ -68,6 +68,13 @@ def _onnxruntime() -> str | None:
     return f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
 
 
+def _gpu_providers() -> str:
+    """Which of ONNX Runtime's GPU providers really load (a session is made with each)."""
+    from ..runtime.backends.ort_providers import available
+
+    return "; ".join(f"{name}: {'loads' if ok else why}" for name, (ok, why) in available().items())
+
+
 def _nvrtc() -> str:
     from ..cuda.build import nvrtc_version
 
@@ -174,6 +181,7 @@ def machine_rows() -> list[tuple[str, str]]:
         ("TensorRT", _try(device.tensorrt_version)),
         ("TensorRT-RTX", _try(_rtx)),
         ("ONNX Runtime", _try(_onnxruntime)),
+        ("ONNX Runtime GPU providers", _try(_gpu_providers)),
         (
             "cuda-python",
             _try(lambda: device.package_version("cuda-python") or device.package_version("cuda-bindings")),
@@ -200,8 +208,15 @@ def build_rows() -> list[tuple[str, str]]:
         trt_state = "no: needs " + " and ".join(
             n for n, have in (("TensorRT", trt), ("an NVIDIA GPU", gpu)) if not have
         )
+    from ..runtime.backends.ort_providers import CUDA_EP, TRT_EP, probe
+
     rows = [
         ("onnxruntime fp32 / int8", "yes" if ort else 'no: pip install "crystal-rt[cpu]"'),
+        ("onnxruntime-trt fp32 / fp16", "yes" if gpu and probe(TRT_EP)[0] else f"no: {probe(TRT_EP)[1]}"),
+        (
+            "onnxruntime-cuda fp32 (fp16 from AutoCast)",
+            "yes" if gpu and probe(CUDA_EP)[0] else f"no: {probe(CUDA_EP)[1]}",
+        ),
         ("tensorrt fp32 / fp16 / int8", trt_state),
         ("tensorrt-rtx ahead of time (checks only)", _try(_rtx, default="no: pip install tensorrt-rtx-cu13")),
         ("CUDA kernels (NVRTC CUBIN)", _try(_kernel_archs)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,7 +104,7 @@ def _reason(provider: str, log: str, error: Exception | None = None) -> str:
     return f"{provider} did not load; ONNX Runtime fell back to the CPU{detail}"
 
 
-_PROBED: dict[tuple[int, str], tuple[bool, str]] = {}
+_PROBED: weakref.WeakKeyDictionary[Any, dict[str, tuple[bool, str]]] = weakref.WeakKeyDictionary()
 
 
 def probe(provider: str) -> tuple[bool, str]:
@@ -113,10 +114,10 @@ def probe(provider: str) -> tuple[bool, str]:
         ort = _ort()
     except Exception as exc:  # MissingDependency: no onnxruntime at all
         return False, str(exc)
-    key = (id(ort), provider)
-    if key not in _PROBED:
-        _PROBED[key] = _probe(ort, provider)
-    return _PROBED[key]
+    known = _PROBED.setdefault(ort, {})
+    if provider not in known:
+        known[provider] = _probe(ort, provider)
+    return known[provider]
 
 
 def _probe(ort: Any, provider: str) -> tuple[bool, str]:
