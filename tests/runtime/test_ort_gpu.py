@@ -18,12 +18,19 @@ GPU = "cuda:0"
 BACKENDS = ("onnxruntime-cuda", "onnxruntime-trt")
 
 
+def _skip_without_simulation() -> None:
+    from crystal_rt.testing import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def ort_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from conftest import simulated_gpu_or_skip
     from crystal_rt.cli.demo import demo_model
 
-    simulated_gpu_or_skip()
+    _skip_without_simulation()
     out = tmp_path_factory.mktemp("ort-gpu")
     with simulated_gpu(tensorrt=False):
         for backend in BACKENDS:
@@ -95,6 +102,7 @@ def test_a_provider_that_cannot_load_is_named(ort_engines: dict[str, Path], tmp_
 
 
 def test_auto_prefers_tensorrt_then_its_provider_then_cuda_then_cpu() -> None:
+    _skip_without_simulation()
     with simulated_gpu():
         assert choose_backend("auto")[0] == "tensorrt"
     with simulated_gpu(tensorrt=False):
@@ -108,10 +116,9 @@ def test_auto_prefers_tensorrt_then_its_provider_then_cuda_then_cpu() -> None:
 
 
 def test_precision_routes_are_refused_in_one_sentence(tmp_path: Path) -> None:
-    from conftest import simulated_gpu_or_skip
     from crystal_rt.cli.demo import demo_model
 
-    simulated_gpu_or_skip()
+    _skip_without_simulation()
     with simulated_gpu(tensorrt=False):
         with pytest.raises(BackendUnavailable, match="does not take INT8"):
             build_engine(demo_model(), tmp_path / "a", backend="onnxruntime-cuda", precision="int8")
