@@ -72,7 +72,7 @@ def main() -> int:
     if not images:
         print(f"no images in {args.images}", file=sys.stderr)
         return 2
-    spec = PreprocessSpec(input_size=INPUT_SIZE)
+    spec = PreprocessSpec.paper(input_size=INPUT_SIZE)
     model_spec = ModelSpec(arch=args.arch, num_classes=2, max_detections=100, score_threshold=THRESHOLD)
     torch.manual_seed(args.seed)
     model = build_maskrcnn(args.arch, 2, preprocess=spec, max_detections=100)

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from crystal_rt.runtime.detector import STAGES, Detector
     from crystal_rt.spec import ModelSpec, PreprocessSpec
 
-    spec = PreprocessSpec(input_size=INPUT_SIZE)
+    spec = PreprocessSpec.paper(input_size=INPUT_SIZE)
     model_spec = ModelSpec(arch=ARCH, num_classes=NUM_CLASSES, max_detections=100, score_threshold=THRESHOLD)
     torch.manual_seed(args.seed)
     model = build_maskrcnn(ARCH, NUM_CLASSES, preprocess=spec, max_detections=model_spec.max_detections)

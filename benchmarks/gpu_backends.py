@@ -101,7 +101,7 @@ def run(args: argparse.Namespace, base: dict[str, Any], gpu: str) -> dict[str, A
     from crystal_rt.spec import ModelSpec, PreprocessSpec
 
     images = list_images([args.images])
-    spec = PreprocessSpec(input_size=INPUT_SIZE)
+    spec = PreprocessSpec.paper(input_size=INPUT_SIZE)
     model_spec = ModelSpec(arch=args.arch, num_classes=2, max_detections=100, score_threshold=THRESHOLD)
     torch.manual_seed(args.seed)
     model = build_maskrcnn(args.arch, 2, preprocess=spec, max_detections=100)

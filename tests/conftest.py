@@ -137,7 +137,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
-    pre = PreprocessSpec(input_size=TINY_SIZE)
+    pre = PreprocessSpec.paper(input_size=TINY_SIZE)
     spec = ModelSpec(arch=TINY_ARCH, num_classes=2, max_detections=TINY_K)
     model = build_maskrcnn(TINY_ARCH, 2, preprocess=pre, max_detections=TINY_K, **TINY_OPTIONS)
     checkpoint = save_checkpoint(root / "tiny.pt", model, spec, pre, model_kwargs=TINY_OPTIONS)

@@ -10,8 +10,13 @@ from crystal_rt.errors import CrystalRtError, InvalidSpec
 from crystal_rt.spec import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Clahe,
+    Intensity,
     ModelSpec,
+    ModelTransform,
+    Normalize,
     PreprocessSpec,
+    Resize,
     default_class_names,
 )
 
@@ -20,56 +25,123 @@ from crystal_rt.spec import (
 
 def test_preprocess_defaults_match_design() -> None:
     spec = PreprocessSpec()
-    assert spec.clahe is True
-    assert spec.clip_limit == 2.0
-    assert spec.tile_grid == (8, 8)
-    assert spec.input_size == 512
+    assert spec == PreprocessSpec.paper()
+    assert spec.clahe == Clahe(2.0, (8, 8))
+    assert spec.resize == Resize("letterbox", 512, 512)
+    assert spec.intensity == Intensity("bit_depth")
+    assert spec.normalize == Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    assert spec.input_size == 512 and spec.input_hw == spec.image_hw == (512, 512)
     assert spec.mean == IMAGENET_MEAN == (0.485, 0.456, 0.406)
     assert spec.std == IMAGENET_STD == (0.229, 0.224, 0.225)
+    assert spec.is_paper_shaped and spec.clahe_first and spec.preset_name == "paper"
 
 
 @pytest.mark.parametrize(
     "spec",
     [
         PreprocessSpec(),
-        PreprocessSpec(clahe=False),
-        PreprocessSpec(clip_limit=3.5, tile_grid=(4, 16), input_size=1024),
-        PreprocessSpec(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), tile_grid=(1, 1)),
+        PreprocessSpec.paper(clahe=False),
+        PreprocessSpec.paper(clip_limit=3.5, tile_grid=(4, 16), input_size=1024),
+        PreprocessSpec.paper(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), tile_grid=(1, 1)),
+        PreprocessSpec.paper(input_size=(384, 640)),
+        PreprocessSpec.chimp(),
+        PreprocessSpec.chimp(clip_limit=1.0, input_size=(676, 844)),
+        PreprocessSpec((Resize("stretch", 256, 320), Intensity("bit_depth"), Normalize())),
+        PreprocessSpec(
+            (Clahe(), Resize("letterbox", 300, 301), Intensity("minmax"), ModelTransform(512, 512))
+        ),
     ],
 )
 def test_preprocess_json_round_trip(spec: PreprocessSpec) -> None:
     text = spec.to_json()
     data = json.loads(text)
-    # JSON has no tuples: the file holds lists ...
-    assert data["tile_grid"] == list(spec.tile_grid)
-    assert isinstance(data["tile_grid"], list)
-    assert isinstance(data["mean"], list)
-    # ... and they come back as tuples, so that equality and hashing hold.
+    assert data["recipe_version"] == 2
+    assert [step["op"] for step in data["steps"]] == [step.op for step in spec.steps]
+    # JSON has no tuples: the file holds lists, and they come back as tuples (equality and hashing hold)
     back = PreprocessSpec.from_json(text)
     assert back == spec
     assert hash(back) == hash(spec)
-    assert isinstance(back.tile_grid, tuple)
-    assert isinstance(back.mean, tuple)
-    assert isinstance(back.std, tuple)
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    if back.clahe is not None:
+        assert isinstance(back.clahe.tile_grid, tuple)
+    assert isinstance(back.mean, tuple) and isinstance(back.std, tuple)
 
 
-def test_preprocess_from_dict_normalises_lists_to_tuples() -> None:
-    spec = PreprocessSpec.from_dict({"tile_grid": [4, 4], "mean": [0, 0, 0], "std": [1, 1, 1]})
-    assert spec.tile_grid == (4, 4)
-    assert spec.mean == (0.0, 0.0, 0.0)
-    assert all(isinstance(v, float) for v in spec.mean + spec.std)
-    assert spec == PreprocessSpec(tile_grid=(4, 4), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+def test_version_1_specs_load_as_the_paper_recipe() -> None:
+    """Specs written by earlier crystal-rt (ONNX metadata, manifests) are flat objects."""
+    v1 = {
+        "clahe": True,
+        "clip_limit": 3.0,
+        "tile_grid": [4, 4],
+        "input_size": 256,
+        "mean": [0, 0, 0],
+        "std": [1, 1, 1],
+    }
+    spec = PreprocessSpec.from_dict(v1)
+    assert spec == PreprocessSpec.paper(
+        clip_limit=3.0, tile_grid=(4, 4), input_size=256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+    )
+    assert PreprocessSpec.from_dict({"clahe": False}) == PreprocessSpec.paper(clahe=False)
+    assert PreprocessSpec.from_dict({}) == PreprocessSpec()
+    # the demo model shipped with crystal-rt carries a version-1 spec
+    onnx = pytest.importorskip("onnx")
+    from crystal_rt.cli.demo import demo_model
+
+    meta = {p.key: p.value for p in onnx.load(str(demo_model())).metadata_props}
+    assert PreprocessSpec.from_json(meta["crystal_rt.spec"]).preset_name == "paper"
 
 
-def test_preprocess_to_json_is_stable() -> None:
-    assert PreprocessSpec().to_json() == PreprocessSpec().to_json()
-    assert list(json.loads(PreprocessSpec().to_json())) == sorted(json.loads(PreprocessSpec().to_json()))
+def test_chimp_recipe_shapes() -> None:
+    spec = PreprocessSpec.chimp()
+    assert [s.op for s in spec.steps] == ["resize", "clahe", "intensity", "model_transform"]
+    assert spec.resize == Resize("stretch", 1352, 1688)
+    assert spec.clahe == Clahe(2.5, (12, 12))
+    assert spec.image_hw == (800, 998)  # torchvision: 1352x1688 * 800/1352
+    assert spec.input_hw == (800, 1024)  # padded to a multiple of 32
+    assert not spec.is_paper_shaped and spec.preset_name == "chimp"
+    assert PreprocessSpec.preset("chimp", clip_limit=1.5).clahe == Clahe(1.5, (12, 12))
+    with pytest.raises(InvalidSpec, match="preset"):
+        PreprocessSpec.preset("yolo")
+
+
+@pytest.mark.parametrize(
+    ("h", "w"), [(1352, 1688), (1024, 1224), (2028, 2532), (512, 512), (333, 1999), (801, 800)]
+)
+def test_model_transform_sizes_match_torchvision(h: int, w: int) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    transform = GeneralizedRCNNTransform(800, 1333, list(IMAGENET_MEAN), list(IMAGENET_STD)).eval()
+    images, _ = transform([torch.zeros(3, h, w)])
+    step = ModelTransform()
+    assert step.resized_hw(h, w) == tuple(images.image_sizes[0])
+    assert step.padded_hw(*step.resized_hw(h, w)) == tuple(images.tensors.shape[-2:])
+
+
+def test_with_overrides() -> None:
+    spec = PreprocessSpec.chimp().with_overrides(clip_limit=4.0, input_size=(676, 844))
+    assert spec.clahe == Clahe(4.0, (12, 12)) and spec.resize == Resize("stretch", 676, 844)
+    assert [s.op for s in spec.steps] == ["resize", "clahe", "intensity", "model_transform"]  # order kept
+    off = PreprocessSpec().with_overrides(clahe=False)
+    assert off.clahe is None and off == PreprocessSpec.paper(clahe=False)
+    on = off.with_overrides(tile_grid=(4, 4))
+    assert on.clahe == Clahe(2.0, (4, 4)) and on.clahe_first
+    assert PreprocessSpec().with_overrides(input_size=1024).input_hw == (1024, 1024)
+
+
+def test_describe_lists_the_steps_and_the_input() -> None:
+    lines = PreprocessSpec.chimp().describe()
+    assert len(lines) == 5
+    assert lines[0].startswith("1. resize: stretch to 1352 x 1688")
+    assert "min-max" in lines[2] or "min)" in lines[2]
+    assert lines[-1] == "engine input: 1 x 3 x 800 x 1024 (image 800 x 998, zero padding below/right)"
 
 
 def test_preprocess_specs_differ() -> None:
-    assert PreprocessSpec(clip_limit=2.0) != PreprocessSpec(clip_limit=3.0)
-    assert PreprocessSpec(tile_grid=(8, 8)) != PreprocessSpec(tile_grid=(8, 4))
+    assert PreprocessSpec.paper(clip_limit=2.0) != PreprocessSpec.paper(clip_limit=3.0)
+    assert PreprocessSpec.paper(tile_grid=(8, 8)) != PreprocessSpec.paper(tile_grid=(8, 4))
+    assert PreprocessSpec.chimp() != PreprocessSpec.paper()
 
 
 @pytest.mark.parametrize(
@@ -92,16 +164,60 @@ def test_preprocess_specs_differ() -> None:
 )
 def test_preprocess_invalid_values(kwargs: dict) -> None:
     with pytest.raises(InvalidSpec):
-        PreprocessSpec(**kwargs)
-    # The same through from_dict (as lists, the way JSON delivers them).
+        PreprocessSpec.paper(**kwargs)
+    # The same through a version-1 dict (as lists, the way JSON delivers them).
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
     with pytest.raises(InvalidSpec):
         PreprocessSpec.from_dict(data)
 
 
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [],
+        [{"op": "resize", "mode": "letterbox", "height": 512, "width": 512}],
+        [{"op": "intensity", "mode": "bit_depth"}, {"op": "normalize"}],
+        [
+            {"op": "resize", "mode": "zoom", "height": 512, "width": 512},
+            {"op": "intensity"},
+            {"op": "normalize"},
+        ],
+        [
+            {"op": "resize", "height": 512, "width": 512},
+            {"op": "intensity", "mode": "gamma"},
+            {"op": "normalize"},
+        ],
+        [{"op": "resize", "height": 500, "width": 512}, {"op": "intensity"}, {"op": "normalize"}],
+        [
+            {"op": "resize", "height": 512, "width": 512},
+            {"op": "intensity"},
+            {"op": "clahe"},
+            {"op": "normalize"},
+        ],
+        [{"op": "clahe"}, {"op": "resize"}, {"op": "clahe"}, {"op": "intensity"}, {"op": "normalize"}],
+        [{"op": "resize"}, {"op": "intensity"}, {"op": "normalize"}, {"op": "normalize"}],
+        [{"op": "sharpen"}],
+        [{"op": "resize", "height": "512"}, {"op": "intensity"}, {"op": "normalize"}],
+        [{"op": "resize", "colour": 1}, {"op": "intensity"}, {"op": "normalize"}],
+        [{"op": "resize"}, {"op": "intensity"}, {"op": "model_transform", "min_size": 0}],
+        ["resize"],
+    ],
+)
+def test_bad_recipes_are_one_invalid_spec(steps: list) -> None:
+    with pytest.raises(InvalidSpec):
+        PreprocessSpec.from_dict({"recipe_version": 2, "steps": steps})
+
+
+def test_newer_recipe_versions_are_refused() -> None:
+    with pytest.raises(InvalidSpec, match="upgrade crystal-rt"):
+        PreprocessSpec.from_dict({"recipe_version": 3, "steps": []})
+
+
 def test_preprocess_unknown_key() -> None:
     with pytest.raises(InvalidSpec, match="bogus"):
         PreprocessSpec.from_dict({"input_size": 512, "bogus": 1})
+    with pytest.raises(InvalidSpec, match="bogus"):
+        PreprocessSpec.from_dict({"recipe_version": 2, "steps": [], "bogus": 1})
 
 
 @pytest.mark.parametrize("text", ["", "{", "not json", "{'input_size': 512}"])

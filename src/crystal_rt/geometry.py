@@ -1,7 +1,8 @@
 """The arithmetic every stage and kernel shares (no dependency on anything but the spec and numpy).
 
 * the core graph's input and output names;
-* the letterbox size and scale, and mapping a network-input box back to the image;
+* the resize's size and scales (letterbox or stretch), and mapping a network-input box back to the
+  image through every resize of the recipe (:class:`InputMap`);
 * the normalisation constants (per-channel float32 gain and bias) the CPU and the letterbox kernel use;
 * the expanded box of mask pasting, which the CPU paste and the paste kernel's layout share.
 """
@@ -9,11 +10,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .spec import PreprocessSpec
+from .spec import PreprocessSpec, Resize
 
 #: the core ONNX graph's input and its four fixed-size outputs (DESIGN.md, "Core ONNX contract")
 CORE_INPUT = "images"
@@ -22,18 +24,71 @@ CORE_OUTPUTS: tuple[str, str, str, str] = ("boxes", "scores", "labels", "masks")
 Box = tuple[float, float, float, float]
 
 
-def letterbox_size(height: int, width: int, size: int) -> tuple[float, int, int]:
-    """``(scale, new_w, new_h)``: scale = S / max(H, W), sizes rounded half up, at least 1."""
-    scale = size / max(height, width)
-    new_w = min(size, max(1, int(width * scale + 0.5)))
-    new_h = min(size, max(1, int(height * scale + 0.5)))
+def letterbox_size(height: int, width: int, size: int | tuple[int, int]) -> tuple[float, int, int]:
+    """``(scale, new_w, new_h)`` of a letterbox into S x S (or H x W): scale = min(H / h, W / w),
+    sizes rounded half up, at least 1."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    scale = out_h / height if out_h / height < out_w / width else out_w / width
+    new_w = min(out_w, max(1, int(width * scale + 0.5)))
+    new_h = min(out_h, max(1, int(height * scale + 0.5)))
     return scale, new_w, new_h
 
 
-def map_box(box: Sequence[float], scale: float, height: int, width: int) -> Box | None:
-    """A network-input box (x1, y1, x2, y2) in image pixels: divided by the letterbox scale and clipped
-    to the image; None when nothing of it is in the image (it lies in the letterbox padding)."""
-    x1, y1, x2, y2 = (float(v) / scale for v in box)
+@dataclass(frozen=True)
+class InputMap:
+    """How engine-input pixels map back to the image: ``x_image = (x * ratio_x) / scale_x``.
+
+    ``ratio_x/y`` is the model transform's float32 ratio (torchvision's ``resize_boxes``: resize-step
+    size / transformed size; 1 without one), ``scale_x/y`` the resize step's (resized / image size;
+    the letterbox's one scale on both axes). ``new_w/new_h`` is the resized image inside the canvas."""
+
+    scale_x: float
+    scale_y: float
+    new_w: int
+    new_h: int
+    ratio_x: float = 1.0
+    ratio_y: float = 1.0
+
+    @property
+    def scale(self) -> float:
+        """The letterbox scale (the paper recipe's: both axes alike)."""
+        return self.scale_x
+
+
+def resize_map(height: int, width: int, step: Resize) -> InputMap:
+    """The resize step's sizes and scales for an ``height x width`` image."""
+    if step.mode == "letterbox":
+        scale, new_w, new_h = letterbox_size(height, width, step.hw)
+        return InputMap(scale, scale, new_w, new_h)
+    return InputMap(step.width / width, step.height / height, step.width, step.height)
+
+
+def input_map(height: int, width: int, spec: PreprocessSpec) -> InputMap:
+    """The whole recipe's :class:`InputMap` for an ``height x width`` image."""
+    base = resize_map(height, width, spec.resize)
+    if spec.transform is None:
+        return base
+    (rh, rw), (th, tw) = spec.resize.hw, spec.image_hw
+    return InputMap(
+        base.scale_x,
+        base.scale_y,
+        base.new_w,
+        base.new_h,
+        ratio_x=float(np.float32(rw) / np.float32(tw)),
+        ratio_y=float(np.float32(rh) / np.float32(th)),
+    )
+
+
+def map_box(box: Sequence[float], mapping: InputMap | float, height: int, width: int) -> Box | None:
+    """A network-input box (x1, y1, x2, y2) in image pixels through ``mapping`` (or a letterbox
+    scale), clipped to the image; None when nothing of it is in the image (it lies in the padding)."""
+    m = mapping if isinstance(mapping, InputMap) else InputMap(mapping, mapping, 0, 0)
+    if m.ratio_x != 1.0 or m.ratio_y != 1.0:  # torchvision's resize_boxes: float32 products
+        b = np.asarray(box, dtype=np.float32)
+        r = np.array([m.ratio_x, m.ratio_y, m.ratio_x, m.ratio_y], dtype=np.float32)
+        box = [float(v) for v in b * r]
+    x1, x2 = (float(v) / m.scale_x for v in (box[0], box[2]))
+    y1, y2 = (float(v) / m.scale_y for v in (box[1], box[3]))
     mapped = (
         min(max(x1, 0.0), float(width)),
         min(max(y1, 0.0), float(height)),

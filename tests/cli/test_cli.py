@@ -136,7 +136,11 @@ def test_inspect(tiny, capsys):
     assert main(["inspect", str(tiny.engine_dir)]) == 0
     assert json.loads(capsys.readouterr().out)["backend"] == "onnxruntime"
     assert main(["inspect", str(tiny.onnx)]) == 0
-    assert json.loads(capsys.readouterr().out)["preprocess"]["input_size"] == tiny.size
+    data = json.loads(capsys.readouterr().out)
+    resize = next(step for step in data["preprocess"]["steps"] if step["op"] == "resize")
+    assert (resize["height"], resize["width"]) == (tiny.size, tiny.size)
+    assert data["recipe"][-1] == f"engine input: 1 x 3 x {tiny.size} x {tiny.size}"
+    assert data["recipe"][0].startswith("1. CLAHE clip 2")
 
 
 def _heavy_modules_after(snippet: str, modules: tuple[str, ...]) -> list[str]:

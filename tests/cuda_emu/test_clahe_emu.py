@@ -386,12 +386,12 @@ def test_colour_real_images(emu: EmuClahe, real_images: list[Path], name: str) -
     rgb = _read_rgb8(REAL_DIR / name)
     spec = PreprocessSpec()
     want = apply_clahe(rgb, spec)
-    _assert_equal(emu.colour_clahe(rgb, spec.clip_limit, spec.tile_grid), want, f"{name} RGB")
+    _assert_equal(emu.colour_clahe(rgb, spec.clahe.clip_limit, spec.clahe.tile_grid), want, f"{name} RGB")
 
 
 def test_colour_random(emu: EmuClahe) -> None:
     rgb = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    spec = PreprocessSpec(clip_limit=3.0, tile_grid=(4, 3))
+    spec = PreprocessSpec.paper(clip_limit=3.0, tile_grid=(4, 3))
     _assert_equal(emu.colour_clahe(rgb, 3.0, (4, 3)), apply_clahe(rgb, spec), "random RGB")
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from crystal_rt.cuda.launch import letterbox_launch
-from crystal_rt.runtime.preprocess import letterbox, normalize
-from crystal_rt.spec import PreprocessSpec
+from crystal_rt.runtime.preprocess import normalize, preprocess, resize
+from crystal_rt.spec import Intensity, Normalize, PreprocessSpec, Resize
 from crystal_rt.testing.emulator.kernels import EmulatedModule
 
 from .harness import emulated_module_or_skip
@@ -43,8 +43,7 @@ class EmuLetterbox:
         # a pitched source (extra columns of garbage) exercises the pitch argument
         src = np.full((h, w + pad_cols, *img.shape[2:]), 123, img.dtype)
         src[:, :w] = img
-        size = spec.input_size
-        out = np.full((1, 3, size, size), np.nan, np.float32)
+        out = np.full((1, 3, *spec.input_hw), np.nan, np.float32)
         launch, scale = letterbox_launch(
             src.ctypes.data,
             src.strides[0],
@@ -68,8 +67,8 @@ def emu() -> EmuLetterbox:
 
 
 def reference(img: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, float]:
-    canvas, scale = letterbox(img, spec.input_size)
-    return normalize(canvas, spec), scale
+    canvas, mapping = resize(img, spec.resize)
+    return normalize(canvas, spec), mapping.scale
 
 
 def random_image(rng: np.random.Generator, h: int, w: int, dtype: type, rgb: bool) -> np.ndarray:
@@ -85,9 +84,9 @@ def random_image(rng: np.random.Generator, h: int, w: int, dtype: type, rgb: boo
 
 
 def check(emu: EmuLetterbox, img: np.ndarray, spec: PreprocessSpec) -> None:
-    got, scale = emu(img, spec)
+    got, mapping = emu(img, spec)
     want, want_scale = reference(img, spec)
-    assert scale == want_scale
+    assert mapping.scale == want_scale
     assert not np.isnan(got).any(), "every output element must be written"
     diff = float(np.abs(got - want).max())
     assert diff <= TOL, f"{img.shape} {img.dtype}: max |gpu - cpu| = {diff}"
@@ -117,7 +116,7 @@ SHAPES = [
 @pytest.mark.parametrize(("h", "w", "size"), SHAPES)
 def test_letterbox_matches_cpu(emu: EmuLetterbox, h: int, w: int, size: int, dtype: type, rgb: bool) -> None:
     rng = np.random.default_rng(h * 1000 + w + size + (7 if rgb else 0))
-    check(emu, random_image(rng, h, w, dtype, rgb), PreprocessSpec(input_size=size))
+    check(emu, random_image(rng, h, w, dtype, rgb), PreprocessSpec.paper(input_size=size))
 
 
 def test_letterbox_random_sizes(emu: EmuLetterbox) -> None:
@@ -126,13 +125,13 @@ def test_letterbox_random_sizes(emu: EmuLetterbox) -> None:
         size = int(rng.choice([32, 64, 96]))
         h, w = (int(v) for v in rng.integers(1, 3 * size, 2))
         dtype = np.uint16 if i % 2 else np.uint8
-        check(emu, random_image(rng, h, w, dtype, bool(i % 3 == 0)), PreprocessSpec(input_size=size))
+        check(emu, random_image(rng, h, w, dtype, bool(i % 3 == 0)), PreprocessSpec.paper(input_size=size))
 
 
 def test_letterbox_exact_2x_uses_area_path(emu: EmuLetterbox) -> None:
     """cv2 switches INTER_LINEAR to its 2x2-mean "area fast" code for exact 2x: (a+b+c+d+2)>>2."""
     rng = np.random.default_rng(5)
-    spec = PreprocessSpec(input_size=32)
+    spec = PreprocessSpec.paper(input_size=32)
     for dtype in (np.uint8, np.uint16):
         for h, w in ((64, 64), (64, 18), (22, 64)):
             img = random_image(rng, h, w, dtype, False)
@@ -148,7 +147,7 @@ def test_letterbox_exact_2x_uses_area_path(emu: EmuLetterbox) -> None:
 
 
 def test_letterbox_custom_mean_std(emu: EmuLetterbox) -> None:
-    spec = PreprocessSpec(input_size=64, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 0.125))
+    spec = PreprocessSpec.paper(input_size=64, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 0.125))
     rng = np.random.default_rng(9)
     check(emu, random_image(rng, 45, 70, np.uint16, True), spec)
     check(emu, random_image(rng, 45, 70, np.uint8, False), spec)
@@ -163,3 +162,32 @@ def test_letterbox_real_images(emu: EmuLetterbox, real_images: list[Path]) -> No
         check(emu, img, spec)
         # the 16-bit path on the same content
         check(emu, img.astype(np.uint16) * 257, spec)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16], ids=["u8", "u16"])
+@pytest.mark.parametrize(
+    ("h", "w", "out_h", "out_w"), [(50, 70, 32, 64), (70, 50, 96, 32), (64, 96, 32, 64), (9, 3, 64, 32)]
+)
+def test_rectangular_letterbox_and_stretch(
+    emu: EmuLetterbox, h: int, w: int, out_h: int, out_w: int, dtype: type
+) -> None:
+    """A non-square engine input: letterbox into H x W, and a stretch to exactly H x W (the recipe's
+    resize step), each equal to the CPU's preprocess; the map back is the CPU's."""
+    rng = np.random.default_rng(h + w + out_h)
+    for mode in ("letterbox", "stretch"):
+        spec = PreprocessSpec((Resize(mode, out_h, out_w), Intensity("bit_depth"), Normalize()))
+        for rgb in (False, True):
+            img = random_image(rng, h, w, dtype, rgb)
+            got, mapping = emu(img, spec)
+            pre = preprocess(img, spec)
+            assert mapping == pre.mapping
+            assert not np.isnan(got).any()
+            assert float(np.abs(got - pre.tensor).max()) <= TOL, (mode, rgb)
+
+
+def test_recipes_the_kernel_does_not_compute_are_refused() -> None:
+    from crystal_rt.errors import BackendUnavailable
+
+    img = np.zeros((10, 10), np.uint8)
+    with pytest.raises(BackendUnavailable, match="CPU"):
+        letterbox_launch(img.ctypes.data, 10, 10, 10, 1, np.uint8, PreprocessSpec.chimp(), 0)

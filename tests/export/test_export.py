@@ -43,7 +43,7 @@ def test_core_graph_contract(tiny):
 
 def test_metadata_round_trip(tiny):
     meta = {p.key: p.value for p in onnx.load(str(tiny.onnx)).metadata_props}
-    assert PreprocessSpec.from_json(meta[SPEC_METADATA_KEY]) == PreprocessSpec(input_size=tiny.size)
+    assert PreprocessSpec.from_json(meta[SPEC_METADATA_KEY]) == PreprocessSpec.paper(input_size=tiny.size)
     spec = ModelSpec.from_json(meta[MODEL_METADATA_KEY])
     assert spec.arch == tiny.arch
     assert spec.max_detections == tiny.k

@@ -205,7 +205,7 @@ def test_gpu_preprocessor_through_fake_driver(
     from crystal_rt.cuda.launch import DeviceBuffer, GpuPreprocessor, download
 
     sim, stream = fake_cuda
-    spec = PreprocessSpec(input_size=64, clahe=grid is not None, tile_grid=grid or (8, 8))
+    spec = PreprocessSpec.paper(input_size=64, clahe=grid is not None, tile_grid=grid or (8, 8))
     rng = np.random.default_rng(0)
     h, w = 45, 70
     top = 255 if dtype == np.uint8 else 65535
@@ -221,7 +221,7 @@ def test_gpu_preprocessor_through_fake_driver(
     channels = 3 if rgb else 1
     scale = pre(src.ptr, img.strides[0], h, w, dtype, channels, out.ptr, stream=stream)
     got = download(out.ptr, out.nbytes, stream).view(np.float32).reshape(1, 3, 64, 64)
-    assert scale == 64 / 70
+    assert scale.scale == 64 / 70
     assert float(np.abs(got - _cpu_preprocess(img, spec)).max()) <= 1e-6
     expected = ["crt_letterbox_normalize_u8" if dtype == np.uint8 else "crt_letterbox_normalize_u16"]
     if grid is not None:
@@ -242,7 +242,7 @@ def test_gpu_preprocessor_rejects_16bit_rgb_clahe(fake_cuda) -> None:
     from crystal_rt.cuda.launch import GpuPreprocessor
     from crystal_rt.errors import BackendUnavailable
 
-    pre = GpuPreprocessor(PreprocessSpec(input_size=64))
+    pre = GpuPreprocessor(PreprocessSpec.paper(input_size=64))
     with pytest.raises(BackendUnavailable, match="16-bit RGB"):
         pre(1, 60, 10, 10, np.uint16, 3, 2)
     pre.close()

@@ -83,7 +83,7 @@ def test_letterbox_on_device(cuda: Any, dtype: Any, rgb: bool) -> None:
         (17, 250, 64),
         (999, 1281, 512),
     ]:
-        spec = PreprocessSpec(input_size=size, clahe=False)
+        spec = PreprocessSpec.paper(input_size=size, clahe=False)
         img = random_image(rng, h, w, dtype, rgb)
         got = run_letterbox(cuda, module, img, spec)
         diff = float(np.abs(got - cpu_reference(img, spec)).max())
@@ -95,7 +95,7 @@ def test_letterbox_real_images(cuda: Any, real_images: list[Path]) -> None:
     from crystal_rt.io.decode import read_image
 
     module = cuda.Module("letterbox")
-    spec = PreprocessSpec(clahe=False)
+    spec = PreprocessSpec.paper(clahe=False)
     for path in real_images:
         img = read_image(path)
         assert float(np.abs(run_letterbox(cuda, module, img, spec) - cpu_reference(img, spec)).max()) <= TOL
@@ -132,7 +132,7 @@ def test_paste_on_device(cuda: Any) -> None:
 def test_preprocessor_with_clahe(cuda: Any, dtype: Any) -> None:
     from crystal_rt.cuda.launch import GpuPreprocessor
 
-    spec = PreprocessSpec(input_size=256)
+    spec = PreprocessSpec.paper(input_size=256)
     pre = GpuPreprocessor(spec)
     rng = np.random.default_rng(3)
     driver = pytest.importorskip("cuda.bindings.driver")
@@ -172,7 +172,7 @@ def test_preprocessor_rgb(cuda: Any) -> None:
         src = upload(cuda, img)
         pitch = 90 * 3 * img.dtype.itemsize
         for clahe in (True, False):
-            spec = PreprocessSpec(input_size=64, clahe=clahe)
+            spec = PreprocessSpec.paper(input_size=64, clahe=clahe)
             pre = GpuPreprocessor(spec)
             if clahe and dtype == np.uint16:
                 with pytest.raises(BackendUnavailable):
@@ -192,7 +192,7 @@ def test_external_stream_handles(cuda: Any) -> None:
     err, stream = driver.cuStreamCreate(0)
     assert err == driver.CUresult.CUDA_SUCCESS
     module = cuda.Module("letterbox")
-    spec = PreprocessSpec(input_size=64, clahe=False)
+    spec = PreprocessSpec.paper(input_size=64, clahe=False)
     img = random_image(np.random.default_rng(5), 50, 70, np.uint8, False)
     want = cpu_reference(img, spec)
 

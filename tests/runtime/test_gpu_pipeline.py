@@ -87,10 +87,8 @@ def test_gpu_pipeline_equals_onnxruntime_engine(
 
 
 def test_clahe_off_is_skipped_on_every_path(sim_gpu, demo_trt_engine: Path, real_images) -> None:
-    import dataclasses
-
     with Detector.load(demo_trt_engine) as det:
-        det.preprocess = dataclasses.replace(det.preprocess, clahe=False)
+        det.preprocess = det.preprocess.with_overrides(clahe=False)
         gpu = det.detect(real_images[0])
         cpu = det.detect(real_images[0], stages="cpu")
         assert gpu.devices["clahe"] == cpu.devices["clahe"] == "skipped"

@@ -62,7 +62,7 @@ def test_clahe_gray_bit_exact(
         rng.integers(0, top + 1, size=shape, dtype=np.int64).astype(dtype),
         _smooth_image(rng, shape, dtype, top * 0.2, top * 0.45),
     ):
-        spec = PreprocessSpec(clip_limit=clip, tile_grid=grid)
+        spec = PreprocessSpec.paper(clip_limit=clip, tile_grid=grid)
         before = image.copy()
         ours = apply_clahe(image, spec)
         ref = cv2.createCLAHE(clipLimit=clip, tileGridSize=grid).apply(image)
@@ -86,7 +86,7 @@ def test_clahe_rgb_uint8_equals_lab_l_channel(
     rng = _rng(7)
     image = _smooth_image(rng, (*shape, 3), np.uint8, 40, 200)
     before = image.copy()
-    ours = apply_clahe(image, PreprocessSpec(clip_limit=clip, tile_grid=grid))
+    ours = apply_clahe(image, PreprocessSpec.paper(clip_limit=clip, tile_grid=grid))
 
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
     l_chan, a_chan, b_chan = cv2.split(lab)
@@ -121,7 +121,7 @@ def test_clahe_rgb_is_not_bgr() -> None:
     ],
 )
 def test_clahe_off_returns_input(image: np.ndarray) -> None:
-    out = apply_clahe(image, PreprocessSpec(clahe=False))
+    out = apply_clahe(image, PreprocessSpec.paper(clahe=False))
     assert out.dtype == image.dtype
     np.testing.assert_array_equal(out, image)
 
@@ -286,8 +286,8 @@ def _reference_normalize(canvas: np.ndarray, spec: PreprocessSpec) -> np.ndarray
 @pytest.mark.parametrize(
     "spec",
     [
-        PreprocessSpec(input_size=64),
-        PreprocessSpec(input_size=64, mean=(0.1, 0.2, 0.9), std=(0.5, 2.0, 0.05)),
+        PreprocessSpec.paper(input_size=64),
+        PreprocessSpec.paper(input_size=64, mean=(0.1, 0.2, 0.9), std=(0.5, 2.0, 0.05)),
     ],
 )
 def test_normalize(channels: int, dtype: type, spec: PreprocessSpec) -> None:
@@ -315,7 +315,7 @@ def test_normalize(channels: int, dtype: type, spec: PreprocessSpec) -> None:
 
 def test_normalize_channel_order_rgb() -> None:
     """Channel c of the canvas goes to plane c (no BGR swap)."""
-    spec = PreprocessSpec(input_size=32)
+    spec = PreprocessSpec.paper(input_size=32)
     canvas = np.zeros((32, 32, 3), dtype=np.uint8)
     canvas[..., 0] = 255
     out = normalize(canvas, spec)
@@ -324,7 +324,7 @@ def test_normalize_channel_order_rgb() -> None:
 
 
 def test_uint16_scaled_by_65535_not_255() -> None:
-    spec = PreprocessSpec(input_size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    spec = PreprocessSpec.paper(input_size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     canvas = np.full((32, 32), 65535, dtype=np.uint16)
     np.testing.assert_allclose(normalize(canvas, spec), 1.0, atol=1e-6)
     canvas8 = np.full((32, 32), 255, dtype=np.uint8)
@@ -333,7 +333,7 @@ def test_uint16_scaled_by_65535_not_255() -> None:
 
 def test_full_pipeline_matches_reference() -> None:
     """CLAHE -> letterbox -> normalize on an odd-sized gray uint16 image, against cv2 + float64."""
-    spec = PreprocessSpec(input_size=128, clip_limit=2.5, tile_grid=(4, 6))
+    spec = PreprocessSpec.paper(input_size=128, clip_limit=2.5, tile_grid=(4, 6))
     image = _smooth_image(_rng(21), (173, 97), np.uint16, 3000, 9000)
     out = normalize(letterbox(apply_clahe(image, spec), spec.input_size)[0], spec)
 

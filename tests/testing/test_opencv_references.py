@@ -120,7 +120,7 @@ def test_letterbox_kernel_in_both_arithmetics() -> None:
     from crystal_rt.spec import PreprocessSpec
     from crystal_rt.testing.emulator.kernels import emulated_module
 
-    spec = PreprocessSpec(clahe=False, input_size=256)
+    spec = PreprocessSpec.paper(clahe=False, input_size=256)
     module = emulated_module("letterbox")
     rng = np.random.default_rng(5)
     for shape, dtype in (((301, 403), np.uint16), ((150, 203, 3), np.uint16), ((333, 517), np.uint8)):

@@ -86,7 +86,7 @@ def test_a_kernel_writing_past_its_buffer_is_an_illegal_address(drv, sim_gpu: Si
     from crystal_rt.cuda.launch import Module, letterbox_launch
     from crystal_rt.spec import PreprocessSpec
 
-    spec = PreprocessSpec(input_size=64, clahe=False)
+    spec = PreprocessSpec.paper(input_size=64, clahe=False)
     module = Module("letterbox")
     src = int(ok(drv.cuMemAlloc(32 * 32)))
     out = int(ok(drv.cuMemAlloc(3 * 64 * 64 * 4 - 4)))  # one float short
@@ -105,7 +105,7 @@ def test_kernel_pointers_must_be_device_memory(drv) -> None:
     module = Module("letterbox")
     host = np.zeros((32, 32), np.uint8)  # a host array passed where device memory belongs
     out = int(ok(drv.cuMemAlloc(3 * 64 * 64 * 4)))
-    spec = PreprocessSpec(input_size=64)
+    spec = PreprocessSpec.paper(input_size=64)
     launch, _ = letterbox_launch(host.ctypes.data, 32, 32, 32, 1, np.uint8, spec, out)
     with pytest.raises(CudaError, match="ILLEGAL_ADDRESS"):
         module.launch(launch)

@@ -52,7 +52,7 @@ def test_sample_crop_keeps_visible_instances(dataset: Path) -> None:
     from crystal_rt.train.data import cache_image
 
     data = load_coco(dataset)
-    item = cache_image(data, data.images[0].id, PreprocessSpec(input_size=128))
+    item = cache_image(data, data.images[0].id, PreprocessSpec.paper(input_size=128))
     assert item.pixels.dtype == np.float16 and max(item.shape) == 128
     assert len(item.rles) == len(item.labels) == len(item.areas) > 0
     rng = np.random.default_rng(0)

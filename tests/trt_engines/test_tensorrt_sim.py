@@ -211,7 +211,7 @@ def _fp16_io_core(path: Path, size: int = 32, k: int = 4) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     for key, value in (
-        (SPEC_METADATA_KEY, PreprocessSpec(input_size=size).to_json()),
+        (SPEC_METADATA_KEY, PreprocessSpec.paper(input_size=size).to_json()),
         (MODEL_METADATA_KEY, ModelSpec(arch="fp16io", num_classes=2, max_detections=k).to_json()),
     ):
         entry = model.metadata_props.add()

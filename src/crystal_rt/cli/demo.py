@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = build_engine(demo_model(), out / "engine", name="crystals", threads=args.threads, log=info)
     console.print(
         f"engine: {manifest.backend} {manifest.backend_version} {manifest.precision}, "
-        f"{manifest.model.arch} at {manifest.preprocess.input_size} px, "
+        f"{manifest.model.arch} at {'x'.join(map(str, manifest.preprocess.input_hw))} px, "
         f"CLAHE {'on' if manifest.preprocess.clahe else 'off'} -> {manifest.engine_path}",
         highlight=False,
     )

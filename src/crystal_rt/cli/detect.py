@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import RESULT_FORMATS as FORMATS
-from .options import add_stages
+from .options import add_stages, add_um_per_px
 
 
 def parse_formats(text: str) -> list[str]:
@@ -36,6 +36,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
+    add_um_per_px(p)
     p.set_defaults(run=run)
 
 
@@ -62,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
     from .console import console, err_console, latency_table, progress
 
     detector = Detector.load(
-        args.engine, score_threshold=args.score_threshold, threads=args.threads, stages=args.stages
+        args.engine,
+        score_threshold=args.score_threshold,
+        threads=args.threads,
+        stages=args.stages,
+        um_per_px=args.um_per_px,
     )
     paths = list_images(args.inputs)
     if not paths:

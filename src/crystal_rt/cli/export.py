@@ -7,6 +7,42 @@ from pathlib import Path
 from typing import Any
 
 
+def input_size(text: str) -> int | tuple[int, int]:
+    """``S`` or ``HxW`` (the recipe's resize: the letterbox canvas, or the stretch size)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1 or max(values) > 16384:
+        raise argparse.ArgumentTypeError(f"expected S or HxW (e.g. 512 or 1352x1688), got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def tile_grid(text: str) -> tuple[int, int]:
+    """``CxR`` (OpenCV's tileGridSize: columns x rows) or ``N`` (N x N)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1 or max(values) > 256:
+        raise argparse.ArgumentTypeError(
+            f"expected N or CxR with values in 1..256 (e.g. 8 or 12x12), got {text!r}"
+        )
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def clip_limit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1000.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1000] (OpenCV's clipLimit), got {text!r}")
+    return value
+
+
 def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     """Options shared with build-engine when it is given a checkpoint."""
     p.add_argument(
@@ -18,8 +54,20 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, help="classes including the background (inferred if possible)")
     p.add_argument("--class-names", help="comma-separated names, background first")
     p.add_argument(
-        "--input-size", type=int, help="network input S (multiple of 32; default: the checkpoint's, else 512)"
+        "--preset",
+        choices=("paper", "chimp"),
+        help="preprocessing recipe: paper (CLAHE, letterbox to 512, /max, ImageNet; the default for a "
+        "plain state_dict) or chimp (Diamond's CHiMP: stretch to 1352x1688, CLAHE 12x12 clip 2.5 on L, "
+        "min-max, torchvision's 800/1333 transform); default: the checkpoint's recipe",
     )
+    p.add_argument(
+        "--input-size",
+        type=input_size,
+        metavar="S|HxW",
+        help="the recipe's resize: letterbox canvas S (multiple of 32) or HxW, or chimp's stretch size",
+    )
+    p.add_argument("--clip-limit", type=clip_limit, help="CLAHE clip limit (paper 2.0, chimp 2.5)")
+    p.add_argument("--tile-grid", type=tile_grid, metavar="CxR", help="CLAHE grid (paper 8x8, chimp 12x12)")
     p.add_argument("--max-detections", type=int, help="fixed number K of output rows (default 100)")
     p.add_argument(
         "--score-threshold",
@@ -27,27 +75,24 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
         help="operating threshold stored in the model (default: the checkpoint's, else 0.5; "
         "crystal-rt evaluate reports the one with the best F1)",
     )
-    p.add_argument(
-        "--no-clahe", action="store_true", help="for a plain state_dict: the model was trained without CLAHE"
-    )
+    p.add_argument("--no-clahe", action="store_true", help="the model was trained without CLAHE")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
 
 
 def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
-    from ..spec import PreprocessSpec
-
-    options: dict[str, Any] = {
+    return {
         "arch": args.arch,
         "num_classes": args.num_classes,
         "class_names": [s.strip() for s in args.class_names.split(",")] if args.class_names else None,
+        "preset": args.preset,
         "input_size": args.input_size,
+        "clahe": False if args.no_clahe else None,
+        "clip_limit": args.clip_limit,
+        "tile_grid": args.tile_grid,
         "max_detections": args.max_detections,
         "score_threshold": args.score_threshold,
         "validate": not args.no_validate,
     }
-    if args.no_clahe:
-        options["preprocess"] = PreprocessSpec(clahe=False, input_size=args.input_size or 512)
-    return options
 
 
 def add_parser(sub: Any) -> None:
@@ -66,12 +111,16 @@ def run(args: argparse.Namespace) -> int:
 
     with err_console.status(f"exporting {args.checkpoint} ..."):
         result = export_checkpoint(args.checkpoint, args.output, **checkpoint_options(args))
+    h, w = result.preprocess.input_hw
+    recipe = result.preprocess.preset_name or "custom"
+    clahe = "on" if result.preprocess.clahe else "off"
     console.print(
-        f"wrote [bold]{result.path}[/] ({result.num_nodes} nodes, input 1x3x{result.preprocess.input_size}"
-        f"x{result.preprocess.input_size}, K={result.model_spec.max_detections}, "
-        f"CLAHE {'on' if result.preprocess.clahe else 'off'})",
+        f"wrote [bold]{result.path}[/] ({result.num_nodes} nodes, input 1x3x{h}x{w}, "
+        f"K={result.model_spec.max_detections}, recipe {recipe}, CLAHE {clahe})",
         highlight=False,
     )
+    for line in result.preprocess.describe()[:-1]:
+        console.print(f"  {line}", highlight=False, markup=False)
     if result.parity is not None:
         s = result.parity.summary()
         console.print(

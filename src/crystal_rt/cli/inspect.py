@@ -41,5 +41,15 @@ def run(args: argparse.Namespace) -> int:
             "model": model_spec.to_dict(),
             "preprocess": pre.to_dict(),
         }
+    data["recipe"] = _recipe_lines(data.get("preprocess"))
     console.print_json(json.dumps(data))
     return 0
+
+
+def _recipe_lines(preprocess: Any) -> list[str]:
+    """The recipe, one line per step (what ``describe()`` prints), for people reading the JSON."""
+    from ..spec import PreprocessSpec
+
+    if not isinstance(preprocess, dict):
+        return []
+    return PreprocessSpec.from_dict(preprocess).describe()

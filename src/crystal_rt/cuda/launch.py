@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, CudaError, InvalidImage
-from ..geometry import expanded_box, letterbox_size, normalize_constants
+from ..geometry import InputMap, expanded_box, normalize_constants, resize_map
 from ..spec import PreprocessSpec
 
 Dim3 = tuple[int, int, int]
@@ -47,14 +47,15 @@ LETTERBOX_ARGTYPES: tuple[type, ...] = (
     ctypes.c_int,  # channels (1 or 3)
     ctypes.c_int,  # new_w
     ctypes.c_int,  # new_h
-    ctypes.c_int,  # out_size S
+    ctypes.c_int,  # out_w W
+    ctypes.c_int,  # out_h H
     ctypes.c_float,  # gain0
     ctypes.c_float,  # gain1
     ctypes.c_float,  # gain2
     ctypes.c_float,  # bias0
     ctypes.c_float,  # bias1
     ctypes.c_float,  # bias2
-    ctypes.c_void_p,  # out float32 [3, S, S]
+    ctypes.c_void_p,  # out float32 [3, H, W]
     ctypes.c_int,  # fma: aarch64 OpenCV's fused arithmetic (crystal_rt/arith.py)
 )
 #: paste kernel parameters, in order.
@@ -113,8 +114,9 @@ def letterbox_launch(
     block: Dim3 = LETTERBOX_BLOCK,
     max_grid: tuple[int, int] | None = None,
     fma: bool = False,
-) -> tuple[KernelLaunch, float]:
-    """The letterbox + normalise launch for a ``height x width`` image, and the letterbox scale.
+) -> tuple[KernelLaunch, InputMap]:
+    """The letterbox (or stretch) + normalise launch for a ``height x width`` image, and the map back
+    to the image (:class:`~crystal_rt.geometry.InputMap`) of the recipe's resize.
 
     ``max_grid`` caps the grid (the kernel strides over the canvas); the emulator uses it for speed.
     """
@@ -125,15 +127,23 @@ def letterbox_launch(
         raise InvalidImage(f"expected a gray or RGB image, got {channels} channels")
     if height < 1 or width < 1:
         raise InvalidImage(f"empty image {height}x{width}")
-    size = spec.input_size
-    scale, new_w, new_h = letterbox_size(height, width, size)
+    if not spec.is_paper_shaped:
+        raise BackendUnavailable(
+            "the letterbox kernel computes recipes of CLAHE, a resize, bit-depth intensity and "
+            "normalisation; this recipe's float steps run on the CPU"
+        )
+    out_h, out_w = spec.resize.hw
+    mapping = resize_map(height, width, spec.resize)
     gains, biases = normalize_constants(spec, dt)
-    gx, gy = _cdiv(size, block[0]), _cdiv(size, block[1])
+    gx, gy = _cdiv(out_w, block[0]), _cdiv(out_h, block[1])
     if max_grid is not None:
         gx, gy = max(1, min(gx, max_grid[0])), max(1, min(gy, max_grid[1]))
     kernel = "crt_letterbox_normalize_u8" if dt == np.uint8 else "crt_letterbox_normalize_u16"
-    args = (src, src_pitch, width, height, channels, new_w, new_h, size, *gains, *biases, out, int(fma))
-    return KernelLaunch(kernel, (gx, gy, 1), block, args, LETTERBOX_ARGTYPES), scale
+    args = (
+        src, src_pitch, width, height, channels, mapping.new_w, mapping.new_h, out_w, out_h,
+        *gains, *biases, out, int(fma),
+    )  # fmt: skip
+    return KernelLaunch(kernel, (gx, gy, 1), block, args, LETTERBOX_ARGTYPES), mapping
 
 
 @dataclass(frozen=True)
@@ -592,14 +602,14 @@ class GpuPreprocessor:
         channels: int,
         out: int,
         stream: Any = None,
-    ) -> float:
-        """Queue letterbox + normalise of the device image into ``out`` (float32 [1, 3, S, S]);
-        returns the letterbox scale."""
-        launch_spec, scale = letterbox_launch(
+    ) -> InputMap:
+        """Queue letterbox (or stretch) + normalise of the device image into ``out`` (float32
+        [1, 3, H, W]); returns the map back to the image."""
+        launch_spec, mapping = letterbox_launch(
             image, pitch, height, width, channels, dtype, self.spec, out, fma=self.fma
         )
         self.letterbox.launch(launch_spec, stream)
-        return scale
+        return mapping
 
     def __call__(
         self,
@@ -611,9 +621,9 @@ class GpuPreprocessor:
         channels: int,
         out: int,
         stream: Any = None,
-    ) -> float:
+    ) -> InputMap:
         """Queue CLAHE (where the spec has it) then letterbox + normalise of the device image ``src``
-        into ``out`` (float32 [1, 3, S, S]); returns the letterbox scale for postprocessing."""
+        into ``out`` (float32 [1, 3, H, W]); returns the map back to the image for postprocessing."""
         image, pitch = src, src_pitch
         if self.clahe is not None:
             image, pitch = self.clahe_async(src, src_pitch, height, width, dtype, channels, stream)
@@ -632,8 +642,10 @@ class GpuPreprocessor:
     ) -> None:
         from .clahe_plan import APPLY_ARGTYPES, HIST_ARGTYPES, ClahePlan
 
-        assert self.clahe is not None
-        plan = ClahePlan.for_image(height, width, dt, self.spec.clip_limit, self.spec.tile_grid, fma=self.fma)
+        step = self.spec.clahe
+        if self.clahe is None or step is None:
+            raise BackendUnavailable("this recipe has no CLAHE step")
+        plan = ClahePlan.for_image(height, width, dt, step.clip_limit, step.tile_grid, fma=self.fma)
         if plan.scratch_bytes > self._scratch_zeroed:
             scratch = self._scratch.reserve(plan.scratch_bytes)
             driver = _driver()

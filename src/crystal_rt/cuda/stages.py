@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import InputMap
 from ..spec import PreprocessSpec
 from .launch import (
     DeviceBuffer,
@@ -80,20 +81,35 @@ class CudaStages:
         self._image = (out, out_pitch, height, width, dtype, channels)
         self.timer.stop()
 
-    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec, out: int) -> float:
-        """Queue letterbox + normalise into ``out`` (float32 [1, 3, S, S]) of ``pixels`` (uploaded
-        first) or of the image ``clahe`` left on the device; returns the letterbox scale."""
+    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec, out: int) -> InputMap:
+        """Queue letterbox (or stretch) + normalise into ``out`` (float32 [1, 3, H, W]) of ``pixels``
+        (uploaded first) or of the image ``clahe`` left on the device; returns the map back."""
         self.timer.start("letterbox")
         image = self._upload(pixels) if pixels is not None else self._image
         if image is None:
             raise ValueError("letterbox without an image: call clahe() or pass the pixels")
         ptr, pitch, height, width, dtype, channels = image
-        scale = self._preprocessor(spec).letterbox_async(
+        mapping = self._preprocessor(spec).letterbox_async(
             ptr, pitch, height, width, dtype, channels, out, self.stream
         )
         self.timer.stop()
         self._image = None
-        return scale
+        return mapping
+
+    def upload_input(self, tensor: np.ndarray, out: int) -> None:
+        """Queue the copy of an engine input the CPU made (a recipe the kernels do not compute) into
+        ``out``, through page-locked memory (timed as ``upload``)."""
+        self.timer.start("upload")
+        staged = self._staging.view(tensor.shape, tensor.dtype)
+        np.copyto(staged, tensor)
+        driver = _driver()
+        check(
+            driver.cuMemcpyHtoDAsync(
+                out, self._staging.ptr, staged.nbytes, driver.CUstream(as_stream(self.stream))
+            ),
+            "cuMemcpyHtoDAsync",
+        )
+        self.timer.stop()
 
     def paste(
         self, probs: int, m: int, boxes: Sequence[Box], indices: Sequence[int], height: int, width: int

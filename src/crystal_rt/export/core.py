@@ -1,6 +1,6 @@
 """The core graph: a torchvision Mask R-CNN without its transform, with fixed-size outputs.
 
-``CoreMaskRCNN`` takes the already preprocessed ``images`` [1, 3, S, S] and returns K padded
+``CoreMaskRCNN`` takes the already preprocessed ``images`` [1, 3, H, W] and returns K padded
 detections: ``boxes`` [K, 4] (x1, y1, x2, y2 in network-input pixels), ``scores`` [K],
 ``labels`` [K] and ``masks`` [K, 28, 28] (probabilities of the predicted class). Padding rows
 have score 0. There is no GeneralizedRCNNTransform (no input Resize, no normalisation) and no
@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from torchvision.models.detection import MaskRCNN
+
+    from ..spec import PreprocessSpec
 
 OUTPUT_NAMES = ("boxes", "scores", "labels", "masks")
 INPUT_NAME = "images"
@@ -63,23 +65,41 @@ def export_friendly_nms() -> Iterator[None]:
 
 
 class CoreMaskRCNN(nn.Module):
-    """Backbone + RPN + RoI heads of a torchvision Mask R-CNN on a fixed S x S input."""
+    """Backbone + RPN + RoI heads of a torchvision Mask R-CNN on a fixed input.
 
-    def __init__(self, model: MaskRCNN, input_size: int, max_detections: int) -> None:
+    ``image_hw`` is torchvision's ``image_sizes`` entry: the image inside the (zero-padded) input, to
+    which proposals and boxes are clipped (the whole input for the paper recipe; what the model
+    transform resized to, before its padding, for a recipe with one). ``input_hw`` is recorded for
+    reference (an int S means S x S)."""
+
+    def __init__(
+        self,
+        model: MaskRCNN,
+        input_hw: int | tuple[int, int],
+        max_detections: int,
+        image_hw: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = model.backbone
         self.rpn = model.rpn
         self.roi_heads = model.roi_heads
         self.roi_heads.detections_per_img = max_detections
-        self.input_size = input_size
+        hw = (input_hw, input_hw) if isinstance(input_hw, int) else tuple(input_hw)
+        self.input_hw: tuple[int, int] = (int(hw[0]), int(hw[1]))
+        self.image_hw: tuple[int, int] = (
+            self.input_hw if image_hw is None else (int(image_hw[0]), int(image_hw[1]))
+        )
         self.max_detections = max_detections
         self.eval()
+
+    @classmethod
+    def for_recipe(cls, model: MaskRCNN, spec: PreprocessSpec, max_detections: int) -> CoreMaskRCNN:
+        return cls(model, spec.input_hw, max_detections, spec.image_hw)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from torchvision.models.detection.image_list import ImageList
 
-        size = self.input_size
-        image_list = ImageList(images, [(size, size)])
+        image_list = ImageList(images, [self.image_hw])
         features = self.backbone(images)
         proposals, _ = self.rpn(image_list, features)
         detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)

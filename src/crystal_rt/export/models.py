@@ -62,9 +62,10 @@ def build_maskrcnn(
     from torchvision.ops import MultiScaleRoIAlign
 
     spec = preprocess or PreprocessSpec()
+    transform = spec.transform  # the model's own transform, where the recipe keeps it; else a no-op one
     options: dict[str, Any] = {
-        "min_size": spec.input_size,
-        "max_size": spec.input_size,
+        "min_size": transform.min_size if transform else min(spec.input_hw),
+        "max_size": transform.max_size if transform else max(spec.input_hw),
         "image_mean": list(spec.mean),
         "image_std": list(spec.std),
         "box_detections_per_img": max_detections,

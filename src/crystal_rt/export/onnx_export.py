@@ -1,7 +1,7 @@
 """Export a torchvision Mask R-CNN to the core ONNX, lint it, and validate it on ONNX Runtime.
 
-Contract (DESIGN.md): input ``images`` float32 [1, 3, S, S]; outputs ``boxes`` [K, 4],
-``scores`` [K], ``labels`` [K] (int64), ``masks`` [K, 28, 28]; opset 17; ``dynamo=False``;
+Contract (DESIGN.md): input ``images`` float32 [1, 3, H, W] (the recipe's ``input_hw``); outputs
+``boxes`` [K, 4], ``scores`` [K], ``labels`` [K] (int64), ``masks`` [K, 28, 28]; opset 17; ``dynamo=False``;
 no If / Loop / input Resize; PreprocessSpec and ModelSpec in ``metadata_props``.
 """
 
@@ -39,7 +39,8 @@ class ExportResult:
 
 
 def validation_images(size: int) -> list[tuple[str, np.ndarray]]:
-    """Synthetic drops: square, landscape (letterbox padding below) and portrait (padding right).
+    """Synthetic drops: square, landscape (letterbox padding below) and portrait (padding right),
+    ``size`` px on their long side.
 
     No constant image: through random weights it gives a translation-invariant field of near-equal
     scores, where TopK/NMS tie-breaking differs between runtimes. The zero-detection path is
@@ -105,7 +106,7 @@ def export_core_onnx(
     loaded: LoadedModel,
     output: str | Path,
     *,
-    input_size: int | None = None,
+    input_size: int | tuple[int, int] | None = None,
     max_detections: int | None = None,
     validate: bool = True,
     images: Sequence[tuple[str, np.ndarray]] | None = None,
@@ -119,22 +120,18 @@ def export_core_onnx(
     require("torch", "Exporting a model")
     onnx = require("onnx", "Exporting a model")
     output = Path(output)
-    pre = (
-        loaded.preprocess
-        if input_size is None
-        else dataclasses.replace(loaded.preprocess, input_size=input_size)
-    )
+    pre = loaded.preprocess if input_size is None else loaded.preprocess.with_overrides(input_size=input_size)
     spec = (
         loaded.model_spec
         if max_detections is None
         else dataclasses.replace(loaded.model_spec, max_detections=max_detections)
     )
-    core = CoreMaskRCNN(loaded.model, pre.input_size, spec.max_detections)
+    core = CoreMaskRCNN.for_recipe(loaded.model, pre, spec.max_detections)
 
     from ..runtime.detector import Detector
     from ..runtime.preprocess import preprocess
 
-    images = list(images) if images is not None else validation_images(pre.input_size)
+    images = list(images) if images is not None else validation_images(max(pre.resize.hw))
     trace_input = preprocess(images[0][1], pre).tensor
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")

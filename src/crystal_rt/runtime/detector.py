@@ -22,7 +22,7 @@ from ..io.decode import DEFAULT_MAX_PIXELS, read_image
 from ..spec import ModelSpec, PreprocessSpec, specs_from_metadata
 from .artifacts import Manifest, resolve_manifest, sha256_file
 from .backends.base import Backend
-from .pipeline import STAGES, StagePolicy, check_stages, check_threshold, run_pipeline
+from .pipeline import STAGES, StagePolicy, check_stages, check_threshold, check_um_per_px, run_pipeline
 from .result import DetectionResult
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class Detector:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         manifest: Manifest | None = None,
         stages: StagePolicy = "auto",
+        um_per_px: float | None = None,
     ) -> None:
         self.backend = backend
         self._closed = False
@@ -57,6 +58,7 @@ class Detector:
         self.max_pixels = max_pixels
         self.manifest = manifest
         self.stages: StagePolicy = check_stages(stages)
+        self.um_per_px = check_um_per_px(um_per_px)
 
     @property
     def device(self) -> str:
@@ -73,12 +75,15 @@ class Detector:
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         stages: StagePolicy = "auto",
+        um_per_px: float | None = None,
     ) -> Detector:
         """Open an engine (directory, manifest, ``DIR/NAME`` prefix or model file beside its manifest).
 
         ``stages="cpu"`` runs CLAHE, letterbox and paste on the CPU even where the engine offers
-        device stages (a TensorRT engine), e.g. to compare the two paths."""
+        device stages (a TensorRT engine), e.g. to compare the two paths. ``um_per_px`` (the pixel
+        size) adds micrometres to the dispense target of models with a ``drop`` class."""
         check_stages(stages)
+        check_um_per_px(um_per_px)
         if score_threshold is not None:
             check_threshold(score_threshold)
         manifest = Manifest.read(resolve_manifest(engine))
@@ -91,6 +96,7 @@ class Detector:
             max_pixels=max_pixels,
             manifest=manifest,
             stages=stages,
+            um_per_px=um_per_px,
         )
 
     @classmethod
@@ -129,7 +135,7 @@ class Detector:
         from ..export.models import load_checkpoint
 
         loaded = load_checkpoint(path, **overrides)
-        core = CoreMaskRCNN(loaded.model, loaded.preprocess.input_size, loaded.model_spec.max_detections)
+        core = CoreMaskRCNN.for_recipe(loaded.model, loaded.preprocess, loaded.model_spec.max_detections)
         return cls.from_core(core, loaded.model_spec, loaded.preprocess, score_threshold=score_threshold)
 
     # --- running ----------------------------------------------------------------------------
@@ -172,6 +178,7 @@ class Detector:
             stages=self.stages if stages is None else stages,
             name=name,
             decode_ms=decode_ms,
+            um_per_px=self.um_per_px,
         )
 
     def _backend(self) -> Backend:
@@ -194,7 +201,7 @@ class Detector:
     def __repr__(self) -> str:
         return (
             f"Detector(backend={self.backend.name!r}, arch={self.model.arch!r}, "
-            f"input_size={self.preprocess.input_size}, score_threshold={self.score_threshold})"
+            f"input={'x'.join(map(str, self.preprocess.input_hw))}, score_threshold={self.score_threshold})"
         )
 
 

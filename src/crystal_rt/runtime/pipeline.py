@@ -3,10 +3,12 @@
 
 Each stage has a CPU implementation (:mod:`.preprocess`, :mod:`.postprocess`) and, where the backend
 offers a :class:`~.backends.base.DeviceSession` (a TensorRT engine), a device implementation on the
-backend's stream: the raw 8/16-bit image is copied to the device once, CLAHE, letterbox + normalise,
-the engine and the mask paste run there, and only boxes, scores, labels and the pasted crops come
-back. A stage the device has no kernel for (16-bit RGB CLAHE) runs on the CPU alone, and the image
-is uploaded after it. ``stages="cpu"`` runs every stage but the engine on the CPU (parity checks).
+backend's stream: the raw 8/16-bit image is copied to the device once, CLAHE, letterbox (or stretch)
++ normalise, the engine and the mask paste run there, and only boxes, scores, labels and the pasted
+crops come back. A stage the device has no kernel for (16-bit RGB CLAHE) runs on the CPU alone, and
+the image is uploaded after it; a recipe whose steps the kernels do not compute (CLAHE after the
+resize, min-max intensity, the model's own transform: CHiMP's) is preprocessed on the CPU and its
+engine input uploaded. ``stages="cpu"`` runs every stage but the engine on the CPU (parity checks).
 
 Device stage timings come from CUDA events (device time); CPU stages from ``perf_counter``.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from ..errors import InvalidSpec
 from ..spec import ModelSpec, PreprocessSpec
 from .backends.base import Backend
+from .dispense import dispense_target, has_drop_class
 from .postprocess import make_instances, paste_masks, select_detections
 from .preprocess import apply_clahe, check_image, preprocess
 from .result import DetectionResult
@@ -45,6 +48,15 @@ def check_threshold(score_threshold: float, name: str | None = None) -> float:
     return threshold
 
 
+def check_um_per_px(um_per_px: float | None) -> float | None:
+    if um_per_px is None:
+        return None
+    value = float(um_per_px)
+    if not 0.0 < value < 1e6:  # also rejects NaN
+        raise InvalidSpec(f"um_per_px must be a positive pixel size in micrometres, got {um_per_px}")
+    return value
+
+
 def run_pipeline(
     pixels: np.ndarray,
     *,
@@ -55,6 +67,7 @@ def run_pipeline(
     stages: StagePolicy = "auto",
     name: str | None = None,
     decode_ms: float = 0.0,
+    um_per_px: float | None = None,
 ) -> DetectionResult:
     """Detect instances in decoded ``pixels`` (uint8/uint16, (H, W) or (H, W, 3))."""
     check_image(pixels, name)
@@ -69,7 +82,7 @@ def run_pipeline(
         t0 = perf_counter()
         outputs = backend.infer(pre.tensor)
         t1 = perf_counter()
-        kept = select_detections(outputs.boxes, outputs.scores, threshold, pre.scale, height, width)
+        kept = select_detections(outputs.boxes, outputs.scores, threshold, pre.mapping, height, width)
         masks = paste_masks(outputs.masks, kept, height, width)
         timings["engine"] = (t1 - t0) * 1e3
         timings["paste"] = (perf_counter() - t1) * 1e3
@@ -77,29 +90,42 @@ def run_pipeline(
         devices.update(clahe="cpu", letterbox="cpu", engine=backend.device, paste="cpu")
     else:
         session.begin()
-        upload: np.ndarray | None = pixels
-        if spec.clahe and session.can_clahe(pixels, spec):
-            session.clahe(pixels, spec)
-            upload = None
-            devices["clahe"] = session.device
-        elif spec.clahe:
-            t0 = perf_counter()
-            upload = apply_clahe(pixels, spec)
-            timings["clahe"] = (perf_counter() - t0) * 1e3
-            devices["clahe"] = "cpu"
-        scale = session.letterbox(upload, spec)
+        cpu_ms: dict[str, float] = {}
+        if spec.is_paper_shaped:
+            upload: np.ndarray | None = pixels
+            if spec.clahe and session.can_clahe(pixels, spec):
+                session.clahe(pixels, spec)
+                upload = None
+                devices["clahe"] = session.device
+            elif spec.clahe:
+                t0 = perf_counter()
+                upload = apply_clahe(pixels, spec.clahe)
+                cpu_ms["clahe"] = (perf_counter() - t0) * 1e3
+                devices["clahe"] = "cpu"
+            mapping = session.letterbox(upload, spec)
+            devices["letterbox"] = session.device
+        else:  # float steps the kernels do not compute: the CPU makes the input, the device runs the rest
+            pre = preprocess(pixels, spec, cpu_ms)
+            session.set_input(pre.tensor)
+            mapping = pre.mapping
+            devices.update(clahe="cpu", letterbox="cpu")
         boxes, scores, labels = session.run_engine()
         t0 = perf_counter()
-        kept = select_detections(boxes, scores, threshold, scale, height, width)
+        kept = select_detections(boxes, scores, threshold, mapping, height, width)
         select_ms = (perf_counter() - t0) * 1e3
         masks = session.paste(kept, height, width)
-        timings.update(session.timings())
+        device_ms = session.timings()
+        timings.update(device_ms)
+        timings.update(cpu_ms)
+        timings["letterbox"] = timings.get("letterbox", 0.0) + device_ms.get("upload", 0.0)
         timings["paste"] = timings.get("paste", 0.0) + select_ms
-        devices.update(letterbox=session.device, engine=session.device, paste=session.device)
+        devices.update(engine=session.device, paste=session.device)
     if not spec.clahe:
         devices["clahe"] = SKIPPED
         timings["clahe"] = 0.0
     instances = make_instances(kept, masks, scores, labels, model.class_names)
+    with_dispense = has_drop_class(model.class_names)
+    target = dispense_target(instances, height, width, um_per_px) if with_dispense else None
     timings["total"] = decode_ms + (perf_counter() - start) * 1e3
     return DetectionResult(
         width=width,
@@ -108,4 +134,6 @@ def run_pipeline(
         image=name,
         timings_ms={stage: timings.get(stage, 0.0) for stage in STAGES} | {"total": timings["total"]},
         devices={stage: devices[stage] for stage in STAGES},
+        dispense_target=target,
+        reports_dispense=with_dispense,
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import Box, expanded_box, map_box
+from ..geometry import Box, InputMap, expanded_box, map_box
 from .backends.base import CoreOutputs
 from .preprocess import resize_linear
 from .result import Instance, InstanceMask
@@ -75,13 +75,19 @@ def select(scores: np.ndarray, score_threshold: float) -> np.ndarray:
 
 
 def select_detections(
-    boxes: np.ndarray, scores: np.ndarray, score_threshold: float, scale: float, height: int, width: int
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    score_threshold: float,
+    mapping: InputMap | float,
+    height: int,
+    width: int,
 ) -> list[Kept]:
-    """The detections to report, best score first, with their boxes in image pixels; a box that lies
-    entirely in the letterbox padding has nothing in the image and is dropped."""
+    """The detections to report, best score first, with their boxes in image pixels (``mapping``: the
+    recipe's :class:`~crystal_rt.geometry.InputMap`, or a letterbox scale); a box that lies entirely
+    in the padding has nothing in the image and is dropped."""
     kept = []
     for i in select(scores, score_threshold):
-        box = map_box(boxes[i], scale, height, width)
+        box = map_box(boxes[i], mapping, height, width)
         if box is not None:
             kept.append(Kept(int(i), box))
     return kept
@@ -112,7 +118,7 @@ def make_instances(
 def postprocess(
     outputs: CoreOutputs,
     *,
-    scale: float,
+    scale: InputMap | float,
     height: int,
     width: int,
     score_threshold: float,

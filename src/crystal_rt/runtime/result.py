@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..io.rle import crop_to_rle
+
+if TYPE_CHECKING:
+    from .dispense import DispenseTarget
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,16 @@ class DetectionResult:
     image: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     devices: dict[str, str] = field(default_factory=dict)
+    #: for a model with a ``drop`` class: where to dispense (runtime/dispense.py); None: no drop found
+    dispense_target: DispenseTarget | None = None
+    #: whether the model has a ``drop`` class (the JSON then always holds ``dispense_target``)
+    reports_dispense: bool = False
 
     def __len__(self) -> int:
         return len(self.instances)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "image": self.image,
             "width": self.width,
             "height": self.height,
@@ -107,6 +114,9 @@ class DetectionResult:
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "devices": dict(self.devices),
         }
+        if self.reports_dispense:
+            out["dispense_target"] = None if self.dispense_target is None else self.dispense_target.to_dict()
+        return out
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

@@ -193,7 +193,7 @@ def create_app(
 
     def warm() -> float:
         t0 = perf_counter()
-        detector.detect_pixels(warmup_image(detector.preprocess.input_size), name="<warmup>")
+        detector.detect_pixels(warmup_image(max(detector.preprocess.resize.hw)), name="<warmup>")
         return (perf_counter() - t0) * 1e3
 
     @asynccontextmanager

@@ -41,16 +41,22 @@ CORE_OUTPUTS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: height, width, scale_x, scale_y, ratio_x, ratio_y
+META_SIZE = 6
+
+
 # --- the logic the python-backend models run (kept here, so that it is tested without Triton) --
 def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, max_pixels: int, name: str = "<request>") -> Any:
-    """``(images [1, 3, S, S] float32, meta [height, width, scale] float64)`` for encoded image bytes."""
+    """``(images [1, 3, H, W] float32, meta float64 [META_SIZE])`` for encoded image bytes: meta is
+    height, width and the recipe's map back (scale_x, scale_y, ratio_x, ratio_y; geometry.InputMap)."""
     from ..io.decode import read_image
     from ..runtime.preprocess import check_image, preprocess
 
     pixels = read_image(data, max_pixels=max_pixels, name=name)
     check_image(pixels, name)
     pre = preprocess(pixels, spec)
-    meta = np.array([pre.height, pre.width, pre.scale], dtype=np.float64)
+    m = pre.mapping
+    meta = np.array([pre.height, pre.width, m.scale_x, m.scale_y, m.ratio_x, m.ratio_y], dtype=np.float64)
     return pre.tensor, meta
 
 
@@ -58,14 +64,16 @@ def result_json(
     outputs: Any, meta: Any, model: ModelSpec, score_threshold: float, name: str | None = None
 ) -> str:
     """The detection result JSON for the core outputs (boxes, scores, labels, masks) and the meta."""
+    from ..geometry import InputMap
     from ..runtime.backends.base import CoreOutputs
     from ..runtime.postprocess import postprocess
     from ..runtime.result import DetectionResult
 
-    height, width, scale = int(meta[0]), int(meta[1]), float(meta[2])
+    height, width = int(meta[0]), int(meta[1])
+    mapping = InputMap(float(meta[2]), float(meta[3]), 0, 0, float(meta[4]), float(meta[5]))
     instances = postprocess(
         CoreOutputs(*outputs),
-        scale=scale,
+        scale=mapping,
         height=height,
         width=width,
         score_threshold=score_threshold,
@@ -185,9 +193,9 @@ def repository_configs(
     manifest: Manifest, name: str, *, instances: int = 1, gpu: bool = False
 ) -> dict[str, str]:
     """``{model folder: config.pbtxt text}`` for the four models."""
-    size = manifest.preprocess.input_size
+    h, w = manifest.preprocess.input_hw
     k = manifest.model.max_detections
-    image_dims = f"[ 1, 3, {size}, {size} ]"
+    image_dims = f"[ 1, 3, {h}, {w} ]"
     core_outputs = [(n, t, d.format(k=k)) for n, t, d in CORE_OUTPUTS]
     platform = "tensorrt_plan" if manifest.backend == "tensorrt" else "onnxruntime_onnx"
     device = "KIND_GPU" if gpu or manifest.backend == "tensorrt" else "KIND_CPU"
@@ -195,9 +203,9 @@ def repository_configs(
     core += _io("input", [("images", "TYPE_FP32", image_dims)]) + _io("output", core_outputs)
     pre = _header(f"{name}_pre", 'backend: "python"', instances, "KIND_CPU")
     pre += _io("input", [("IMAGE", "TYPE_STRING", "[ 1 ]")])
-    pre += _io("output", [("images", "TYPE_FP32", image_dims), ("META", "TYPE_FP64", "[ 3 ]")])
+    pre += _io("output", [("images", "TYPE_FP32", image_dims), ("META", "TYPE_FP64", f"[ {META_SIZE} ]")])
     post = _header(f"{name}_post", 'backend: "python"', instances, "KIND_CPU")
-    post += _io("input", [*core_outputs, ("META", "TYPE_FP64", "[ 3 ]")])
+    post += _io("input", [*core_outputs, ("META", "TYPE_FP64", f"[ {META_SIZE} ]")])
     post += _io("output", [("RESULT", "TYPE_STRING", "[ 1 ]")])
     post += (
         'parameters {\n  key: "score_threshold"\n  value {\n'

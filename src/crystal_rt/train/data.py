@@ -55,7 +55,7 @@ def prepare_image(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray,
     """CLAHE (per spec) then resize by the letterbox scale: float16 [0, 1], and the scale."""
     canvas, scale = letterboxed(pixels, spec)  # the engine's own CLAHE and resize
     height, width = pixels.shape[:2]
-    _, new_w, new_h = letterbox_size(height, width, spec.input_size)
+    _, new_w, new_h = letterbox_size(height, width, spec.resize.hw)
     content = canvas[:new_h, :new_w]
     top = 65535.0 if content.dtype == np.uint16 else 255.0
     return (content.astype(np.float32) / np.float32(top)).astype(np.float16), scale

@@ -87,7 +87,7 @@ class TrainConfig:
         return {**(SLIM if self.slim else {}), **self.model_kwargs}
 
     def preprocess(self) -> PreprocessSpec:
-        return PreprocessSpec(
+        return PreprocessSpec.paper(
             clahe=self.clahe, clip_limit=self.clip_limit, tile_grid=self.tile_grid, input_size=self.input_size
         )
 
@@ -210,7 +210,7 @@ def validate(
     from ..runtime.detector import Detector
 
     snapshot = copy.deepcopy(model).cpu().eval()
-    core = CoreMaskRCNN(snapshot, config.input_size, config.max_detections)
+    core = CoreMaskRCNN.for_recipe(snapshot, config.preprocess(), config.max_detections)
     detector = Detector.from_core(core, model_spec, config.preprocess())
     report, _ = evaluate_detector(detector, dataset, ids, score_threshold=config.score_threshold)
     return report

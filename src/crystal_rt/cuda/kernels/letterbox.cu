@@ -1,11 +1,12 @@
-// letterbox.cu - letterbox resize + gray->3 channels + ImageNet normalisation + HWC->NCHW, one pass.
+// letterbox.cu - letterbox (or stretch) resize + gray->3 channels + normalisation + HWC->NCHW, one pass.
 //
-// Writes the engine input float32 [1, 3, S, S] directly. Pixel (x, y) of the S x S canvas is
+// Writes the engine input float32 [1, 3, H, W] directly (out_h x out_w; a stretch is the letterbox
+// with new_w = out_w and new_h = out_h). Pixel (x, y) of the canvas is
 //   inside the resized image (x < new_w, y < new_h):  r = resize(src)(x, y, c)  (integer, like
 //                                                      cv2.resize(src, (new_w, new_h), INTER_LINEAR))
 //   in the black padding:                               r = 0
 //   out[c][y][x] = r * gain[c] + bias[c]   (float32, two rounded operations, never an FMA)
-// which equals crystal_rt.runtime.preprocess.normalize(letterbox(src, S)) on the CPU.
+// which equals crystal_rt.runtime.preprocess.normalize(resize(src, step)) on the CPU.
 //
 // The resize reproduces OpenCV's portable (non-IPP) INTER_LINEAR code path, chosen as cv2 does:
 //   * same size                       -> copy;
@@ -31,8 +32,8 @@
 //   This kernel equals cv2 with cv2.ipp.setUseIPP(False), and cv2 on ARM (Jetson); see the tests.
 //
 // Source: uint8 or uint16, gray (channels = 1) or interleaved RGB (channels = 3), rows `src_pitch`
-// bytes apart. Launch: any 2-D grid/block (grid-stride loops over the S x S canvas), e.g.
-// block (32, 8), grid (ceil(S / 32), ceil(S / 8)).
+// bytes apart. Launch: any 2-D grid/block (grid-stride loops over the H x W canvas), e.g.
+// block (32, 8), grid (ceil(W / 32), ceil(H / 8)).
 #include "common.cuh"
 #include "resize.cuh"
 
@@ -85,7 +86,7 @@ __device__ __forceinline__ int resized_value(const T* src, long long pitch, int 
 
 template <typename T, bool kFixedPoint>
 __device__ __forceinline__ void letterbox_normalize(const T* __restrict__ src, long long src_pitch, int src_w,
-                                                    int src_h, int channels, int new_w, int new_h, int out_size,
+                                                    int src_h, int channels, int new_w, int new_h, int out_w, int out_h,
                                                     float gain0, float gain1, float gain2, float bias0, float bias1,
                                                     float bias2, float* __restrict__ out, int fma) {
     int mode = kLinear;
@@ -95,14 +96,14 @@ __device__ __forceinline__ void letterbox_normalize(const T* __restrict__ src, l
         mode = kArea2;
     }
     const double scale_x = axis_scale(src_w, new_w), scale_y = axis_scale(src_h, new_h);
-    const long long plane = (long long)out_size * out_size;
+    const long long plane = (long long)out_w * out_h;
     // 8-bit: one arithmetic everywhere (OpenCV's portable code, which crystal-rt's CPU path computes
     // itself on aarch64, where cv2's 8-bit resize is a HAL's); fma only for 16-bit (cv2's own code)
     if (kFixedPoint) fma = 0;
-    for (int y = blockIdx.y * blockDim.y + threadIdx.y; y < out_size; y += gridDim.y * blockDim.y) {
+    for (int y = blockIdx.y * blockDim.y + threadIdx.y; y < out_h; y += gridDim.y * blockDim.y) {
         Coord cy = {0, 0, 0.0f};
         if (mode == kLinear && y < new_h) cy = linear_coord(y, scale_y, src_h, false, fma);
-        for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < out_size; x += gridDim.x * blockDim.x) {
+        for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < out_w; x += gridDim.x * blockDim.x) {
             int r0 = 0, r1 = 0, r2 = 0;
             if (x < new_w && y < new_h) {
                 Coord cx = {0, 0, 0.0f};
@@ -117,7 +118,7 @@ __device__ __forceinline__ void letterbox_normalize(const T* __restrict__ src, l
                     r2 = resized_value<T, kFixedPoint>(src, src_pitch, 3, mode, x, y, cx, cy, 2, fma);
                 }
             }
-            const long long o = (long long)y * out_size + x;
+            const long long o = (long long)y * out_w + x;
             out[o] = __fadd_rn(__fmul_rn((float)r0, gain0), bias0);
             out[plane + o] = __fadd_rn(__fmul_rn((float)r1, gain1), bias1);
             out[2 * plane + o] = __fadd_rn(__fmul_rn((float)r2, gain2), bias2);
@@ -127,22 +128,22 @@ __device__ __forceinline__ void letterbox_normalize(const T* __restrict__ src, l
 
 }  // namespace crt_lb
 
-// uint8 source (gray or interleaved RGB) -> float32 [3, S, S].
+// uint8 source (gray or interleaved RGB) -> float32 [3, H, W].
 extern "C" __global__ void
     crt_letterbox_normalize_u8(const uint8_t* __restrict__ src, long long src_pitch, int src_w, int src_h,
-                               int channels, int new_w, int new_h, int out_size, float gain0, float gain1,
+                               int channels, int new_w, int new_h, int out_w, int out_h, float gain0, float gain1,
                                float gain2, float bias0, float bias1, float bias2, float* __restrict__ out,
                                int fma) {
-    crt_lb::letterbox_normalize<uint8_t, true>(src, src_pitch, src_w, src_h, channels, new_w, new_h, out_size,
+    crt_lb::letterbox_normalize<uint8_t, true>(src, src_pitch, src_w, src_h, channels, new_w, new_h, out_w, out_h,
                                                 gain0, gain1, gain2, bias0, bias1, bias2, out, fma);
 }
 
-// uint16 source (gray or interleaved RGB) -> float32 [3, S, S].
+// uint16 source (gray or interleaved RGB) -> float32 [3, H, W].
 extern "C" __global__ void
     crt_letterbox_normalize_u16(const uint16_t* __restrict__ src, long long src_pitch, int src_w, int src_h,
-                                int channels, int new_w, int new_h, int out_size, float gain0, float gain1,
+                                int channels, int new_w, int new_h, int out_w, int out_h, float gain0, float gain1,
                                 float gain2, float bias0, float bias1, float bias2, float* __restrict__ out,
                                 int fma) {
-    crt_lb::letterbox_normalize<uint16_t, false>(src, src_pitch, src_w, src_h, channels, new_w, new_h, out_size,
+    crt_lb::letterbox_normalize<uint16_t, false>(src, src_pitch, src_w, src_h, channels, new_w, new_h, out_w, out_h,
                                                   gain0, gain1, gain2, bias0, bias1, bias2, out, fma);
 }

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
+    from ...geometry import InputMap
     from ...spec import PreprocessSpec
     from ..postprocess import Kept
     from ..result import InstanceMask
@@ -26,8 +27,9 @@ class DeviceSession(ABC):
     """One thread's device stages on one stream (see :mod:`crystal_rt.runtime.pipeline`).
 
     The pipeline calls, per image: ``begin``; ``clahe`` (raw image to the device, CLAHE there) or
-    nothing (the CPU ran it); ``letterbox`` (the image, uploaded first when given, letterboxed and
-    normalised into the engine's input); ``run_engine`` (the engine, then the boxes, scores and
+    nothing (the CPU ran it); ``letterbox`` (the image, uploaded first when given, letterboxed or
+    stretched and normalised into the engine's input) - or, for a recipe the kernels do not compute,
+    ``set_input`` (the engine input the CPU made); ``run_engine`` (the engine, then the boxes, scores and
     labels back to the host); ``paste`` (the kept detections' masks pasted on the device, crops
     back); ``timings``.
     Each method brackets its own device work with CUDA events: ``timings()`` gives device time per
@@ -47,9 +49,13 @@ class DeviceSession(ABC):
     def clahe(self, pixels: np.ndarray, spec: PreprocessSpec) -> None: ...
 
     @abstractmethod
-    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec) -> float:
-        """Letterbox + normalise into the engine input: ``pixels`` (uploaded first), or the image the
-        ``clahe`` stage left on the device (None). Returns the letterbox scale."""
+    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec) -> InputMap:
+        """Letterbox (or stretch) + normalise into the engine input: ``pixels`` (uploaded first), or
+        the image the ``clahe`` stage left on the device (None). Returns the map back to the image."""
+
+    @abstractmethod
+    def set_input(self, tensor: np.ndarray) -> None:
+        """Upload an engine input the CPU made (float32 [1, 3, H, W])."""
 
     @abstractmethod
     def run_engine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,7 +70,7 @@ class DeviceSession(ABC):
 
 
 class Backend(ABC):
-    """Runs the core graph on a preprocessed [1, 3, S, S] float32 batch."""
+    """Runs the core graph on a preprocessed [1, 3, H, W] float32 batch."""
 
     name: str = "backend"
     #: where the engine runs ("cpu", "cuda:0", ...)

@@ -31,6 +31,7 @@ from .base import Backend, CoreOutputs, DeviceSession
 if TYPE_CHECKING:
     from ...cuda.launch import DeviceBuffer, PinnedBuffer
     from ...cuda.stages import CudaStages
+    from ...geometry import InputMap
     from ...spec import PreprocessSpec
     from ..postprocess import Kept
 
@@ -232,15 +233,26 @@ class DeviceEngineSession(DeviceSession):
     def clahe(self, pixels: np.ndarray, spec: PreprocessSpec) -> None:
         self.state.stages.clahe(pixels, spec)
 
-    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec) -> float:
-        size = spec.input_size
-        if self.backend.shapes[CORE_INPUT] != (1, 3, size, size):
+    def _check_input(self, spec: PreprocessSpec) -> None:
+        h, w = spec.input_hw
+        if self.backend.shapes[CORE_INPUT] != (1, 3, h, w):
             raise InvalidModel(
-                f"the engine's input is {self.backend.shapes[CORE_INPUT]}, the spec's letterbox makes "
-                f"(1, 3, {size}, {size})",
+                f"the engine's input is {self.backend.shapes[CORE_INPUT]}, the recipe makes (1, 3, {h}, {w})",
                 path=self.backend.path,
             )
+
+    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec) -> InputMap:
+        self._check_input(spec)
         return self.state.stages.letterbox(pixels, spec, self.state.device[CORE_INPUT].ptr)
+
+    def set_input(self, tensor: np.ndarray) -> None:
+        if tuple(tensor.shape) != self.backend.shapes[CORE_INPUT]:
+            raise InvalidModel(
+                f"the engine's input is {self.backend.shapes[CORE_INPUT]}, not {tuple(tensor.shape)}",
+                path=self.backend.path,
+            )
+        tensor = np.ascontiguousarray(tensor, dtype=np.float32)
+        self.state.stages.upload_input(tensor, self.state.device[CORE_INPUT].ptr)
 
     def run_engine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from ...cuda.launch import synchronize

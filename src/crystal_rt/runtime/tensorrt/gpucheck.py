@@ -179,7 +179,7 @@ def stage_checks(images: Iterable[tuple[str, np.ndarray]], stages: _Stages) -> l
             enhanced = apply_clahe(pixels, spec)  # 16-bit RGB: the CPU runs that stage (design note 19)
         ptr, pitch = stages.upload(enhanced)
         out = stages.out.reserve(3 * size * size * 4)
-        plain = PreprocessSpec(clahe=False, input_size=size)
+        plain = PreprocessSpec.paper(clahe=False, input_size=size)
         stages.preprocessor(plain).letterbox_async(
             ptr, pitch, h, w, enhanced.dtype, channels, out, stages.stream
         )
@@ -280,7 +280,7 @@ def kernel_timings(stages: _Stages, runs: int) -> list[Check]:
     big = rng.integers(0, 256, (2028, 2532), dtype=np.uint8)
     ptr, pitch = stages.upload(big)
     out = stages.out.reserve(3 * 512 * 512 * 4)
-    plain = PreprocessSpec(clahe=False)
+    plain = PreprocessSpec.paper(clahe=False)
     time_it(
         "letterbox 2532x2028 -> 512x512",
         None,
@@ -361,7 +361,7 @@ def engine_checks(
         checks.append(_guard(f"parity {precision} vs ONNX Runtime CPU", parity))
 
         def engine_latency() -> tuple[bool, str, dict[str, Any]]:
-            tensor = np.zeros((1, 3, engine.preprocess.input_size, engine.preprocess.input_size), np.float32)
+            tensor = np.zeros((1, 3, *engine.preprocess.input_hw), np.float32)
             for _ in range(min(10, runs)):
                 engine.backend.infer(tensor)
             samples = []
