@@ -11,7 +11,9 @@ array of dtype ``uint8`` or ``uint16`` (the bit depth is kept), shaped ``(H, W)`
 * everything else goes through Pillow (libjpeg-turbo for JPEG) with EXIF orientation applied.
 
 Only the header is read before the size is checked, so a decompression bomb is refused before a
-single pixel is decoded. Alpha is dropped, never composited. Palette images become RGB (even when
+single pixel is decoded. ``max_pixels`` counts pixels of up to 4 bytes (8-bit gray, RGB, RGBA); a
+pixel with more (16-bit colour, dozens of TIFF samples) counts as its bytes / 4 pixels, since it
+costs that much memory: a 16-bit RGBA PNG of 50 M pixels counts 100 M. Alpha is dropped, never composited. Palette images become RGB (even when
 the palette is gray, so that a palette always gives three channels). Float images must be finite:
 values in ``[0, 1]`` are scaled to the full ``uint16`` range, others are clipped to it.
 
@@ -97,15 +99,27 @@ def list_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return found
 
 
-def _check_size(width: int, height: int, label: str, max_pixels: int) -> None:
+def _check_size(
+    width: int, height: int, label: str, max_pixels: int, *, samples: int = 1, sample_bytes: int = 1
+) -> None:
     if width <= 0 or height <= 0:
         raise InvalidImage(f"image has zero size ({width}x{height})", path=label)
-    if width * height > max_pixels:
+    pixel_bytes = max(1, samples) * max(1, sample_bytes)
+    cost = width * height * max(1.0, pixel_bytes / 4)
+    if cost <= max_pixels:
+        return
+    if pixel_bytes <= 4:
         raise InvalidImage(
             f"image too large: {width}x{height} = {width * height} pixels, more than the limit of "
             f"{max_pixels}; refused before decoding",
             path=label,
         )
+    raise InvalidImage(
+        f"image too large: {width}x{height} pixels of {samples} sample(s) x {sample_bytes} byte(s) count as "
+        f"{int(cost)} pixels (a pixel of more than 4 bytes counts bytes / 4), more than the limit of "
+        f"{max_pixels}; refused before decoding",
+        path=label,
+    )
 
 
 def _decode(data: bytes, label: str, max_pixels: int) -> np.ndarray:
@@ -120,7 +134,9 @@ def _decode(data: bytes, label: str, max_pixels: int) -> np.ndarray:
 
 
 def _decode_png16_colour(data: bytes, label: str, max_pixels: int) -> np.ndarray:
-    _check_size(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), label, max_pixels)
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    samples = 4 if data[25:26] == b"\x06" else 3
+    _check_size(width, height, label, max_pixels, samples=samples, sample_bytes=2)
     try:
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
@@ -136,8 +152,9 @@ def _decode_tiff(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         with tifffile.TiffFile(BytesIO(data)) as tif:
             page = tif.pages.first  # a multi-page file: the first page only
             height, width = int(page.imagelength), int(page.imagewidth)
-            _check_size(width, height, label, max_pixels)
             samples = int(page.samplesperpixel)
+            sample_bytes = (int(page.bitspersample) + 7) // 8
+            _check_size(width, height, label, max_pixels, samples=samples, sample_bytes=sample_bytes)
             planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
             arr = page.asarray()
     except (InvalidImage, MemoryError):
@@ -173,7 +190,7 @@ def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     except Exception as exc:
         raise InvalidImage(f"corrupt image header: {exc}", path=label) from exc
     with im:
-        _check_size(im.width, im.height, label, max_pixels)
+        _check_size(im.width, im.height, label, max_pixels, **_pillow_pixel(im.mode))
         kind = im.format or "image"
         try:
             im.load()
@@ -193,6 +210,16 @@ def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         except ValueError as exc:
             raise InvalidImage(f"unsupported {kind} image mode {mode}: {exc}", path=label) from exc
     return _normalise(arr, label)
+
+
+def _pillow_pixel(mode: str) -> dict[str, int]:
+    """Samples per pixel and bytes per sample of a Pillow mode (for the size check)."""
+    try:
+        bands = int(Image.getmodebands(mode))
+    except (KeyError, ValueError):
+        bands = 1
+    sample_bytes = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    return {"samples": bands, "sample_bytes": sample_bytes}
 
 
 def _normalise(arr: np.ndarray, label: str) -> np.ndarray:
