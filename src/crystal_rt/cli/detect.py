@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import RESULT_FORMATS as FORMATS
-from .options import add_stages
+from .options import add_score_threshold, add_stages
 
 
 def parse_formats(text: str) -> list[str]:
@@ -31,9 +31,7 @@ def add_parser(sub: Any) -> None:
         default=list(FORMATS),
         help=f"comma-separated subset of {','.join(FORMATS)} (default: all)",
     )
-    p.add_argument(
-        "--score-threshold", type=float, help="keep detections scoring at least this (default: the engine's)"
-    )
+    add_score_threshold(p, "keep detections scoring at least this, in [0, 1] (default: the engine's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
     p.set_defaults(run=run)

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .options import add_stages
+from .options import add_score_threshold, add_stages
 
 
 def add_parser(sub: Any) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--pr-curve", type=Path, help="write precision-recall curves here (PNG)")
-    p.add_argument("--score-threshold", type=float, help="operating threshold (default: the model's)")
+    add_score_threshold(p, "operating threshold, in [0, 1] (default: the model's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
     p.set_defaults(run=run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 #: the pipeline's stage policies (crystal_rt.runtime.pipeline.STAGE_POLICIES; a test keeps them equal)
 STAGE_CHOICES = ("auto", "cpu")
@@ -17,3 +18,57 @@ def add_stages(parser: argparse.ArgumentParser) -> None:
         "kernels for them: a TensorRT engine runs them on the GPU) or cpu (all but the engine on the "
         "CPU, e.g. for parity checks); default auto",
     )
+
+
+# --- parse-time validators (argparse ``type=``): one sentence each, never a traceback ----------
+def _number(text: str, kind: type[int] | type[float]) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+    if kind is float and math.isnan(value):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (score and IoU thresholds)."""
+    value = float(_number(text, float))
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 (a free one) to 65535."""
+    value = int(_number(text, int))
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0..65535, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(_number(text, float))
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(_number(text, float))
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def add_score_threshold(parser: argparse.ArgumentParser, help: str, **kwargs: object) -> None:
+    """``--score-threshold`` in [0, 1], checked when the command line is parsed."""
+    parser.add_argument("--score-threshold", type=unit_float, help=help, **kwargs)  # type: ignore[arg-type]

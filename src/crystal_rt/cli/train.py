@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .options import add_score_threshold
+
 
 def parse_grid(text: str) -> tuple[int, int]:
     """``8x8`` -> (8, 8), in cv2's (columns, rows) order."""
@@ -50,7 +52,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="PyTorch CPU threads (default: all cores)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--max-detections", type=int, default=50, help="engine K (default 50)")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="operating threshold stored (0.5)")
+    add_score_threshold(p, "operating threshold stored, in [0, 1] (0.5)", default=0.5)
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.set_defaults(run=run)
 

@@ -20,7 +20,7 @@ from ..serve.watch import (
     DEFAULT_PATTERNS,
     WATCH_FORMATS,
 )  # light: no numpy, cv2 or onnxruntime
-from .options import add_stages
+from .options import add_score_threshold, add_stages
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -107,7 +107,7 @@ def add_parser(sub: Any) -> None:
         help="a file still empty (0 bytes) after this long is quarantined (default %(default)g)",
     )
     p.add_argument("--um-per-px", type=_positive, help="pixel size, for the dispense target in micrometres")
-    p.add_argument("--score-threshold", type=float, help="keep detections scoring at least this")
+    add_score_threshold(p, "keep detections scoring at least this, in [0, 1] (default: the engine's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
     p.set_defaults(run=run)

@@ -13,8 +13,9 @@ array of dtype ``uint8`` or ``uint16`` (the bit depth is kept), shaped ``(H, W)`
 Only the header is read before the size is checked, so a decompression bomb is refused before a
 single pixel is decoded. ``max_pixels`` counts pixels of up to 4 bytes (8-bit gray, RGB, RGBA); a
 pixel with more (16-bit colour, dozens of TIFF samples) counts as its bytes / 4 pixels, since it
-costs that much memory: a 16-bit RGBA PNG of 50 M pixels counts 100 M. Alpha is dropped, never composited. Palette images become RGB (even when
-the palette is gray, so that a palette always gives three channels). Float images must be finite:
+costs that much memory: a 16-bit RGBA PNG of 50 M pixels counts 100 M. Alpha is dropped, never
+composited. Palette images become RGB (even when the palette is gray, so that a palette always
+gives three channels). Float images must be finite:
 values in ``[0, 1]`` are scaled to the full ``uint16`` range, others are clipped to it.
 
 Where Pillow's pixel buffer can be handed over without a copy the returned array is read-only;
