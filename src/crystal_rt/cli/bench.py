@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import add_score_threshold, add_stages
+from .options import add_score_threshold, add_stages, report_file
 
 
 def _positive_list(text: str) -> list[int]:
@@ -59,8 +59,8 @@ def add_parser(sub: Any) -> None:
         "--cold-starts", type=int, default=3, help="fresh-process cold starts (default 3; 0 skips)"
     )
     add_score_threshold(p, "detection threshold, in [0, 1] (default: the engine's)")
-    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the full report here")
-    p.add_argument("--plot", type=Path, metavar="OUT.png", help="write a latency/throughput plot here")
+    p.add_argument("--json", type=report_file, metavar="OUT.json", help="write the full report here")
+    p.add_argument("--plot", type=report_file, metavar="OUT.png", help="write a latency/throughput plot here")
     add_stages(p)
     p.set_defaults(run=run)
 

@@ -9,6 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .options import output_file, report_file
+
 
 def add_calibration_options(p: argparse.ArgumentParser) -> None:
     """Options shared with ``build-engine --calib``."""
@@ -48,8 +50,8 @@ def add_parser(sub: Any) -> None:
         choices=("onnxruntime", "tensorrt"),
         help="engine the graph is for (default: onnxruntime for int8, tensorrt for fp16)",
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="output ONNX file")
-    p.add_argument("--json", type=Path, help="write the accuracy report as JSON here")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="output ONNX file")
+    p.add_argument("--json", type=report_file, help="write the accuracy report as JSON here")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_calibration_options(p)
     p.set_defaults(run=run)

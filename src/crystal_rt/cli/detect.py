@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import RESULT_FORMATS as FORMATS
-from .options import add_score_threshold, add_stages
+from .options import add_score_threshold, add_stages, output_dir
 
 
 def parse_formats(text: str) -> list[str]:
@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("detect", help="detect crystals in images with an engine", description=__doc__)
     p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for the results")
+    p.add_argument("-o", "--output", type=output_dir, required=True, help="folder for the results")
     p.add_argument(
         "--format",
         type=parse_formats,

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .options import output_file
+
 
 def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     """Options shared with build-engine when it is given a checkpoint."""
@@ -55,7 +57,7 @@ def add_parser(sub: Any) -> None:
         "export", help="export a checkpoint to the core ONNX and validate it", description=__doc__
     )
     p.add_argument("checkpoint", type=Path, help="crystal-rt checkpoint or torchvision state_dict (.pt/.pth)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="ONNX file to write")
     add_checkpoint_options(p)
     p.set_defaults(run=run)
 

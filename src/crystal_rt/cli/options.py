@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 #: the pipeline's stage policies (crystal_rt.runtime.pipeline.STAGE_POLICIES; a test keeps them equal)
 STAGE_CHOICES = ("auto", "cpu")
@@ -72,3 +73,32 @@ def positive_float(text: str) -> float:
 def add_score_threshold(parser: argparse.ArgumentParser, help: str, **kwargs: object) -> None:
     """``--score-threshold`` in [0, 1], checked when the command line is parsed."""
     parser.add_argument("--score-threshold", type=unit_float, help=help, **kwargs)  # type: ignore[arg-type]
+
+
+def output_dir(text: str) -> Path:
+    """A folder to write into (made when missing); an existing file is refused."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to write (its folders are made when missing); an existing folder is refused."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{parent} is a file, not a folder")
+            break
+    return path
+
+
+def report_file(text: str) -> Path:
+    """A report file (--json, --pr-curve) in a folder that exists; a folder is refused."""
+    path = output_file(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {path.parent} does not exist")
+    return path

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from .options import add_score_threshold
+from .options import add_score_threshold, output_dir
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -26,7 +25,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--images", help="folder the JSON's file_name values are relative to (default: its folder)"
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="run folder (checkpoints, log)")
+    p.add_argument("-o", "--output", type=output_dir, required=True, help="run folder (checkpoints, log)")
     p.add_argument("--val-data", help="a separate validation COCO JSON (default: hold out --val-fraction)")
     p.add_argument("--val-images", help="images folder for --val-data")
     p.add_argument("--val-fraction", type=float, default=0.1, help="images held out for validation (0.1)")

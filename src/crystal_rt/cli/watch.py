@@ -20,7 +20,7 @@ from ..serve.watch import (
     DEFAULT_PATTERNS,
     WATCH_FORMATS,
 )  # light: no numpy, cv2 or onnxruntime
-from .options import add_score_threshold, add_stages
+from .options import add_score_threshold, add_stages, output_dir
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -64,7 +64,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
     p.add_argument("in_dir", type=Path, help="folder the imager writes images into")
     p.add_argument(
-        "-o", "--output", type=Path, required=True, help="folder for results, journal and quarantine"
+        "-o", "--output", type=output_dir, required=True, help="folder for results, journal and quarantine"
     )
     p.add_argument("--recursive", action="store_true", help="also watch sub-folders")
     p.add_argument(
