@@ -454,3 +454,22 @@ def test_real_images() -> None:
             assert out.shape == REAL_SHAPES[path.name], path.name
         else:
             assert out.ndim == 2 or (out.ndim == 3 and out.shape[2] == 3), path.name
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ([1, 2, 3], "got list"),
+        (None, "got NoneType"),
+        (5, "got int"),
+        ("drops/a\0b.png", "the file name contains a NUL byte"),
+        (Path("drops/a\0b.png"), "NUL byte"),
+    ],
+    ids=["list", "None", "int", "nul-str", "nul-path"],
+)
+def test_non_image_sources_are_typed_errors(source: object, fragment: str) -> None:
+    with pytest.raises(InvalidImage, match=fragment):
+        read_image(source)  # type: ignore[arg-type]
+    if isinstance(source, str | Path):
+        with pytest.raises(InvalidImage, match="NUL byte"):
+            list_images([source])

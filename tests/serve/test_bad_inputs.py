@@ -376,3 +376,16 @@ def test_sixteen_threads_share_one_detector(detector: Detector) -> None:
     assert not errors and len(results) == 16
     for index, d in results.items():
         assert d == expected[index % len(images)]
+
+
+def test_closed_detector_and_non_image_inputs_are_typed(tiny: Any) -> None:
+    from crystal_rt.errors import InvalidOption
+
+    det = Detector.load(tiny.engine_dir, threads=1)
+    for bad in ([1, 2], None, 7, "a\0b.png"):
+        with pytest.raises(InvalidImage):
+            det.detect(bad)  # type: ignore[arg-type]
+    det.close()
+    for source in (BASE, GOOD, None):
+        with pytest.raises(InvalidOption, match="this Detector is closed"):
+            det.detect(source)  # type: ignore[arg-type]

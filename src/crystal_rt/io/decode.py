@@ -61,7 +61,7 @@ def read_image(
         return _normalise(source, name or "<array>")
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(bytes(source), name or "<bytes>", max_pixels)
-    path = Path(source)
+    path = _as_path(source, name)
     label = name or str(path)
     if path.is_dir():
         raise InvalidImage("is a directory, not an image file", path=label)
@@ -76,11 +76,24 @@ def read_image(
     return _decode(data, label, max_pixels)
 
 
+def _as_path(source: object, name: str | None) -> Path:
+    """``source`` as a Path, or InvalidImage for anything that is not a usable path."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise InvalidImage(
+            f"not an image: expected a path, encoded bytes or a numpy array, got {type(source).__name__}",
+            path=name or "<input>",
+        )
+    text = os.fspath(source)
+    if (b"\0" if isinstance(text, bytes) else "\0") in text:  # type: ignore[operator]
+        raise InvalidImage("the file name contains a NUL byte", path=name or repr(text))
+    return Path(os.fsdecode(text))
+
+
 def list_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Expand folders (non-recursively, sorted, image suffixes only, no dotfiles); keep files as given."""
     found: list[Path] = []
     for item in paths:
-        path = Path(item)
+        path = _as_path(item, None)
         if path.is_dir():
             try:
                 children = sorted(path.iterdir())
