@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         "held_out": args.held_out,
         "max_map_drop": args.max_map_drop,
         "force": args.force,
+        "recursive": args.recursive,
     }
     if args.calib is not None and args.precision != "int8":
         raise CrystalRtError(f"--calib calibrates for --precision int8, not {args.precision}")

@@ -32,6 +32,7 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
         help="refuse a graph whose mAP@0.50 drops more than this against FP32 (default 0.01)",
     )
     p.add_argument("--force", action="store_true", help="write the graph even past --max-map-drop")
+    p.add_argument("--recursive", action="store_true", help="also use the images in the folder's sub-folders")
 
 
 def add_parser(sub: Any) -> None:
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             max_map_drop=args.max_map_drop,
             force=args.force,
             threads=args.threads,
+            recursive=args.recursive,
             log=info,
             on_step=on_step,
             on_image=lambda: bar.advance(state["task"]),

@@ -90,6 +90,8 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--formats",
+        "--format",
+        dest="formats",
         type=parse_formats,
         default=("json", "csv"),
         help=f"comma-separated subset of {','.join(WATCH_FORMATS)} (default json,csv; json always written)",

@@ -10,9 +10,9 @@ an NMS tie: on its own side its IoU with a higher-scoring detection of the same 
 ``nms_margin`` of the NMS threshold ``nms_iou`` (one backend's rounding puts the pair just over
 the threshold and drops it, the other's just under and keeps it).
 
-Degenerate boxes (a fraction of a pixel wide, as saturating models give) have IoUs that float
-rounding swings by percent: a pair whose coordinates all agree within ``box_px`` (0.05 px) is
-matched and passes the box check whatever its IoU.
+Degenerate boxes (less than a pixel wide or high, as saturating models give) have IoUs that float
+rounding swings by percent: such a pair whose coordinates all agree within ``box_px`` (0.05 px)
+passes the box check whatever its IoU; any pair that close is matched.
 """
 
 from __future__ import annotations
@@ -125,6 +125,10 @@ def mask_iou(a: InstanceMask, b: InstanceMask) -> float:
     return float(inter / union)
 
 
+def _short_side(box: Sequence[float]) -> float:
+    return min(float(box[2]) - float(box[0]), float(box[3]) - float(box[1]))
+
+
 def _describe(inst: Instance) -> str:
     x1, y1, x2, y2 = inst.box
     return f"{inst.label_name} score {inst.score:.4f} at box ({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f})"
@@ -177,6 +181,7 @@ def compare_results(
         same_box = coord_diff <= tol.box_px
         if iou < MATCH_IOU and not same_box:
             break
+        degenerate = same_box and min(_short_side(refs[i].box), _short_side(cands[j].box)) < 1.0
         if i not in ref_free or j not in cand_free:
             continue
         ref_free.discard(i)
@@ -187,7 +192,7 @@ def compare_results(
         report.box_ious.append(iou)
         report.mask_ious.append(m_iou)
         report.score_diffs.append(d_score)
-        if iou < tol.box_iou and not same_box:
+        if iou < tol.box_iou and not degenerate:
             report.fail(
                 1.0 - iou,
                 f"box IoU {iou:.4f} < {tol.box_iou} (coordinates up to {coord_diff:.3f} px apart, more "

@@ -89,28 +89,50 @@ def _as_path(source: object, name: str | None) -> Path:
     return Path(os.fsdecode(text))
 
 
-def list_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Expand folders (non-recursively, sorted, image suffixes only, no dotfiles); keep files as given."""
+def list_images(paths: Sequence[str | os.PathLike[str]], *, recursive: bool = False) -> list[Path]:
+    """Expand folders (sorted, image suffixes only, no dotfiles or dot-folders; sub-folders too with
+    ``recursive``); keep files as given. A file found twice is listed once."""
     found: list[Path] = []
     for item in paths:
         path = _as_path(item, None)
         if path.is_dir():
-            try:
-                children = sorted(path.iterdir())
-            except OSError as exc:
-                raise InvalidImage(f"cannot list folder: {exc.strerror or exc}", path=path) from exc
-            found.extend(
-                child
-                for child in children
-                if child.suffix.lower() in IMAGE_SUFFIXES
-                and not child.name.startswith(".")  # e.g. macOS "._x.jpg" resource forks
-                and child.is_file()
-            )
+            found.extend(_folder_images(path, recursive))
         elif path.exists():
             found.append(path)
         else:
             raise InvalidImage("file not found", path=path)
+    seen: set[Path] = set()
+    unique = []
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as exc:
+        raise InvalidImage(f"cannot list folder: {exc.strerror or exc}", path=folder) from exc
+    found: list[Path] = []
+    for child in children:
+        if child.name.startswith("."):  # e.g. macOS "._x.jpg" resource forks
+            continue
+        if child.is_dir():
+            if recursive and not child.is_symlink():
+                found.extend(_folder_images(child, recursive))
+        elif child.suffix.lower() in IMAGE_SUFFIXES and child.is_file():
+            found.append(child)
     return found
+
+
+def images_below(folder: Path, limit: int = 3) -> tuple[int, list[Path]]:
+    """How many images sit in ``folder``'s sub-folders (not in the folder itself), and a few of them:
+    for the message that suggests ``--recursive``."""
+    below = [p for p in _folder_images(folder, True) if p.parent != folder]
+    return len(below), below[:limit]
 
 
 def _check_size(

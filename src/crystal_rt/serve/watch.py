@@ -209,7 +209,7 @@ def _cut_torn_tail(path: Path) -> int:
         return 0
 
 
-def _fit_name(name: str, limit: int = 255) -> str:
+def fit_name(name: str, limit: int = 255) -> str:
     """``name`` if it leaves room for the watcher's suffixes within ``limit`` bytes, else its first
     bytes, ``~`` and 12 hex digits of its hash (stable across runs, unique per name)."""
     raw = os.fsencode(name)
@@ -678,7 +678,7 @@ class Watcher:
     def output_base(self, rel: str) -> PurePosixPath:
         """``<relative path>`` (the full name, suffix kept), the last part cut to fit (see the module)."""
         path = PurePosixPath(rel)
-        return path.with_name(_fit_name(path.name, self.name_max))
+        return path.with_name(fit_name(path.name, self.name_max))
 
     def _write_results(self, rel: str, state: FileState, pixels: Any, result: DetectionResult) -> list[str]:
         from ..io.writers import atomic_write_bytes, coco_results, write_overlay
@@ -787,7 +787,7 @@ class Watcher:
     # --- quarantine ---------------------------------------------------------------------------
     def _quarantine_path(self, rel: str) -> Path:
         path = PurePosixPath(rel)
-        return self.quarantine_dir / path.parent / _fit_name(path.name, self.name_max)
+        return self.quarantine_dir / path.parent / fit_name(path.name, self.name_max)
 
     def _quarantine(self, rel: str, state: FileState, error: CrystalRtError, *, copy: bool = True) -> Outcome:
         """Record ``rel`` as quarantined (reason file, a copy of the file where ``copy``, journal);
