@@ -84,3 +84,23 @@ def test_score_threshold_is_checked_at_parse_time(
     line = _parse_error([*argv, f"--score-threshold={value}"], capsys)
     assert "--score-threshold" in line
     assert ("must be in [0, 1]" in line) or ("not a number" in line)
+
+
+def test_train_warns_when_iterations_do_not_pass_the_warmup(
+    paths: dict[str, Path], capsys: Any, monkeypatch: Any
+) -> None:
+    pytest.importorskip("torch")
+    import crystal_rt.train.loop as loop
+    from crystal_rt.errors import CrystalRtError
+
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        raise CrystalRtError("stopped before training")
+
+    monkeypatch.setattr(loop, "train", stop)
+    out = str(paths["root"] / "run")
+    argv = ["train", "--data", "X.json", "-o", out, "--iterations", "50", "--warmup", "100"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--iterations 50 is not longer than the warm-up (--warmup 100)" in " ".join(err.split())
+    assert main([*argv[:-4], "--iterations", "500", "--warmup", "100"]) == 1
+    assert "warm-up" not in capsys.readouterr().err

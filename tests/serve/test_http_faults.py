@@ -219,3 +219,28 @@ def test_replaced_or_deleted_engine_file_is_reported(
             assert c.post("/v1/detect", content=drop_pngs[0]).status_code == 200  # still serving
     finally:
         det.close()
+
+
+def test_serve_prints_the_bound_url_for_port_0(tiny: Any, drop_pngs: list[bytes]) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from serve_helpers import CLI_SCRIPT
+
+    cmd = [sys.executable, "-c", CLI_SCRIPT, "serve", str(tiny.engine_dir), "--port", "0", "--threads", "1"]
+    proc = subprocess.Popen([*cmd, "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = ""
+        for line in proc.stderr:
+            if "serving" in line:
+                break
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert match and int(match.group(1)) > 0, line
+        base = f"http://127.0.0.1:{match.group(1)}"
+        wait_ready(base, proc=proc)
+        assert CrystalRtClient(base).detect(drop_pngs[0])["width"] == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -111,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.triton:
         return _run_triton(args)
+    from rich.markup import escape
+
     from ..serve.http import create_app, server_config
+    from .console import err_console
 
     uvicorn = require("uvicorn", "crystal-rt serve", extra="serve")
     require("fastapi", "crystal-rt serve", extra="serve")
@@ -140,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
             bound = [sock.getsockname() for server in self.servers for sock in server.sockets]
             for address in bound[:1]:  # the port actually bound (--port 0 picks one)
                 host = f"[{address[0]}]" if ":" in address[0] else address[0]
-                info(f"serving {detector!r} on http://{host}:{address[1]} (docs: /docs); Ctrl-C stops")
+                url = f"http://{host}:{address[1]}"
+                err_console.print(  # one line (no wrapping): scripts read the URL from it
+                    f"serving {escape(repr(detector))} on {url} (docs: /docs); Ctrl-C stops",
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
     config = server_config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     server = Server(config)

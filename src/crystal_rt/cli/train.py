@@ -92,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         max_detections=args.max_detections,
         score_threshold=args.score_threshold,
     )
+    if args.iterations <= args.warmup:
+        info(
+            f"[yellow]warning:[/] --iterations {args.iterations} is not longer than the warm-up "
+            f"(--warmup {args.warmup}): the learning rate never reaches --lr; lower --warmup"
+        )
     bar = progress()
     task = bar.add_task("training", total=None)
     log_plain = not err_console.is_terminal
