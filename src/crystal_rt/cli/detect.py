@@ -155,7 +155,12 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector.load(
         args.engine, score_threshold=args.score_threshold, threads=args.threads, stages=args.stages
     )
-    paths = list_images(args.inputs, recursive=args.recursive)
+    seen: set[Path] = set()
+    paths = []
+    for path in list_images(args.inputs, recursive=args.recursive):  # each file once
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            paths.append(path)
     if not paths:
         detector.close()
         hint = ""

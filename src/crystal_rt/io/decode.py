@@ -91,7 +91,7 @@ def _as_path(source: object, name: str | None) -> Path:
 
 def list_images(paths: Sequence[str | os.PathLike[str]], *, recursive: bool = False) -> list[Path]:
     """Expand folders (sorted, image suffixes only, no dotfiles or dot-folders; sub-folders too with
-    ``recursive``); keep files as given. A file found twice is listed once."""
+    ``recursive``); keep files as given."""
     found: list[Path] = []
     for item in paths:
         path = _as_path(item, None)
@@ -101,14 +101,7 @@ def list_images(paths: Sequence[str | os.PathLike[str]], *, recursive: bool = Fa
             found.append(path)
         else:
             raise InvalidImage("file not found", path=path)
-    seen: set[Path] = set()
-    unique = []
-    for path in found:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique
+    return found
 
 
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
