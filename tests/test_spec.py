@@ -99,6 +99,7 @@ def test_chimp_recipe_shapes() -> None:
     assert spec.image_hw == (800, 998)  # torchvision: 1352x1688 * 800/1352
     assert spec.input_hw == (800, 1024)  # padded to a multiple of 32
     assert not spec.is_paper_shaped and spec.preset_name == "chimp"
+    assert spec.paste_at == "resize" and PreprocessSpec().paste_at == "image"
     assert PreprocessSpec.preset("chimp", clip_limit=1.5).clahe == Clahe(1.5, (12, 12))
     with pytest.raises(InvalidSpec, match="preset"):
         PreprocessSpec.preset("yolo")
@@ -132,10 +133,15 @@ def test_with_overrides() -> None:
 
 def test_describe_lists_the_steps_and_the_input() -> None:
     lines = PreprocessSpec.chimp().describe()
-    assert len(lines) == 5
-    assert lines[0].startswith("1. resize: stretch to 1352 x 1688")
-    assert "min-max" in lines[2] or "min)" in lines[2]
-    assert lines[-1] == "engine input: 1 x 3 x 800 x 1024 (image 800 x 998, zero padding below/right)"
+    assert len(lines) == 6
+    assert lines[0] == "0. gray images become three equal channels (RGB)"
+    assert lines[1].startswith("1. resize: stretch to 1352 x 1688")
+    assert "min)" in lines[3]
+    assert lines[-1] == (
+        "engine input: 1 x 3 x 800 x 1024 (image 800 x 998, zero padding below/right); "
+        "masks pasted at the resized size, then nearest to the image"
+    )
+    assert PreprocessSpec().describe()[-1] == "engine input: 1 x 3 x 512 x 512"
 
 
 def test_preprocess_specs_differ() -> None:

@@ -42,6 +42,15 @@ class InvalidSpec(CrystalRtError):
     """A PreprocessSpec or ModelSpec with a value out of range."""
 
 
+class InvalidOption(CrystalRtError):
+    """A command or API option that cannot be used: an output that is a file, a folder inside
+    the folder it is made from, a value out of range, an API call on a closed object, ..."""
+
+
+class OutputBusy(CrystalRtError):
+    """Another process holds the output folder (e.g. a second ``crystal-rt watch`` on it)."""
+
+
 class ExportError(CrystalRtError):
     """Export to the core ONNX failed."""
 

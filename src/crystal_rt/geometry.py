@@ -100,6 +100,29 @@ def map_box(box: Sequence[float], mapping: InputMap | float, height: int, width:
     return mapped
 
 
+def map_box_to_resized(box: Sequence[float], mapping: InputMap) -> Box | None:
+    """A network-input box in the pixels of the resized image (``new_w x new_h``: torchvision's
+    ``resize_boxes`` to the model transform's input), clipped to it; None when empty."""
+    b = np.asarray(box, dtype=np.float32)
+    r = np.array([mapping.ratio_x, mapping.ratio_y, mapping.ratio_x, mapping.ratio_y], dtype=np.float32)
+    x1, y1, x2, y2 = (float(v) for v in b * r)
+    w, h = float(mapping.new_w), float(mapping.new_h)
+    mapped = (min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h))
+    if mapped[2] <= mapped[0] or mapped[3] <= mapped[1]:
+        return None
+    return mapped
+
+
+def nearest_source(n_dst: int, n_src: int) -> np.ndarray:
+    """``cv2.resize(..., INTER_NEAREST)``'s source index of each destination index on one axis:
+    ``min(floor(d * (1 / (dst / src))), src - 1)`` in double, as OpenCV's resizeNN computes it."""
+    ifx = 1.0 / (n_dst / n_src)
+    out: np.ndarray = np.minimum(
+        np.floor(np.arange(n_dst, dtype=np.float64) * ifx).astype(np.int64), n_src - 1
+    )
+    return out
+
+
 def normalize_constants(spec: PreprocessSpec, dtype: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """float32 ``gain`` and ``bias`` per channel: ``x * gain + bias`` is ``(x / max - mean) / std``
     with max 255 (uint8) or 65535 (uint16)."""

@@ -44,6 +44,8 @@ PRESETS = ("paper", "chimp")
 
 ResizeMode = Literal["letterbox", "stretch"]
 IntensityMode = Literal["bit_depth", "minmax"]
+PasteAt = Literal["image", "resize"]
+ColorMode = Literal["as_decoded", "rgb"]
 
 
 def _check_keys(cls: type, data: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
@@ -251,8 +253,19 @@ class PreprocessSpec:
     """The preprocessing recipe: ordered steps from decoded pixels to the engine input (module doc)."""
 
     steps: tuple[Step, ...] = field(default_factory=lambda: (Clahe(), Resize(), Intensity(), Normalize()))
+    #: where the 28 x 28 masks are pasted: ``image`` (the original resolution; the paper recipe), or
+    #: ``resize`` (the resized image, boxes in its pixels, then nearest-neighbour to the original, as
+    #: torchvision's transform pastes them in CHiMP)
+    paste_at: PasteAt = "image"
+    #: ``as_decoded`` (gray stays gray: CLAHE on the gray values) or ``rgb`` (gray images become three
+    #: equal channels first, as ``cv2.imread``'s colour mode gives CHiMP: CLAHE then runs on L of LAB)
+    color: ColorMode = "as_decoded"
 
     def __post_init__(self) -> None:
+        if self.paste_at not in ("image", "resize"):
+            raise InvalidSpec(f"paste_at must be image or resize, got {self.paste_at!r}")
+        if self.color not in ("as_decoded", "rgb"):
+            raise InvalidSpec(f"color must be as_decoded or rgb, got {self.color!r}")
         steps = tuple(self.steps)
         for step in steps:
             if not isinstance(step, tuple(STEP_TYPES.values())):
@@ -297,7 +310,9 @@ class PreprocessSpec:
     ) -> PreprocessSpec:
         """Diamond's CHiMP detector: stretch to 1352 x 1688, CLAHE 12 x 12 on L of LAB (CHiMP draws the
         clip limit in [1, 4] per image; the recipe fixes it, 2.5 by default, the mean of that draw),
-        min-max intensity, then torchvision's transform (800 / 1333, ImageNet): 800 x 1024 input."""
+        min-max intensity, then torchvision's transform (800 / 1333, ImageNet): 800 x 1024 input;
+        masks pasted at 1352 x 1688 and scaled to the image by nearest neighbour, as CHiMP does; gray
+        images as three equal channels (CHiMP reads with ``cv2.imread``'s colour mode)."""
         h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
         return cls(
             (
@@ -305,7 +320,9 @@ class PreprocessSpec:
                 Clahe(clip_limit, tile_grid),
                 Intensity("minmax"),
                 ModelTransform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD, 32),
-            )
+            ),
+            paste_at="resize",
+            color="rgb",
         )
 
     @classmethod
@@ -430,7 +447,7 @@ class PreprocessSpec:
             elif isinstance(s, Resize) and input_size is not None:
                 h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
                 steps[i] = replace(s, height=int(h), width=int(w))
-        return PreprocessSpec(tuple(steps))
+        return PreprocessSpec(tuple(steps), self.paste_at, self.color)
 
     def describe(self) -> list[str]:
         """One line per step, then the engine input."""
@@ -438,12 +455,23 @@ class PreprocessSpec:
         h, w = self.input_hw
         ih, iw = self.image_hw
         inner = "" if (ih, iw) == (h, w) else f" (image {ih} x {iw}, zero padding below/right)"
-        return [*lines, f"engine input: 1 x 3 x {h} x {w}{inner}"]
+        paste = (
+            ""
+            if self.paste_at == "image"
+            else "; masks pasted at the resized size, then nearest to the image"
+        )
+        first = ["0. gray images become three equal channels (RGB)"] if self.color == "rgb" else []
+        return [*first, *lines, f"engine input: 1 x 3 x {h} x {w}{inner}{paste}"]
 
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict[str, Any]:
-        return {"recipe_version": RECIPE_VERSION, "steps": [_step_to_dict(s) for s in self.steps]}
+        return {
+            "recipe_version": RECIPE_VERSION,
+            "steps": [_step_to_dict(s) for s in self.steps],
+            "paste_at": self.paste_at,
+            "color": self.color,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -461,13 +489,14 @@ class PreprocessSpec:
                 f"preprocessing recipe version {version!r} is not supported by this crystal-rt "
                 f"(it reads versions 1 and {RECIPE_VERSION}); upgrade crystal-rt"
             )
-        unknown = sorted(set(data) - {"recipe_version", "steps"})
+        unknown = sorted(set(data) - {"recipe_version", "steps", "paste_at", "color"})
         if unknown:
             raise InvalidSpec(f"PreprocessSpec has no field(s) {', '.join(unknown)}")
         steps = data.get("steps")
         if not isinstance(steps, list):
             raise InvalidSpec("a recipe's 'steps' must be a list")
-        return cls(tuple(_step_from_dict(s) for s in steps))
+        steps_ = tuple(_step_from_dict(s) for s in steps)
+        return cls(steps_, data.get("paste_at", "image"), data.get("color", "as_decoded"))
 
     @classmethod
     def _from_v1(cls, data: dict[str, Any]) -> PreprocessSpec:

@@ -207,3 +207,22 @@ def test_match_masks_pairs_one_to_one_by_label() -> None:
     ious = match_masks(ref, cand)
     # Both near-copies of ref[0] compete for it; only one gets it. The label-2 box stays unmatched.
     assert len(ious) == 1 and ious[0] == pytest.approx(90 / 110)
+
+
+def test_images_in_sub_folders_need_recursive(tmp_path: Path, drops: Path) -> None:
+    """Imagers store plate/well/drop trees: say where the images are, and --recursive uses them."""
+    for i, src in enumerate(sorted(drops.glob("*.png"))[:5]):
+        well = tmp_path / "plate" / f"A{i}"
+        well.mkdir(parents=True)
+        (well / "drop.png").write_bytes(src.read_bytes())
+    flat = CalibrationImages(tmp_path / "plate", PreprocessSpec(), num_images=5)
+    with pytest.raises(
+        CalibrationError, match=r"only 0 usable.*5 image\(s\) in its sub-folders \(e\.g\. A0/drop\.png"
+    ):
+        list(flat.tensors())
+    nested = CalibrationImages(tmp_path / "plate", PreprocessSpec(), num_images=5, recursive=True)
+    assert len(list(nested.tensors())) == 5
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CalibrationError, match=r"holds no \.png/\.jpg/\.tif/\.bmp images"):
+        list(CalibrationImages(empty, PreprocessSpec(), num_images=4).tensors())

@@ -31,15 +31,16 @@ def test_detect_folder_writes_all_formats_and_reports_bad_files(tiny, image_dir,
     captured = capsys.readouterr()
     assert code == 1  # one unreadable image
     assert "broken.jpg" in captured.err and "Traceback" not in captured.err
-    for stem in ("drop0", "drop1"):
+    for stem in ("drop0.png", "drop1.png"):
         data = json.loads((out / f"{stem}.json").read_text())
         assert data["num_instances"] == len(data["instances"]) > 0
         assert {"decode", "clahe", "letterbox", "engine", "paste", "total"} <= set(data["timings_ms"])
         overlay = cv2.imread(str(out / f"{stem}.overlay.png"))
         assert overlay.shape[:2] == (data["height"], data["width"])
-    assert not (out / "broken.json").exists()
+    assert not (out / "broken.jpg.json").exists()
     rows = list(csv.DictReader((out / "points.csv").open()))
-    assert rows and set(rows[0]) == {"image", "x", "y", "score", "label"}
+    assert rows and list(rows[0]) == ["image", "x", "y", "score", "label", "index"]  # as watch writes it
+    assert {r["image"] for r in rows} <= {"drop0.png", "drop1.png"}
     coco = json.loads((out / "coco_results.json").read_text())
     assert len(coco) == len(rows)
     # pycocotools accepts it as a results file against a matching ground truth.
@@ -167,3 +168,80 @@ def test_help_and_version_need_no_heavy_imports():
 def test_import_is_light():
     snippet = "import crystal_rt\nassert crystal_rt.Detector.__name__ == 'Detector'"
     assert _heavy_modules_after(snippet, ("torch", "onnxruntime", "onnx")) == []
+
+
+# --- issue 16: reusing an output folder, nested folders, names, progress ---------------------
+def _detect(tiny, *argv):
+    return main(
+        ["detect", str(tiny.engine_dir), *map(str, argv), "--score-threshold", "0.05", "--threads", "1"]
+    )
+
+
+def _rows(out):
+    with (out / "points.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_detect_into_a_used_folder_merges_by_image(tiny, image_dir, tmp_path):
+    out = tmp_path / "results"
+    assert _detect(tiny, image_dir / "drop0.png", "-o", out) == 0
+    first = _rows(out)
+    assert first and {r["image"] for r in first} == {"drop0.png"}
+    assert _detect(tiny, image_dir / "drop1.png", "-o", out) == 0  # another image: the first run's rows stay
+    rows = _rows(out)
+    assert [r for r in rows if r["image"] == "drop0.png"] == first
+    counts = {
+        n: json.loads((out / f"{n}.json").read_text())["num_instances"] for n in ("drop0.png", "drop1.png")
+    }
+    assert {n: sum(r["image"] == n for r in rows) for n in counts} == counts
+    coco = json.loads((out / "coco_results.json").read_text())
+    assert {e["file_name"] for e in coco} == {"drop0.png", "drop1.png"} and len(coco) == len(rows)
+    assert {e["image_id"] for e in coco} == {1, 2}
+    # The same image again, without overlays: its rows replaced (not doubled), its overlay removed.
+    assert _detect(tiny, image_dir / "drop0.png", "-o", out, "--formats", "json,csv,coco") == 0
+    again = _rows(out)
+    assert sorted(map(tuple, (r.values() for r in again))) == sorted(map(tuple, (r.values() for r in rows)))
+    assert not (out / "drop0.png.overlay.png").exists() and (out / "drop1.png.overlay.png").exists()
+    assert len(json.loads((out / "coco_results.json").read_text())) == len(rows)
+
+
+def test_detect_recursive_keeps_relative_paths(tiny, tmp_path, capsys):
+    tree = tmp_path / "plates"
+    for plate in ("p1", "p2"):
+        (tree / plate / "A1").mkdir(parents=True)
+        cv2.imwrite(str(tree / plate / "A1" / "drop.png"), make_drop(7, 200, 240).image)
+    out = tmp_path / "out"
+    assert _detect(tiny, tree, "-o", out) == 1  # nothing at the top: says where the images are
+    err = capsys.readouterr().err
+    assert "no images found" in err and "2 image(s) in sub-folders: add --recursive" in err
+    assert _detect(tiny, tree, "-o", out, "--recursive", "--format", "json,csv") == 0
+    names = ["p1/A1/drop.png", "p2/A1/drop.png"]
+    for name in names:
+        assert json.loads((out / f"{name}.json").read_text())["image"] == name
+    assert {r["image"] for r in _rows(out)} <= set(names)
+    # Same-name images from two folders given side by side: named by the folder they share.
+    out2 = tmp_path / "out2"
+    assert _detect(tiny, tree / "p1" / "A1", tree / "p2" / "A1", "-o", out2, "--format", "json") == 0
+    assert sorted(p.relative_to(out2).as_posix() for p in out2.rglob("*.json")) == [
+        "p1/A1/drop.png.json", "p2/A1/drop.png.json",
+    ]  # fmt: skip
+
+
+def test_detect_prints_progress_lines_without_a_terminal(tiny, image_dir, tmp_path, capsys):
+    _detect(tiny, image_dir, "-o", tmp_path / "o")
+    err = capsys.readouterr().err
+    assert "detecting in 3 image(s)" in err and "detecting: 3/3" in err
+
+
+def test_format_and_size_spellings_agree():
+    from crystal_rt.cli.main import build_parser
+
+    parser = build_parser()
+    detect = parser.parse_args(["detect", "E", "I", "-o", "O", "--formats", "json,csv"])
+    watch = parser.parse_args(["watch", "E", "I", "-o", "O", "--format", "csv"])
+    assert detect.format == ["json", "csv"] and watch.formats == ("json", "csv")
+    bench_new = parser.parse_args(["bench", "E", "--size", "1224x1024"])
+    bench_old = parser.parse_args(["bench", "E", "--synthetic-size", "1024x1224"])  # HxW, kept
+    synth = parser.parse_args(["synth", "-n", "1", "-o", "O", "--size", "1224x1024"])
+    assert bench_new.synthetic_size == bench_old.synthetic_size == synth.size == (1024, 1224)
+    assert parser.parse_args(["bench", "E"]).synthetic_size == (1024, 1224)

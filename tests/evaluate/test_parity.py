@@ -380,3 +380,56 @@ def test_mask_iou_empty() -> None:
     assert mask_iou(empty, blank) == 1.0
     assert mask_iou(empty, full) == 0.0
     assert mask_iou(full, blank) == 0.0
+
+
+# --------------------------------------------------------------------------- numerical noise
+# The case of issue 16 (item 19): a seeded maskrcnn_resnet50_fpn whose scores saturate gives
+# boxes a tenth of a pixel wide, whose IoU float rounding takes to 0.9899, and one detection that
+# NMS keeps on one backend and drops on the other at an IoU of 0.5 +- 1e-4.
+
+
+def test_degenerate_boxes_are_judged_by_coordinates() -> None:
+    ref = [_inst((10.0, 10.0, 10.1, 40.0), 0.999), *_reference()]
+    cand = [_inst((10.0, 10.0, 10.09899, 40.0), 0.999), *_reference()]
+    assert box_iou(ref[0].box, cand[0].box) == pytest.approx(0.9899, abs=1e-4)
+    report = _compare(ref, cand)
+    assert report.failures == [] and report.matched == 4
+    strict = _compare(ref, cand, tolerances=Tolerances(box_px=0.0))  # the IoU rule alone: refused
+    assert any("box IoU 0.9899 < 0.99" in f for f in strict.failures)
+    # A tenth-of-a-pixel box moved by more than 0.05 px is still a different box.
+    moved = [_inst((10.06, 10.0, 10.16, 40.0), 0.99), *_reference()]
+    assert _compare(ref, moved).failures
+    wide = [_inst((10.0, 10.0, 12.0, 40.0), 0.999)]  # 2 px wide, 0.06 px off: the IoU rule applies
+    off = [_inst((10.06, 10.0, 12.06, 40.0), 0.999)]
+    assert any("0.060 px apart" in f for f in _compare(wide, off).failures)
+
+
+def test_degenerate_boxes_match_even_below_the_match_iou() -> None:
+    ref = [_inst((10.0, 10.0, 10.01, 40.0), 0.99)]
+    cand = [_inst((10.006, 10.0, 10.016, 40.0), 0.99)]  # IoU 0.25, 6 thousandths of a pixel apart
+    assert box_iou(ref[0].box, cand[0].box) < 0.5
+    report = _compare(ref, cand)
+    assert report.failures == [] and report.matched == 1
+
+
+def _shifted(iou: float) -> tuple[float, float, float, float]:
+    """A 100 x 100 box at x = dx whose IoU with (0, 0, 100, 100) is ``iou``."""
+    dx = 100 * (1 - iou) / (1 + iou)
+    return (dx, 0.0, 100 + dx, 100.0)
+
+
+@pytest.mark.parametrize("side", ["extra", "lost"])
+def test_detection_at_an_nms_tie_is_borderline(side: str) -> None:
+    a = _inst((0.0, 0.0, 100.0, 100.0), 0.9)
+    kept = _inst(_shifted(0.4999), 0.85)  # just under NMS 0.5: kept here, dropped on the other side
+    assert box_iou(a.box, kept.box) == pytest.approx(0.4999, abs=1e-6)
+    ref, cand = ([a], [a, kept]) if side == "extra" else ([a, kept], [a])
+    report = _compare(ref, cand)
+    assert report.failures == [] and report.borderline == 1
+    far = _inst(_shifted(0.45), 0.85)  # NMS keeps it clearly: missing it is a real difference
+    ref, cand = ([a], [a, far]) if side == "extra" else ([a, far], [a])
+    failures = _compare(ref, cand).failures
+    assert len(failures) == 1 and ("extra detection" in failures[0] or "has no match" in failures[0])
+    # At another NMS threshold the same pair is no tie.
+    ref, cand = ([a], [a, kept]) if side == "extra" else ([a, kept], [a])
+    assert _compare(ref, cand, tolerances=Tolerances(nms_iou=0.7)).failures

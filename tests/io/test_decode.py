@@ -283,13 +283,14 @@ def test_truncated_tiff(tmp_path: Path) -> None:
 # --- decompression bombs --------------------------------------------------------------------------
 
 
-def _png_claiming(width: int, height: int) -> bytes:
+def _png_claiming(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:
     """A real small PNG whose IHDR is patched to claim ``width`` x ``height`` (CRC fixed)."""
     buf = io.BytesIO()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, format="PNG")
     data = bytearray(buf.getvalue())
     data[16:20] = width.to_bytes(4, "big")
     data[20:24] = height.to_bytes(4, "big")
+    data[24], data[25] = depth, colour
     data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
     return bytes(data)
 
@@ -309,10 +310,32 @@ def test_max_pixels_applies_to_every_decoder(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "t.tif", np.zeros((10, 10), np.uint16))
     (tmp_path / "c16.png").write_bytes(_png16(np.zeros((10, 10, 3), np.uint16)))
     (tmp_path / "j.jpg").write_bytes(_jpeg_bytes((10, 10, 3)))
-    for name in ("t.tif", "c16.png", "j.jpg"):
+    for name in ("t.tif", "j.jpg"):
         _expect_error(tmp_path / name, "100 pixels", name, max_pixels=99)
         assert read_image(tmp_path / name, max_pixels=100).shape[:2] == (10, 10)
+    # 16-bit RGB: 6 bytes a pixel count as 1.5 pixels
+    _expect_error(tmp_path / "c16.png", "count as 150 pixels", "c16.png", max_pixels=149)
+    assert read_image(tmp_path / "c16.png", max_pixels=150).shape[:2] == (10, 10)
     assert DEFAULT_MAX_PIXELS == 80_000_000
+
+
+def test_many_samples_per_pixel_count_in_max_pixels(tmp_path: Path) -> None:
+    """A 250-sample TIFF and a 16-bit RGBA PNG bomb within the pixel count: refused unread."""
+    cube = np.zeros((200, 200, 250), np.uint8)
+    tifffile.imwrite(
+        tmp_path / "cube.tif", cube, compression="zlib", photometric="minisblack", planarconfig="contig"
+    )
+    assert (tmp_path / "cube.tif").stat().st_size < 1_000_000
+    err = _expect_error(
+        tmp_path / "cube.tif",
+        "250 sample(s) x 1 byte(s) count as 2500000 pixels",
+        "cube.tif",
+        max_pixels=2_000_000,
+    )
+    assert "refused before decoding" in str(err)
+    (tmp_path / "rgba16.png").write_bytes(_png_claiming(9000, 8000, depth=16, colour=6))  # 72 M pixels
+    err = _expect_error(tmp_path / "rgba16.png", "count as 144000000 pixels", "rgba16.png")
+    assert "refused before decoding" in str(err)
 
 
 def test_zero_size_png_header_is_refused(tmp_path: Path) -> None:
@@ -431,3 +454,22 @@ def test_real_images() -> None:
             assert out.shape == REAL_SHAPES[path.name], path.name
         else:
             assert out.ndim == 2 or (out.ndim == 3 and out.shape[2] == 3), path.name
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ([1, 2, 3], "got list"),
+        (None, "got NoneType"),
+        (5, "got int"),
+        ("drops/a\0b.png", "the file name contains a NUL byte"),
+        (Path("drops/a\0b.png"), "NUL byte"),
+    ],
+    ids=["list", "None", "int", "nul-str", "nul-path"],
+)
+def test_non_image_sources_are_typed_errors(source: object, fragment: str) -> None:
+    with pytest.raises(InvalidImage, match=fragment):
+        read_image(source)  # type: ignore[arg-type]
+    if isinstance(source, str | Path):
+        with pytest.raises(InvalidImage, match="NUL byte"):
+            list_images([source])

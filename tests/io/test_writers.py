@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -16,6 +19,7 @@ from crystal_rt.io.writers import (
     POINT_FIELDS,
     atomic_write_bytes,
     coco_results,
+    csv_text,
     write_coco,
     write_json,
     write_overlay,
@@ -177,11 +181,12 @@ def test_write_points_csv(tmp_path: Path) -> None:
     empty = DetectionResult(width=10, height=10, instances=[], image="none.png")
     path = write_points_csv([first, empty, second], tmp_path / "points.csv")
     text = path.read_text()
-    assert text.splitlines()[0] == "image,x,y,score,label"
+    assert text.splitlines()[0] == "image,x,y,score,label,index"  # the watcher's columns too
     rows = list(csv.DictReader(text.splitlines()))
     assert tuple(rows[0]) == POINT_FIELDS
     assert len(rows) == 3
     assert [r["image"] for r in rows] == ["one.png", "one.png", "two.png"]
+    assert [r["index"] for r in rows] == ["0", "1", "0"]
     assert [r["label"] for r in rows] == ["crystal", "precipitate", "precipitate"]
     insts = [*first.instances, *second.instances]
     for row, inst in zip(rows, insts, strict=True):
@@ -194,7 +199,26 @@ def test_write_points_csv(tmp_path: Path) -> None:
 
 def test_write_points_csv_header_only(tmp_path: Path) -> None:
     path = write_points_csv([], tmp_path / "p.csv")
-    assert path.read_text() == "image,x,y,score,label\n"
+    assert path.read_text() == "image,x,y,score,label,index\n"
+
+
+@pytest.mark.parametrize(
+    "name", ['=HYPERLINK("http://x","y").jpg', "+cmd.jpg", "-2+3.jpg", "@SUM(1).jpg", "\tx.jpg", "\rx.jpg"]
+)
+def test_points_csv_neutralises_formulas(tmp_path: Path, name: str) -> None:
+    result = _result(name)
+    result.instances[0] = dataclasses.replace(result.instances[0], label_name="=1+1")
+    rows = list(csv.DictReader(write_points_csv([result], tmp_path / "p.csv").open(newline="")))
+    expected = "\\rx.jpg" if name.startswith("\r") else "'" + name  # CR written as \\r: not a formula
+    assert {r["image"] for r in rows} == {expected}
+    assert rows[0]["label"] == "'=1+1" and rows[1]["label"] == "precipitate"
+    assert csv_text("plain.png") == "plain.png" and csv_text("a=b.png") == "a=b.png"
+
+
+def test_csv_text_keeps_undecodable_file_name_bytes() -> None:
+    name = os.fsdecode(b"drop\xff.png")  # a Latin-1 name on a UTF-8 system: a lone surrogate
+    assert csv_text(name) == "drop\\xff.png"
+    assert csv_text(name).encode("utf-8")
 
 
 # --------------------------------------------------------------------------- overlay
@@ -256,6 +280,27 @@ def test_atomic_write_replaces_and_leaves_no_tmp(tmp_path: Path) -> None:
     atomic_write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
+
+
+def test_atomic_write_long_name_and_failure_leave_nothing(tmp_path: Path, monkeypatch: Any) -> None:
+    long_name = "x" * 250 + ".json"  # 255 bytes: a temporary ".NAME.tmp" would be 260
+    assert atomic_write_bytes(tmp_path / long_name, b"ok").read_bytes() == b"ok"
+
+    def full_disk(self: Path, target: Any) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_bytes(tmp_path / "b.json", b"data")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [long_name]
+
+
+def test_atomic_write_onto_a_folder_writes_nothing_outside_it(tmp_path: Path) -> None:
+    (tmp_path / "target").mkdir()
+    with pytest.raises(IsADirectoryError):
+        atomic_write_bytes(tmp_path / "target", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
 
 
 def test_all_writers_leave_no_tmp(tmp_path: Path) -> None:

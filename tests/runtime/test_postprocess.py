@@ -286,3 +286,31 @@ def test_postprocess_nothing_kept() -> None:
     assert (
         postprocess(out, scale=1.0, height=10, width=10, score_threshold=0.5, class_names=CLASS_NAMES) == []
     )
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((1352, 1688), (1024, 1224)), ((1352, 1688), (2028, 2532)), ((50, 70), (50, 70))]
+)
+def test_nearest_to_image_equals_cv2_nearest_of_the_full_mask(
+    src: tuple[int, int], dst: tuple[int, int]
+) -> None:
+    """paste_at="resize": a crop pasted in the resized image, scaled to the image on the crop only,
+    equals cv2.resize(full mask, INTER_NEAREST) (what CHiMP's coordinates amount to)."""
+    import cv2
+
+    from crystal_rt.runtime.postprocess import nearest_to_image
+    from crystal_rt.runtime.result import InstanceMask
+
+    rng = np.random.default_rng(sum(src) + sum(dst))
+    for _ in range(20):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        y0, x0 = int(rng.integers(0, src[0] - h + 1)), int(rng.integers(0, src[1] - w + 1))
+        crop = rng.random((h, w)) < 0.6
+        mask = InstanceMask(crop, x0, y0, src[0], src[1])
+        got = nearest_to_image(mask, dst[0], dst[1])
+        want = (
+            cv2.resize(mask.to_full().astype(np.uint8), (dst[1], dst[0]), interpolation=cv2.INTER_NEAREST) > 0
+        )
+        assert np.array_equal(got.to_full(), want)
+    empty = nearest_to_image(InstanceMask(np.zeros((3, 3), bool), 5, 5, src[0], src[1]), dst[0], dst[1])
+    assert empty.area == 0 and empty.to_full().shape == dst

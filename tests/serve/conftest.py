@@ -36,10 +36,10 @@ def live_server(detector: Any) -> Iterator[LiveServer]:
     """uvicorn in a thread on 127.0.0.1 and a random free port, serving the tiny engine."""
     import uvicorn
 
-    from crystal_rt.serve.http import create_app
+    from crystal_rt.serve.http import create_app, server_config
 
     app = create_app(detector, max_body_bytes=4 * 2**20, max_concurrency=2, queue_size=4)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

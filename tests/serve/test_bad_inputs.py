@@ -219,18 +219,17 @@ def watched(detector: Detector, tmp_path_factory: pytest.TempPathFactory) -> tup
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_watcher(case: Case, watched: tuple[Path, Path, Any]) -> None:
     in_dir, out, _ = watched
-    stem = Path(case.filename).stem
-    if case.id == "empty":  # never picked up while empty (the imager may not have written it yet)
-        assert (in_dir / case.filename).exists() and not (out / f"{stem}.json").exists()
-        assert not (out / "quarantine" / case.filename).exists()
+    if case.id == "empty":  # not picked up while empty (the imager may not have written it yet)
+        assert (in_dir / case.filename).exists() and not (out / f"{case.filename}.json").exists()
+        assert not (out / "quarantine" / f"{case.filename}.reason.txt").exists()
     elif case.error is None:
-        data = json.loads((out / f"{stem}.json").read_text())
+        data = json.loads((out / f"{case.filename}.json").read_text())
         assert (data["height"], data["width"]) == case.shape and data["image"] == case.filename
-    else:
-        assert not (in_dir / case.filename).exists() and (out / "quarantine" / case.filename).is_file()
+    else:  # recorded and copied; the input folder is never changed
+        assert (in_dir / case.filename).exists() and (out / "quarantine" / case.filename).is_file()
         reason = (out / "quarantine" / f"{case.filename}.reason.txt").read_text()
         assert reason.startswith("InvalidImage: ") and case.error in reason and case.filename in reason
-    assert (out / "good.json").is_file()
+    assert (out / "good.png.json").is_file()
 
 
 def test_watcher_totals_and_keeps_going(watched: tuple[Path, Path, Any], detector: Detector) -> None:
@@ -377,3 +376,16 @@ def test_sixteen_threads_share_one_detector(detector: Detector) -> None:
     assert not errors and len(results) == 16
     for index, d in results.items():
         assert d == expected[index % len(images)]
+
+
+def test_closed_detector_and_non_image_inputs_are_typed(tiny: Any) -> None:
+    from crystal_rt.errors import InvalidOption
+
+    det = Detector.load(tiny.engine_dir, threads=1)
+    for bad in ([1, 2], None, 7, "a\0b.png"):
+        with pytest.raises(InvalidImage):
+            det.detect(bad)  # type: ignore[arg-type]
+    det.close()
+    for source in (BASE, GOOD, None):
+        with pytest.raises(InvalidOption, match="this Detector is closed"):
+            det.detect(source)  # type: ignore[arg-type]

@@ -133,10 +133,10 @@ def test_watcher_500_files_with_restart(detector: Any, tmp_path: Path) -> None:
     keys = [(e["path"], e["size"], e["mtime_ns"]) for e in journal]
     ok = {e["path"] for e in journal if e["status"] == "ok"}
     quarantined = {e["path"] for e in journal if e["status"] == "quarantined"}
-    results = sorted(p.relative_to(out).as_posix() for p in out.glob("plate*/*.json"))
+    results = sorted(p.relative_to(out).as_posix() for p in out.glob("plate*/*.png.json"))
     with (out / "points.csv").open() as fh:
         rows = Counter(r["image"] for r in csv.DictReader(fh))
-    counts = {name: json.loads((out / name).with_suffix(".json").read_text())["num_instances"] for name in ok}
+    counts = {name: json.loads((out / f"{name}.json").read_text())["num_instances"] for name in ok}
     print(
         f"\nwatcher: 500 files (50 bad) in {elapsed:.1f} s; phase 1 {first.done}, phase 2 {second.done}; "
         f"{len(ok)} results, {len(quarantined)} quarantined, {len(keys) - len(set(keys))} duplicate journal "

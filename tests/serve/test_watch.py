@@ -18,8 +18,9 @@ import pytest
 from serve_helpers import CLI_SCRIPT, LOW_THRESHOLD, cli_namespace
 
 from crystal_rt.errors import EngineNotFound, InvalidImage
-from crystal_rt.runtime.result import DetectionResult, Instance, InstanceMask
-from crystal_rt.serve.watch import JOURNAL_NAME, Watcher, WatchOptions, dispense_target
+from crystal_rt.runtime.dispense import dispense_target
+from crystal_rt.runtime.result import Instance, InstanceMask
+from crystal_rt.serve.watch import JOURNAL_NAME, Watcher, WatchOptions
 
 
 def _options(in_dir: Path, out_dir: Path, **kw: Any) -> WatchOptions:
@@ -53,17 +54,17 @@ def test_once_processes_each_file_exactly_once(detector: Any, folders: tuple[Pat
     stats = Watcher(detector, _options(in_dir, out)).run(once=True)
     assert (stats.ok, stats.quarantined, stats.errors) == (3, 1, 0)
     for i in range(3):
-        data = json.loads((out / f"drop{i}.json").read_text())
+        data = json.loads((out / f"drop{i}.png.json").read_text())
         expected = detector.detect(in_dir / f"drop{i}.png").to_dict()
         assert data["instances"] == expected["instances"] and data["image"] == f"drop{i}.png"
         assert "dispense_target" not in data  # the tiny model has no "drop" class
     rows = _points(out)
     assert list(rows[0]) == ["image", "x", "y", "score", "label", "index"]
     assert len(rows) == sum(
-        json.loads((out / f"drop{i}.json").read_text())["num_instances"] for i in range(3)
+        json.loads((out / f"drop{i}.png.json").read_text())["num_instances"] for i in range(3)
     )
-    assert not (in_dir / "broken.png").exists()
-    assert (out / "quarantine" / "broken.png").read_bytes() == b"this is text, not a PNG"
+    assert (in_dir / "broken.png").read_bytes() == b"this is text, not a PNG"  # IN is never changed
+    assert (out / "quarantine" / "broken.png").read_bytes() == b"this is text, not a PNG"  # a copy
     reason = (out / "quarantine" / "broken.png.reason.txt").read_text()
     assert reason.startswith("InvalidImage: not a recognised image format")
     assert sorted(e["status"] for e in _journal(out)) == ["ok", "ok", "ok", "quarantined"]
@@ -97,27 +98,25 @@ def test_file_still_being_written_waits_until_stable(
     assert [(o.path, o.status) for o in outcomes] == [("growing.png", "ok")]
     assert watcher.poll() == [] and watcher.poll() == []  # an empty file is never picked up
     assert (in_dir / "empty.png").exists() and not (out / "quarantine").exists()
-    assert json.loads((out / "growing.json").read_text())["num_instances"] >= 0
+    assert json.loads((out / "growing.png.json").read_text())["num_instances"] >= 0
 
 
-def test_recursive_patterns_and_output_inside_input(
-    detector: Any, tmp_path: Path, drop_pngs: list[bytes]
-) -> None:
+def test_recursive_patterns_and_formats(detector: Any, tmp_path: Path, drop_pngs: list[bytes]) -> None:
     in_dir = tmp_path / "in"
     (in_dir / "plate1" / "A1").mkdir(parents=True)
     (in_dir / "plate1" / "A1" / "d.TIF").write_bytes(drop_pngs[0])  # a PNG named .TIF: sniffed
     (in_dir / "top.png").write_bytes(drop_pngs[1])
     (in_dir / "skip.jpg").write_bytes(drop_pngs[1])
-    out = in_dir / "results"  # inside IN_DIR: never scanned
+    out = tmp_path / "results"
     opts = _options(
         in_dir, out, recursive=True, patterns=("*.tif", "*.png"), formats=("json", "coco", "overlay")
     )
     stats = Watcher(detector, opts).run(once=True)
     assert sorted(o.path for o in stats.outcomes) == ["plate1/A1/d.TIF", "top.png"]
-    assert (out / "plate1" / "A1" / "d.json").is_file() and (
-        out / "plate1" / "A1" / "d.overlay.png"
+    assert (out / "plate1" / "A1" / "d.TIF.json").is_file() and (
+        out / "plate1" / "A1" / "d.TIF.overlay.png"
     ).is_file()
-    assert isinstance(json.loads((out / "top.coco.json").read_text()), list)
+    assert isinstance(json.loads((out / "top.png.coco.json").read_text()), list)
     assert not (out / "points.csv").exists()
     assert Watcher(detector, opts).run(once=True).done == 0
     flat = Watcher(detector, _options(in_dir, tmp_path / "flat")).scan()
@@ -130,11 +129,11 @@ def test_same_stem_different_suffix_keeps_both(detector: Any, tmp_path: Path, dr
     (in_dir / "a.png").write_bytes(drop_pngs[0])
     (in_dir / "a.tif").write_bytes(drop_pngs[1])
     assert Watcher(detector, _options(in_dir, out)).run(once=True).ok == 2
-    assert json.loads((out / "a.json").read_text())["image"] == "a.png"
+    assert json.loads((out / "a.png.json").read_text())["image"] == "a.png"
     assert json.loads((out / "a.tif.json").read_text())["image"] == "a.tif"
     (in_dir / "a.png").write_bytes(drop_pngs[2])  # a new version of a.png replaces its own result
     assert Watcher(detector, _options(in_dir, out)).run(once=True).ok == 1
-    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "a.tif.json"]
+    assert sorted(p.name for p in out.glob("*.json")) == ["a.png.json", "a.tif.json"]
 
 
 def test_crash_between_points_and_journal_leaves_no_duplicates(
@@ -151,7 +150,7 @@ def test_crash_between_points_and_journal_leaves_no_duplicates(
     stats = Watcher(detector, _options(in_dir, out)).run(once=True)
     assert stats.done == 2
     rows = _points(out)
-    counts = {i: json.loads((out / f"drop{i}.json").read_text())["num_instances"] for i in range(3)}
+    counts = {i: json.loads((out / f"drop{i}.png.json").read_text())["num_instances"] for i in range(3)}
     for i in range(3):
         assert sum(r["image"] == f"drop{i}.png" for r in rows) == counts[i]
 
@@ -166,11 +165,12 @@ def test_stop_event_ends_the_loop(detector: Any, folders: tuple[Path, Path]) -> 
     while len(_journal(out)) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
     (in_dir / "late.png").write_bytes((in_dir / "drop0.png").read_bytes())
-    while not (out / "late.json").exists() and time.monotonic() < deadline:
+    while not (out / "late.png.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     stop.set()
     thread.join(10)
-    assert not thread.is_alive() and (out / "late.json").exists()
+    watcher.close()
+    assert not thread.is_alive() and (out / "late.png.json").exists()
 
 
 def test_engine_error_is_retried_and_other_files_go_on(detector: Any, folders: tuple[Path, Path]) -> None:
@@ -192,9 +192,9 @@ def test_engine_error_is_retried_and_other_files_go_on(detector: Any, folders: t
     in_dir, out = folders
     stats = Watcher(Flaky(), _options(in_dir, out)).run(once=True)  # type: ignore[arg-type]
     assert (stats.ok, stats.quarantined, stats.errors) == (2, 1, 1)
-    assert not (out / "drop1.json").exists() and (in_dir / "drop1.png").exists()
+    assert not (out / "drop1.png.json").exists() and (in_dir / "drop1.png").exists()
     assert Watcher(detector, _options(in_dir, out)).run(once=True).ok == 1  # retried, once
-    assert (out / "drop1.json").exists() and len(_journal(out)) == 4
+    assert (out / "drop1.png.json").exists() and len(_journal(out)) == 4
 
 
 def test_stop_during_a_batch_finishes_the_current_file(detector: Any, folders: tuple[Path, Path]) -> None:
@@ -219,19 +219,21 @@ def test_dispense_target_avoids_crystals_and_edges() -> None:
     yy, xx = np.mgrid[0:61, 0:81]
     drop = ((yy - 30) ** 2 / 30**2 + (xx - 40) ** 2 / 40**2) <= 1  # ellipse centred at (x 50, y 40)
     crystal = np.ones((16, 16), bool)  # right on the drop centre
-    result = DetectionResult(
-        120, 100, [_instance("drop", drop, 10, 10), _instance("crystal", crystal, 42, 32)], image="x"
-    )
-    target = dispense_target(result, um_per_px=2.0)
-    assert target is not None
-    assert drop[int(target["y"]) - 10, int(target["x"]) - 10]  # inside the drop
-    assert not (42 <= target["x"] < 58 and 32 <= target["y"] < 48)  # not on the crystal
-    assert 5 < target["clearance_px"] < 20
-    assert target["x_um"] == pytest.approx(2 * target["x"]) and target["clearance_um"] > 0
-    alone = dispense_target(DetectionResult(120, 100, [_instance("drop", drop, 10, 10)]))
-    assert alone is not None and abs(alone["x"] - 50) <= 1 and abs(alone["y"] - 40) <= 1
-    assert "x_um" not in alone
-    assert dispense_target(DetectionResult(120, 100, [_instance("crystal", crystal, 42, 32)])) is None
+    instances = [_instance("drop", drop, 10, 10), _instance("crystal", crystal, 42, 32)]
+    target = dispense_target(instances, 100, 120, um_per_px=2.0)
+    assert target is not None and target.method == "distance"
+    assert drop[int(target.y) - 10, int(target.x) - 10]  # inside the drop
+    assert not (42 <= target.x < 58 and 32 <= target.y < 48)  # not on the crystal
+    assert target.clearance_px is not None and 5 < target.clearance_px < 20
+    data = target.to_dict()
+    # micrometres as an offset from the image centre (width // 2, height // 2), as CHiMP reports them
+    assert data["offset_x_um"] == pytest.approx(2 * (target.x - 60)) and data["clearance_um"] > 0
+    assert data["offset_y_um"] == pytest.approx(2 * (target.y - 50))
+    alone = dispense_target([_instance("drop", drop, 10, 10)], 100, 120)  # no crystal: the centre of mass
+    assert alone is not None and alone.method == "centroid" and alone.clearance_px is None
+    assert abs(alone.x - 50) <= 1 and abs(alone.y - 40) <= 1
+    assert "offset_x_um" not in alone.to_dict()
+    assert dispense_target([_instance("crystal", crystal, 42, 32)], 100, 120) is None
 
 
 def test_watch_command_once_and_bad_engine(
@@ -245,9 +247,11 @@ def test_watch_command_once_and_bad_engine(
         "watch", str(tiny.engine_dir), str(in_dir), "-o", str(out), "--once", "--stable-seconds", "0",
         "--poll", "0.01", "--threads", "1", "--score-threshold", str(LOW_THRESHOLD), "--formats", "csv",
     )  # fmt: skip
-    assert watch.run(args) == 0
+    assert watch.run(args) == 1  # --once with a quarantined file: non-zero for cron
     assert len(list(out.glob("drop*.json"))) == 3 and (out / "points.csv").is_file()
     assert "3 processed, 1 quarantined" in capsys.readouterr().err
+    assert watch.run(args) == 0  # nothing new, nothing failed
+    assert "0 processed, 0 quarantined, 0 error(s)" in capsys.readouterr().err
     with pytest.raises(EngineNotFound):
         watch.run(cli_namespace("watch", str(tmp_path / "none"), str(in_dir), "-o", str(out), "--once"))
     monkeypatch.setitem(cli_main.COMMANDS, "watch", "watch")

@@ -50,6 +50,7 @@ def calibrate(
     max_map_drop: float = DEFAULT_MAX_MAP_DROP,
     force: bool = False,
     threads: int | None = None,
+    recursive: bool = False,
     log: Callable[[str], None] | None = None,
     on_step: Callable[[str, int], None] | None = None,
     on_image: Callable[[], None] | None = None,
@@ -57,7 +58,8 @@ def calibrate(
     """Calibrate ``model`` on ``images`` for ``precision``/``target`` and write ``output``.
 
     The accuracy against FP32 is measured on ``val`` (a COCO JSON with ground truth) or else on
-    ``held_out`` images of the folder that calibration did not use. A graph whose mAP@0.50 drops
+    ``held_out`` images of the folder that calibration did not use. With ``recursive`` the images of
+    the folder's sub-folders (plate/well/drop trees) count too. A graph whose mAP@0.50 drops
     by more than ``max_map_drop`` is not written unless ``force``. ``on_step(name, total)`` announces
     each stage with its image count; ``on_image()`` ticks once per image processed in it.
     """
@@ -92,11 +94,13 @@ def calibrate(
     # image that calibrated the graph: those beyond --num-images, or a quarter of a small folder.
     check: list[Path] = []
     if val is None and held_out > 0:
-        found = list_images([folder])
+        found = list_images([folder], recursive=recursive)
         spare = len(found) - num_images
         count = min(held_out, spare) if spare >= 1 else max(1, len(found) // 4)
         check = held_out_sample(found, count, seed)
-    calib = CalibrationImages(folder, spec, num_images=num_images, seed=seed, exclude=check)
+    calib = CalibrationImages(
+        folder, spec, num_images=num_images, seed=seed, exclude=check, recursive=recursive
+    )
     say(f"calibrating on {len(calib)} images of {images} (seed {seed})")
     if precision == "fp16":
         from .fp16 import autocast_fp16 as convert

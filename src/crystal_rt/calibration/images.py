@@ -11,12 +11,23 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CalibrationError, InvalidImage
-from ..io.decode import list_images, read_image
+from ..io.decode import images_below, list_images, read_image
 from ..runtime.preprocess import preprocess
 from ..spec import PreprocessSpec
 
 DEFAULT_NUM_IMAGES = 32
 MIN_IMAGES = 4
+
+
+def where_images_are(folder: Path, recursive: bool) -> str:
+    """``; N image(s) in sub-folders (e.g. ...): add --recursive`` where that is why none were found."""
+    if recursive:
+        return ""
+    count, examples = images_below(folder)
+    if not count:
+        return f"; {folder} holds no .png/.jpg/.tif/.bmp images"
+    names = ", ".join(str(p.relative_to(folder)) for p in examples)
+    return f"; {count} image(s) in its sub-folders (e.g. {names}): add --recursive to use them"
 
 
 @dataclass
@@ -32,6 +43,7 @@ class CalibrationImages:
     num_images: int = DEFAULT_NUM_IMAGES
     seed: int = 0
     exclude: Sequence[Path] = ()
+    recursive: bool = False
     paths: list[Path] = field(init=False)
     skipped: list[str] = field(init=False, default_factory=list)
 
@@ -42,7 +54,7 @@ class CalibrationImages:
         if self.num_images < MIN_IMAGES:
             raise CalibrationError(f"calibrate on at least {MIN_IMAGES} images, not {self.num_images}")
         excluded = {p.resolve() for p in self.exclude}
-        found = [p for p in list_images([folder]) if p.resolve() not in excluded]
+        found = [p for p in list_images([folder], recursive=self.recursive) if p.resolve() not in excluded]
         random.Random(self.seed).shuffle(found)
         self.paths = found[: self.num_images]
 
@@ -65,7 +77,8 @@ class CalibrationImages:
             examples = "; ".join(self.skipped[:3])
             detail = f" ({len(self.skipped)} unreadable: {examples})" if self.skipped else ""
             raise CalibrationError(
-                f"only {usable} usable image(s) found, calibration needs at least {MIN_IMAGES}{detail}",
+                f"only {usable} usable image(s) found, calibration needs at least {MIN_IMAGES}{detail}"
+                + where_images_are(Path(self.folder), self.recursive),
                 path=self.folder,
             )
 

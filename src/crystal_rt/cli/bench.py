@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import add_stages
+from .options import add_score_threshold, add_stages, report_file
 
 
 def _positive_list(text: str) -> list[int]:
@@ -25,13 +25,23 @@ def _positive_list(text: str) -> list[int]:
 
 
 def _size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` (as ``synth --size`` and image tools write it) -> (height, width)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1224x1024, got {text!r}") from None
+    if height < 16 or width < 16:
+        raise argparse.ArgumentTypeError(f"image too small: {text}")
+    return height, width
+
+
+def _size_hxw(text: str) -> tuple[int, int]:
+    """The old ``--synthetic-size HEIGHTxWIDTH`` (kept as it was) -> (height, width)."""
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 1024x1224, got {text!r}") from None
-    if height < 16 or width < 16:
-        raise argparse.ArgumentTypeError(f"image too small: {text}")
-    return height, width
+    return _size(f"{width}x{height}")
 
 
 def add_parser(sub: Any) -> None:
@@ -41,7 +51,19 @@ def add_parser(sub: Any) -> None:
     src.add_argument("--images", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
     src.add_argument("--synthetic", type=int, metavar="N", help="generate N synthetic drops (default 4)")
     p.add_argument(
-        "--synthetic-size", type=_size, default=(1024, 1224), metavar="HxW", help="default 1024x1224"
+        "--size",
+        type=_size,
+        dest="synthetic_size",
+        default=(1024, 1224),
+        metavar="WxH",
+        help="size of the synthetic drops, WIDTHxHEIGHT as in synth --size (default 1224x1024)",
+    )
+    p.add_argument(
+        "--synthetic-size",
+        type=_size_hxw,
+        dest="synthetic_size",
+        metavar="HxW",
+        help="the same as HEIGHTxWIDTH (the old spelling, kept: 1024x1224 is --size 1224x1024)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic drops (default 0)")
     p.add_argument("--runs", type=int, default=10, help="timed passes over the images (default 10)")
@@ -58,9 +80,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--cold-starts", type=int, default=3, help="fresh-process cold starts (default 3; 0 skips)"
     )
-    p.add_argument("--score-threshold", type=float, help="detection threshold (default: the engine's)")
-    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the full report here")
-    p.add_argument("--plot", type=Path, metavar="OUT.png", help="write a latency/throughput plot here")
+    add_score_threshold(p, "detection threshold, in [0, 1] (default: the engine's)")
+    p.add_argument("--json", type=report_file, metavar="OUT.json", help="write the full report here")
+    p.add_argument("--plot", type=report_file, metavar="OUT.png", help="write a latency/throughput plot here")
     add_stages(p)
     p.set_defaults(run=run)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from .calibrate import add_calibration_options
 from .export import add_checkpoint_options, checkpoint_options
+from .options import output_dir
 
 
 def add_parser(sub: Any) -> None:
@@ -20,7 +21,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("model", type=Path, help="core ONNX from crystal-rt export, or a checkpoint")
     p.add_argument(
-        "-o", "--output", type=Path, required=True, help="folder for NAME.onnx/.plan + NAME.manifest.json"
+        "-o",
+        "--output",
+        type=output_dir,
+        required=True,
+        help="folder for NAME.onnx/.plan + NAME.manifest.json",
     )
     p.add_argument(
         "--backend",
@@ -92,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         "held_out": args.held_out,
         "max_map_drop": args.max_map_drop,
         "force": args.force,
+        "recursive": args.recursive,
     }
     if args.calib is not None and args.precision != "int8":
         raise CrystalRtError(f"--calib calibrates for --precision int8, not {args.precision}")

@@ -9,6 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .options import output_file, report_file
+
 
 def add_calibration_options(p: argparse.ArgumentParser) -> None:
     """Options shared with ``build-engine --calib``."""
@@ -30,6 +32,7 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
         help="refuse a graph whose mAP@0.50 drops more than this against FP32 (default 0.01)",
     )
     p.add_argument("--force", action="store_true", help="write the graph even past --max-map-drop")
+    p.add_argument("--recursive", action="store_true", help="also use the images in the folder's sub-folders")
 
 
 def add_parser(sub: Any) -> None:
@@ -48,8 +51,8 @@ def add_parser(sub: Any) -> None:
         choices=("onnxruntime", "tensorrt"),
         help="engine the graph is for (default: onnxruntime for int8, tensorrt for fp16)",
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="output ONNX file")
-    p.add_argument("--json", type=Path, help="write the accuracy report as JSON here")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="output ONNX file")
+    p.add_argument("--json", type=report_file, help="write the accuracy report as JSON here")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_calibration_options(p)
     p.set_defaults(run=run)
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             max_map_drop=args.max_map_drop,
             force=args.force,
             threads=args.threads,
+            recursive=args.recursive,
             log=info,
             on_step=on_step,
             on_image=lambda: bar.advance(state["task"]),

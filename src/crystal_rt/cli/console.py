@@ -6,16 +6,33 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
 
 
+class _LogProgress(Progress):
+    """Where stderr is not a terminal (CI logs, cron mail, a pipe), the bar is not drawn; instead a
+    line ``description: N/TOTAL`` is printed at every tenth of the work, so a long run is not silent."""
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        if not self.disable:
+            return
+        task = self._tasks[task_id]
+        total = task.total or 0
+        step = max(1.0, total / 10)
+        if total and (
+            task.completed >= total or task.completed // step != (task.completed - advance) // step
+        ):
+            info(f"{task.description}: {task.completed:.0f}/{total:.0f}")
+
+
 def progress() -> Progress:
-    """A progress bar on stderr (hidden when stderr is not a terminal, e.g. in CI logs)."""
-    return Progress(
+    """A progress bar on stderr (lines at every tenth when stderr is not a terminal, e.g. in CI logs)."""
+    return _LogProgress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .options import output_file
+
 FORMAT_CHOICES = ("auto", "coco", "labelme", "masks")
 
 
@@ -24,7 +26,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "inputs", nargs="+", type=Path, help="COCO/Labelme .json files, Labelme folders, mask folders"
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="the COCO JSON to write")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="the COCO JSON to write")
     p.add_argument(
         "--format",
         choices=FORMAT_CHOICES,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CrystalRtError
+from .options import output_dir
 
 DEMO_MODEL = "crystals.onnx"
 # (height, width, rgb, bit depth) of the generated drops, in turn: imager sizes and formats.
@@ -36,7 +37,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "-o",
         "--output",
-        type=Path,
+        type=output_dir,
         default=Path("crystal-rt-demo"),
         help="folder for the engine, images and results (default: ./crystal-rt-demo)",
     )

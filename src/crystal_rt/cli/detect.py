@@ -1,4 +1,12 @@
-"""``crystal-rt detect ENGINE IMAGE_OR_DIR... -o OUT``: detect and write JSON, COCO, CSV and overlays."""
+"""``crystal-rt detect ENGINE IMAGE_OR_DIR... -o OUT``: detect and write JSON, COCO, CSV and overlays.
+
+Each image is named by its path relative to the folder the inputs share (``A1.jpg`` for
+``detect E plate1/``, ``plate1/A1.jpg`` and ``plate2/A1.jpg`` for ``detect E plate1 plate2``), and
+its results are ``OUT/<name>.json`` and ``OUT/<name>.overlay.png`` (the full name, as ``watch``
+writes them). An output folder that already holds results is merged by image: the images of this
+run replace their own rows in ``points.csv`` and entries in ``coco_results.json`` and their own
+files (a format not asked for this time is removed for them), the other images' results stay.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import RESULT_FORMATS as FORMATS
-from .options import add_stages, add_um_per_px
+from .options import add_score_threshold, add_stages, add_um_per_px, output_dir
 
 
 def parse_formats(text: str) -> list[str]:
@@ -24,43 +32,126 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("detect", help="detect crystals in images with an engine", description=__doc__)
     p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for the results")
+    p.add_argument("-o", "--output", type=output_dir, required=True, help="folder for the results")
     p.add_argument(
+        "--formats",
         "--format",
+        dest="format",
         type=parse_formats,
         default=list(FORMATS),
         help=f"comma-separated subset of {','.join(FORMATS)} (default: all)",
     )
-    p.add_argument(
-        "--score-threshold", type=float, help="keep detections scoring at least this (default: the engine's)"
-    )
+    p.add_argument("--recursive", action="store_true", help="also detect in the folders' sub-folders")
+    add_score_threshold(p, "keep detections scoring at least this, in [0, 1] (default: the engine's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
     add_um_per_px(p)
     p.set_defaults(run=run)
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        stem = path.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    return stems
+def image_names(paths: list[Path]) -> list[str]:
+    """Each image's path relative to the folder all of them share (POSIX separators): unique, and
+    the same whenever the same folders are given."""
+    import os
+
+    if not paths:
+        return []
+    absolute = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    return [p.relative_to(common).as_posix() for p in absolute]
+
+
+def _output_path(out: Path, name: str, suffix: str) -> Path:
+    from ..serve.watch import fit_name
+
+    rel = Path(name)
+    return out / rel.parent / f"{fit_name(rel.name)}{suffix}"
+
+
+def _merge_points(path: Path, done: set[str], new_rows: list[list[str]]) -> None:
+    """points.csv: the rows of images not in ``done`` kept, then this run's rows."""
+    import csv
+
+    from ..io.writers import POINT_FIELDS, atomic_write_bytes, csv_text, points_csv_bytes
+
+    kept: list[list[str]] = []
+    if path.is_file():
+        cells = {csv_text(name) for name in done} | done
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("image") not in cells:
+                    kept.append([row.get(field) or "" for field in POINT_FIELDS])
+    elif not new_rows:
+        return
+    atomic_write_bytes(path, points_csv_bytes([*kept, *new_rows]))
+
+
+def _merge_coco(path: Path, done: set[str], results: list[Any]) -> None:
+    """coco_results.json: the entries of images not in ``done`` kept, then this run's; image ids
+    numbered 1.. over the file names in that order."""
+    import json
+
+    from ..io.writers import atomic_write_bytes, coco_results
+
+    entries: list[dict[str, object]] = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            old = []
+        entries = (
+            [e for e in old if isinstance(e, dict) and e.get("file_name") not in done]
+            if isinstance(old, list)
+            else []
+        )
+    elif not results:
+        return
+    for result in results:
+        for entry in coco_results([result]):
+            entry["file_name"] = result.image  # the relative path: unique, unlike the base name
+            entries.append(entry)
+    ids: dict[object, int] = {}
+    for entry in entries:
+        entry["image_id"] = ids.setdefault(entry.get("file_name"), len(ids) + 1)
+    atomic_write_bytes(path, (json.dumps(entries) + "\n").encode())
+
+
+def _detect_one(detector: Any, path: Path, name: str, out: Path, formats: list[str]) -> Any:
+    """Detect in one image and write its files (a format not asked for is removed for it)."""
+    from time import perf_counter
+
+    from ..errors import CrystalRtError
+    from ..io.decode import read_image
+    from ..io.writers import write_json, write_overlay
+
+    t0 = perf_counter()
+    pixels = read_image(path, max_pixels=detector.max_pixels, name=name)
+    result = detector.detect_pixels(pixels, name=name, decode_ms=(perf_counter() - t0) * 1e3)
+    t1 = perf_counter()
+    try:
+        for fmt, suffix in (("json", ".json"), ("overlay", ".overlay.png")):
+            target = _output_path(out, name, suffix)
+            if fmt not in formats:  # an older run's file would be stale
+                target.unlink(missing_ok=True)
+            elif fmt == "json":
+                write_json(result, target)
+            else:
+                write_overlay(pixels, result, target)
+    except OSError as exc:
+        raise CrystalRtError(f"cannot write its results: {exc.strerror or exc}", path=name) from exc
+    result.timings_ms["encode"] = (perf_counter() - t1) * 1e3
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
-    from time import perf_counter
-
     from rich.markup import escape
 
     from ..errors import CrystalRtError
-    from ..io.decode import list_images, read_image
-    from ..io.writers import write_coco, write_json, write_overlay, write_points_csv
+    from ..io.decode import list_images
+    from ..io.writers import point_rows
     from ..runtime.detector import STAGES, Detector
     from ..runtime.result import DetectionResult
-    from .console import console, err_console, latency_table, progress
+    from .console import console, err_console, info, latency_table, progress
 
     detector = Detector.load(
         args.engine,
@@ -69,39 +160,53 @@ def run(args: argparse.Namespace) -> int:
         stages=args.stages,
         um_per_px=args.um_per_px,
     )
-    paths = list_images(args.inputs)
+    seen: set[Path] = set()
+    paths = []
+    for path in list_images(args.inputs, recursive=args.recursive):  # each file once
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            paths.append(path)
     if not paths:
-        raise CrystalRtError("no images found in " + ", ".join(map(str, args.inputs)))
+        detector.close()
+        hint = ""
+        if not args.recursive:
+            from ..io.decode import images_below
+
+            below = sum(images_below(p)[0] for p in args.inputs if p.is_dir())
+            hint = f"; {below} image(s) in sub-folders: add --recursive" if below else ""
+        raise CrystalRtError("no images found in " + ", ".join(map(str, args.inputs)) + hint)
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     results: list[DetectionResult] = []
     failed: list[tuple[Path, str]] = []
-    with progress() as bar:
-        task = bar.add_task("detecting", total=len(paths))
-        for path, stem in zip(paths, _unique_stems(paths), strict=False):
-            try:
-                t0 = perf_counter()
-                pixels = read_image(path, max_pixels=detector.max_pixels)
-                result = detector.detect_pixels(pixels, name=str(path), decode_ms=(perf_counter() - t0) * 1e3)
-                t1 = perf_counter()
-                if "json" in args.format:
-                    write_json(result, out / f"{stem}.json")
-                if "overlay" in args.format:
-                    write_overlay(pixels, result, out / f"{stem}.overlay.png")
-                result.timings_ms["encode"] = (perf_counter() - t1) * 1e3
-                results.append(result)
-            except CrystalRtError as exc:
-                failed.append((path, exc.message))
-                err_console.print(f"[yellow]skipped[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            bar.advance(task)
-    if "coco" in args.format:
-        write_coco(results, out / "coco_results.json")
-    if "csv" in args.format:
-        write_points_csv(results, out / "points.csv")
+    info(f"detecting in {len(paths)} image(s) -> {out}")
+    try:
+        with progress() as bar:
+            task = bar.add_task("detecting", total=len(paths))
+            for path, name in zip(paths, image_names(paths), strict=True):
+                try:
+                    results.append(_detect_one(detector, path, name, out, args.format))
+                except CrystalRtError as exc:
+                    failed.append((path, exc.message))
+                    err_console.print(
+                        f"[yellow]skipped[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+                    )
+                bar.advance(task)
+    finally:
+        detector.close()
+    done = {r.image or "" for r in results}
+    try:
+        if "coco" in args.format or (out / "coco_results.json").is_file():
+            _merge_coco(out / "coco_results.json", done, results if "coco" in args.format else [])
+        if "csv" in args.format or (out / "points.csv").is_file():
+            rows = [row for r in results for row in point_rows(r)] if "csv" in args.format else []
+            _merge_points(out / "points.csv", done, rows)
+    except OSError as exc:
+        raise CrystalRtError(f"cannot write the results table: {exc.strerror or exc}", path=out) from exc
 
-    rows = [(Path(r.image or "").name, str(len(r.instances)), r.timings_ms) for r in results]
+    table = [(r.image or "", str(len(r.instances)), r.timings_ms) for r in results]
     console.print(
-        latency_table(f"{len(results)} image(s) -> {out} (ms)", rows, "instances", (*STAGES, "total"))
+        latency_table(f"{len(results)} image(s) -> {out} (ms)", table, "instances", (*STAGES, "total"))
     )
     if failed:
         err_console.print(f"[red]{len(failed)} of {len(paths)} image(s) could not be read[/]")

@@ -20,6 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from .options import report_file
+
 NO_GPU_EXIT = 2
 
 
@@ -33,7 +35,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--images", type=Path, metavar="DIR", help="--gpu: real drop images to check too (up to 8)"
     )
-    p.add_argument("--json", type=Path, metavar="REPORT.json", help="--gpu: write the report here")
+    p.add_argument("--json", type=report_file, metavar="REPORT.json", help="--gpu: write the report here")
     p.add_argument(
         "--runs", type=_positive, default=20, help="--gpu: timed runs per kernel (default 20; engines 5x)"
     )

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-from .options import add_stages
+from .options import add_score_threshold, add_stages, report_file
 
 
 def add_parser(sub: Any) -> None:
@@ -24,9 +23,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--images", help="folder the JSON's file_name values are relative to (default: its folder)"
     )
-    p.add_argument("--json", type=Path, help="write the report here")
-    p.add_argument("--pr-curve", type=Path, help="write precision-recall curves here (PNG)")
-    p.add_argument("--score-threshold", type=float, help="operating threshold (default: the model's)")
+    p.add_argument("--json", type=report_file, help="write the report here")
+    p.add_argument("--pr-curve", type=report_file, help="write precision-recall curves here (PNG)")
+    add_score_threshold(p, "operating threshold, in [0, 1] (default: the model's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
     p.set_defaults(run=run)

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .options import output_file
+
 
 def input_size(text: str) -> int | tuple[int, int]:
     """``S`` or ``HxW`` (the recipe's resize: the letterbox canvas, or the stretch size)."""
@@ -100,7 +102,7 @@ def add_parser(sub: Any) -> None:
         "export", help="export a checkpoint to the core ONNX and validate it", description=__doc__
     )
     p.add_argument("checkpoint", type=Path, help="crystal-rt checkpoint or torchvision state_dict (.pt/.pth)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="ONNX file to write")
     add_checkpoint_options(p)
     p.set_defaults(run=run)
 

@@ -8,8 +8,9 @@ ensemble NAME (IMAGE bytes in, RESULT JSON out, as POST /v1/detect answers).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
+
+from .options import output_dir
 
 
 def add_parser(sub: Any) -> None:
@@ -17,7 +18,7 @@ def add_parser(sub: Any) -> None:
         "export-triton", help="write a Triton model repository for an engine", description=__doc__
     )
     p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
-    p.add_argument("-o", "--output", type=Path, required=True, help="the model repository folder")
+    p.add_argument("-o", "--output", type=output_dir, required=True, help="the model repository folder")
     p.add_argument("--name", help="model name in Triton (default: the engine's name)")
     p.add_argument("--instances", type=int, default=1, help="instances of each model (default 1)")
     p.add_argument("--gpu", action="store_true", help="run the core model on the GPU (KIND_GPU)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 #: the pipeline's stage policies (crystal_rt.runtime.pipeline.STAGE_POLICIES; a test keeps them equal)
 STAGE_CHOICES = ("auto", "cpu")
@@ -19,14 +21,87 @@ def add_stages(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def positive_float(text: str) -> float:
+# --- parse-time validators (argparse ``type=``): one sentence each, never a traceback ----------
+def _number(text: str, kind: type[int] | type[float]) -> float:
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        value = float("nan")
-    if not 0.0 < value < 1e6:  # also rejects NaN and inf
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        noun = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+    if kind is float and math.isnan(value):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
     return value
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (score and IoU thresholds)."""
+    value = float(_number(text, float))
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 (a free one) to 65535."""
+    value = int(_number(text, int))
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0..65535, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(_number(text, float))
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(_number(text, float))
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def add_score_threshold(parser: argparse.ArgumentParser, help: str, **kwargs: object) -> None:
+    """``--score-threshold`` in [0, 1], checked when the command line is parsed."""
+    parser.add_argument("--score-threshold", type=unit_float, help=help, **kwargs)  # type: ignore[arg-type]
+
+
+def output_dir(text: str) -> Path:
+    """A folder to write into (made when missing); an existing file is refused."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to write (its folders are made when missing); an existing folder is refused."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{parent} is a file, not a folder")
+            break
+    return path
+
+
+def report_file(text: str) -> Path:
+    """A report file (--json, --pr-curve) in a folder that exists; a folder is refused."""
+    path = output_file(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {path.parent} does not exist")
+    return path
 
 
 def add_um_per_px(parser: argparse.ArgumentParser) -> None:

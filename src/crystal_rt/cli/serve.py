@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .options import add_stages
+from .options import add_score_threshold, add_stages, port
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -41,7 +41,13 @@ def _positive_float(text: str) -> float:
 
 
 def add_parser(sub: Any) -> None:
-    from ..serve.http import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_QUEUE_SIZE
+    from ..serve.http import (
+        DEFAULT_BODY_TIMEOUT,
+        DEFAULT_MAX_BODY_BYTES,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MIN_BODY_RATE,
+        DEFAULT_QUEUE_SIZE,
+    )
 
     p = sub.add_parser("serve", help="serve an engine over HTTP (POST /v1/detect)", description=__doc__)
     p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
@@ -49,7 +55,7 @@ def add_parser(sub: Any) -> None:
         "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)"
     )
     p.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+        "--port", type=port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
     )
     p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument(
@@ -71,7 +77,19 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_QUEUE_SIZE,
         help="requests allowed to wait beyond --concurrency before 503 (default %(default)d)",
     )
-    p.add_argument("--score-threshold", type=float, help="default score threshold (default: the engine's)")
+    p.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=DEFAULT_BODY_TIMEOUT,
+        help="seconds a request body may take to start arriving; 408 after (default %(default)g)",
+    )
+    p.add_argument(
+        "--min-body-kbps",
+        type=_positive_float,
+        default=DEFAULT_MIN_BODY_RATE / 1024,
+        help="slowest average body upload after --body-timeout, KiB/s; 408 below it (default %(default)g)",
+    )
+    add_score_threshold(p, "default score threshold, in [0, 1] (default: the engine's)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     triton = p.add_argument_group(
         "Triton (PyTriton: HTTP + gRPC, dynamic batching; needs the triton extra in its own venv)"
@@ -87,12 +105,16 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._lazy import require
+    from ..errors import BackendUnavailable
     from ..runtime.detector import Detector
     from .console import info
 
     if args.triton:
         return _run_triton(args)
-    from ..serve.http import create_app
+    from rich.markup import escape
+
+    from ..serve.http import create_app, server_config
+    from .console import err_console
 
     uvicorn = require("uvicorn", "crystal-rt serve", extra="serve")
     require("fastapi", "crystal-rt serve", extra="serve")
@@ -109,12 +131,37 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_concurrency=args.concurrency,
         queue_size=args.queue,
+        body_timeout=args.body_timeout,
+        min_body_rate=args.min_body_kbps * 1024,
     )
     if args.host not in LOOPBACK:
         info(f"[yellow]warning:[/] listening on {args.host}: the service has no authentication")
-    info(f"serving {detector!r} on http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
-    detector.close()
+
+    class Server(uvicorn.Server):  # type: ignore[misc,name-defined]
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            bound = [sock.getsockname() for server in self.servers for sock in server.sockets]
+            for address in bound[:1]:  # the port actually bound (--port 0 picks one)
+                host = f"[{address[0]}]" if ":" in address[0] else address[0]
+                url = f"http://{host}:{address[1]}"
+                err_console.print(  # one line (no wrapping): scripts read the URL from it
+                    f"serving {escape(repr(detector))} on {url} (docs: /docs); Ctrl-C stops",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+
+    config = server_config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    server = Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: a normal stop
+        pass
+    except SystemExit:  # uvicorn could not bind (it logged why)
+        if not server.started:
+            raise BackendUnavailable(f"cannot listen on {args.host}:{args.port} (address in use?)") from None
+        raise
+    finally:
+        detector.close()
     return 0
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
+
+from .options import output_dir
 
 
 def parse_size(text: str) -> tuple[int, int] | None:
@@ -23,7 +24,9 @@ def add_parser(sub: Any) -> None:
         "synth", help="generate synthetic crystallization-drop images with masks", description=__doc__
     )
     p.add_argument("-n", "--count", type=int, required=True, help="number of images")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for images/ and annotations.json")
+    p.add_argument(
+        "-o", "--output", type=output_dir, required=True, help="folder for images/ and annotations.json"
+    )
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0): same seed, same images")
     p.add_argument(
         "--size", type=parse_size, default=None, help="WIDTHxHEIGHT, or 'random' (default: 512 .. 2532x2028)"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
+
+from .options import add_score_threshold, output_dir
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -24,7 +25,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--images", help="folder the JSON's file_name values are relative to (default: its folder)"
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="run folder (checkpoints, log)")
+    p.add_argument("-o", "--output", type=output_dir, required=True, help="run folder (checkpoints, log)")
     p.add_argument("--val-data", help="a separate validation COCO JSON (default: hold out --val-fraction)")
     p.add_argument("--val-images", help="images folder for --val-data")
     p.add_argument("--val-fraction", type=float, default=0.1, help="images held out for validation (0.1)")
@@ -50,7 +51,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="PyTorch CPU threads (default: all cores)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--max-detections", type=int, default=50, help="engine K (default 50)")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="operating threshold stored (0.5)")
+    add_score_threshold(p, "operating threshold stored, in [0, 1] (0.5)", default=0.5)
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.set_defaults(run=run)
 
@@ -91,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         max_detections=args.max_detections,
         score_threshold=args.score_threshold,
     )
+    if args.iterations <= args.warmup:
+        info(
+            f"[yellow]warning:[/] --iterations {args.iterations} is not longer than the warm-up "
+            f"(--warmup {args.warmup}): the learning rate never reaches --lr; lower --warmup"
+        )
     bar = progress()
     task = bar.add_task("training", total=None)
     log_plain = not err_console.is_terminal

@@ -1,10 +1,12 @@
 """``crystal-rt watch ENGINE IN_DIR -o OUT_DIR``: detect every image that lands in a folder, once.
 
 A file is processed when its size is > 0, unchanged between two polls and its mtime is at least
---stable-seconds old. Results: OUT_DIR/<name>.json (atomic), rows appended to OUT_DIR/points.csv,
-a journal OUT_DIR/.crystal-rt-journal.jsonl (restarts never redo a file), unreadable files moved
-to OUT_DIR/quarantine/ with NAME.reason.txt. The folder is polled (robust on network shares).
-Ctrl-C finishes the current file and stops.
+--stable-seconds old. Results: OUT_DIR/<name>.json (the input's full name + .json; atomic), rows in
+OUT_DIR/points.csv, a journal OUT_DIR/.crystal-rt-journal.jsonl (restarts never redo a file);
+unreadable, too large or long-empty files are recorded in OUT_DIR/quarantine/ (NAME.reason.txt and
+a copy; the file itself is left in IN_DIR). One watcher per OUT_DIR (a lock; a second is refused).
+The folder is polled (robust on network shares). Ctrl-C finishes the current file and stops.
+With --once the exit status is 1 when a file failed (error or quarantined), else 0.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..serve.watch import DEFAULT_PATTERNS, WATCH_FORMATS  # light: no numpy, cv2 or onnxruntime
-from .options import add_stages
+from ..serve.watch import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_PATTERNS,
+    WATCH_FORMATS,
+)  # light: no numpy, cv2 or onnxruntime
+from .options import add_score_threshold, add_stages, output_dir
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -58,7 +64,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
     p.add_argument("in_dir", type=Path, help="folder the imager writes images into")
     p.add_argument(
-        "-o", "--output", type=Path, required=True, help="folder for results, journal and quarantine"
+        "-o", "--output", type=output_dir, required=True, help="folder for results, journal and quarantine"
     )
     p.add_argument("--recursive", action="store_true", help="also watch sub-folders")
     p.add_argument(
@@ -84,12 +90,26 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--formats",
+        "--format",
+        dest="formats",
         type=parse_formats,
         default=("json", "csv"),
         help=f"comma-separated subset of {','.join(WATCH_FORMATS)} (default json,csv; json always written)",
     )
+    p.add_argument(
+        "--max-file-mb",
+        type=_positive,
+        default=DEFAULT_MAX_BYTES / 2**20,
+        help="files larger than this are quarantined unread (default %(default)g)",
+    )
+    p.add_argument(
+        "--empty-grace-seconds",
+        type=_non_negative,
+        default=60.0,
+        help="a file still empty (0 bytes) after this long is quarantined (default %(default)g)",
+    )
     p.add_argument("--um-per-px", type=_positive, help="pixel size, for the dispense target in micrometres")
-    p.add_argument("--score-threshold", type=float, help="keep detections scoring at least this")
+    add_score_threshold(p, "keep detections scoring at least this, in [0, 1] (default: the engine's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
     p.set_defaults(run=run)
@@ -103,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from ..runtime.detector import Detector
-    from ..serve.watch import Outcome, Watcher, WatchOptions
+    from ..serve.watch import Outcome, Watcher, WatchOptions, display_name
     from .console import err_console, info
 
     detector = Detector.load(
@@ -118,12 +138,15 @@ def run(args: argparse.Namespace) -> int:
         poll_seconds=args.poll,
         formats=tuple(args.formats),
         um_per_px=args.um_per_px,
+        max_bytes=int(args.max_file_mb * 2**20),
+        empty_grace_seconds=args.empty_grace_seconds,
     )
 
     def report(outcome: Outcome) -> None:
-        name = escape(outcome.path)
+        name = escape(display_name(outcome.path))
         if outcome.status == "ok":
-            info(f"[green]done[/] {name}: {outcome.instances} instance(s)")
+            note = f" ({escape(outcome.message)})" if outcome.message else ""
+            info(f"[green]done[/] {name}: {outcome.instances} instance(s){note}")
         elif outcome.status == "quarantined":
             err_console.print(
                 f"[yellow]quarantined[/] {name}: {escape(outcome.message or '')}", highlight=False
@@ -133,7 +156,11 @@ def run(args: argparse.Namespace) -> int:
                 f"[red]{outcome.status}[/] {name}: {escape(outcome.message or '')}", highlight=False
             )
 
-    watcher = Watcher(detector, options, report=report)
+    try:
+        watcher = Watcher(detector, options, report=report)
+    except BaseException:
+        detector.close()
+        raise
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -150,8 +177,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        watcher.close()
         detector.close()
     info(
         f"{stats.ok} processed, {stats.quarantined} quarantined, {stats.errors} error(s) -> {options.out_dir}"
     )
-    return 0
+    if stats.points_pending:
+        err_console.print("[red]points.csv could not be written[/]; it is rebuilt on the next run")
+    return 1 if args.once and stats.failed else 0

@@ -12,6 +12,8 @@ from .onnx_export import ExportResult, export_core_onnx
 
 #: class names a preset implies for a model with that many classes (CHiMP: 1 = drop, 2 = crystal)
 PRESET_CLASS_NAMES: dict[tuple[str, int], list[str]] = {("chimp", 3): ["__background__", "drop", "crystal"]}
+#: the architecture a preset's checkpoints have (CHiMP: torchvision's maskrcnn_resnet50_fpn)
+PRESET_ARCH: dict[str, str] = {"chimp": "maskrcnn_resnet50_fpn"}
 #: the score threshold a preset's own software applies (CHiMP keeps detections with score >= 0.6)
 PRESET_SCORE_THRESHOLD: dict[str, float] = {"chimp": 0.6}
 
@@ -51,15 +53,16 @@ def export_checkpoint(
 
     The recipe is ``preprocess`` when given, else the checkpoint's (the paper recipe for a plain
     state_dict) or ``preset``'s (``paper``, ``chimp``), with ``clahe``/``clip_limit``/``tile_grid``/
-    ``input_size`` overriding its parts. ``--preset chimp`` on a 3-class model also names the classes
-    ``drop`` and ``crystal`` and stores CHiMP's score threshold 0.6, unless they are given.
+    ``input_size`` overriding its parts. ``--preset chimp`` implies ``maskrcnn_resnet50_fpn`` for a
+    plain state_dict, names the classes of a 3-class model ``drop`` and ``crystal`` and stores
+    CHiMP's score threshold 0.6, unless they are given.
     """
     require("torchvision", "Exporting a model")
     from .models import load_checkpoint
 
     loaded = load_checkpoint(
         checkpoint,
-        arch=arch,
+        arch=arch or PRESET_ARCH.get(preset or ""),
         num_classes=num_classes,
         class_names=class_names,
         preprocess=preprocess,

@@ -160,6 +160,8 @@ def export_core_onnx(
 
     parity = None
     if validate:
+        if tolerances is None:  # NMS ties are judged at the model's own NMS threshold
+            tolerances = Tolerances(nms_iou=float(getattr(core.roi_heads, "nms_thresh", 0.5)))
         reference = Detector.from_core(core, spec, pre, score_threshold=VALIDATION_SCORE_THRESHOLD)
         candidate = Detector.from_onnx(output, score_threshold=VALIDATION_SCORE_THRESHOLD)
         parity = compare_detectors(

@@ -11,8 +11,11 @@ array of dtype ``uint8`` or ``uint16`` (the bit depth is kept), shaped ``(H, W)`
 * everything else goes through Pillow (libjpeg-turbo for JPEG) with EXIF orientation applied.
 
 Only the header is read before the size is checked, so a decompression bomb is refused before a
-single pixel is decoded. Alpha is dropped, never composited. Palette images become RGB (even when
-the palette is gray, so that a palette always gives three channels). Float images must be finite:
+single pixel is decoded. ``max_pixels`` counts pixels of up to 4 bytes (8-bit gray, RGB, RGBA); a
+pixel with more (16-bit colour, dozens of TIFF samples) counts as its bytes / 4 pixels, since it
+costs that much memory: a 16-bit RGBA PNG of 50 M pixels counts 100 M. Alpha is dropped, never
+composited. Palette images become RGB (even when the palette is gray, so that a palette always
+gives three channels). Float images must be finite:
 values in ``[0, 1]`` are scaled to the full ``uint16`` range, others are clipped to it.
 
 Where Pillow's pixel buffer can be handed over without a copy the returned array is read-only;
@@ -58,7 +61,7 @@ def read_image(
         return _normalise(source, name or "<array>")
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(bytes(source), name or "<bytes>", max_pixels)
-    path = Path(source)
+    path = _as_path(source, name)
     label = name or str(path)
     if path.is_dir():
         raise InvalidImage("is a directory, not an image file", path=label)
@@ -73,23 +76,27 @@ def read_image(
     return _decode(data, label, max_pixels)
 
 
-def list_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Expand folders (non-recursively, sorted, image suffixes only, no dotfiles); keep files as given."""
+def _as_path(source: object, name: str | None) -> Path:
+    """``source`` as a Path, or InvalidImage for anything that is not a usable path."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise InvalidImage(
+            f"not an image: expected a path, encoded bytes or a numpy array, got {type(source).__name__}",
+            path=name or "<input>",
+        )
+    text = os.fspath(source)
+    if (b"\0" if isinstance(text, bytes) else "\0") in text:  # type: ignore[operator]
+        raise InvalidImage("the file name contains a NUL byte", path=name or repr(text))
+    return Path(os.fsdecode(text))
+
+
+def list_images(paths: Sequence[str | os.PathLike[str]], *, recursive: bool = False) -> list[Path]:
+    """Expand folders (sorted, image suffixes only, no dotfiles or dot-folders; sub-folders too with
+    ``recursive``); keep files as given."""
     found: list[Path] = []
     for item in paths:
-        path = Path(item)
+        path = _as_path(item, None)
         if path.is_dir():
-            try:
-                children = sorted(path.iterdir())
-            except OSError as exc:
-                raise InvalidImage(f"cannot list folder: {exc.strerror or exc}", path=path) from exc
-            found.extend(
-                child
-                for child in children
-                if child.suffix.lower() in IMAGE_SUFFIXES
-                and not child.name.startswith(".")  # e.g. macOS "._x.jpg" resource forks
-                and child.is_file()
-            )
+            found.extend(_folder_images(path, recursive))
         elif path.exists():
             found.append(path)
         else:
@@ -97,15 +104,51 @@ def list_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return found
 
 
-def _check_size(width: int, height: int, label: str, max_pixels: int) -> None:
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as exc:
+        raise InvalidImage(f"cannot list folder: {exc.strerror or exc}", path=folder) from exc
+    found: list[Path] = []
+    for child in children:
+        if child.name.startswith("."):  # e.g. macOS "._x.jpg" resource forks
+            continue
+        if child.is_dir():
+            if recursive and not child.is_symlink():
+                found.extend(_folder_images(child, recursive))
+        elif child.suffix.lower() in IMAGE_SUFFIXES and child.is_file():
+            found.append(child)
+    return found
+
+
+def images_below(folder: Path, limit: int = 3) -> tuple[int, list[Path]]:
+    """How many images sit in ``folder``'s sub-folders (not in the folder itself), and a few of them:
+    for the message that suggests ``--recursive``."""
+    below = [p for p in _folder_images(folder, True) if p.parent != folder]
+    return len(below), below[:limit]
+
+
+def _check_size(
+    width: int, height: int, label: str, max_pixels: int, *, samples: int = 1, sample_bytes: int = 1
+) -> None:
     if width <= 0 or height <= 0:
         raise InvalidImage(f"image has zero size ({width}x{height})", path=label)
-    if width * height > max_pixels:
+    pixel_bytes = max(1, samples) * max(1, sample_bytes)
+    cost = width * height * max(1.0, pixel_bytes / 4)
+    if cost <= max_pixels:
+        return
+    if pixel_bytes <= 4:
         raise InvalidImage(
             f"image too large: {width}x{height} = {width * height} pixels, more than the limit of "
             f"{max_pixels}; refused before decoding",
             path=label,
         )
+    raise InvalidImage(
+        f"image too large: {width}x{height} pixels of {samples} sample(s) x {sample_bytes} byte(s) count as "
+        f"{int(cost)} pixels (a pixel of more than 4 bytes counts bytes / 4), more than the limit of "
+        f"{max_pixels}; refused before decoding",
+        path=label,
+    )
 
 
 def _decode(data: bytes, label: str, max_pixels: int) -> np.ndarray:
@@ -120,7 +163,9 @@ def _decode(data: bytes, label: str, max_pixels: int) -> np.ndarray:
 
 
 def _decode_png16_colour(data: bytes, label: str, max_pixels: int) -> np.ndarray:
-    _check_size(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), label, max_pixels)
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    samples = 4 if data[25:26] == b"\x06" else 3
+    _check_size(width, height, label, max_pixels, samples=samples, sample_bytes=2)
     try:
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
@@ -136,8 +181,9 @@ def _decode_tiff(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         with tifffile.TiffFile(BytesIO(data)) as tif:
             page = tif.pages.first  # a multi-page file: the first page only
             height, width = int(page.imagelength), int(page.imagewidth)
-            _check_size(width, height, label, max_pixels)
             samples = int(page.samplesperpixel)
+            sample_bytes = (int(page.bitspersample) + 7) // 8
+            _check_size(width, height, label, max_pixels, samples=samples, sample_bytes=sample_bytes)
             planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
             arr = page.asarray()
     except (InvalidImage, MemoryError):
@@ -173,7 +219,7 @@ def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     except Exception as exc:
         raise InvalidImage(f"corrupt image header: {exc}", path=label) from exc
     with im:
-        _check_size(im.width, im.height, label, max_pixels)
+        _check_size(im.width, im.height, label, max_pixels, **_pillow_pixel(im.mode))
         kind = im.format or "image"
         try:
             im.load()
@@ -193,6 +239,16 @@ def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         except ValueError as exc:
             raise InvalidImage(f"unsupported {kind} image mode {mode}: {exc}", path=label) from exc
     return _normalise(arr, label)
+
+
+def _pillow_pixel(mode: str) -> dict[str, int]:
+    """Samples per pixel and bytes per sample of a Pillow mode (for the size check)."""
+    try:
+        bands = int(Image.getmodebands(mode))
+    except (KeyError, ValueError):
+        bands = 1
+    sample_bytes = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    return {"samples": bands, "sample_bytes": sample_bytes}
 
 
 def _normalise(arr: np.ndarray, label: str) -> np.ndarray:

@@ -1,7 +1,13 @@
 """Result writers: per-image JSON, a COCO results file, a CSV of crystal points, overlay PNGs.
 
-Every file is written to a temporary name and renamed into place, so a reader (an imager's
-control software watching the output folder) never sees half a file.
+Every file is written to a temporary name in the target's own folder and renamed into place, so a
+reader (an imager's control software watching the output folder) never sees half a file; the
+temporary name is short (a long target name cannot push it past the file-name limit) and removed
+when the write fails (a full disk leaves no stray file behind).
+
+Text cells of ``points.csv`` (the image name and the label) that a spreadsheet would run as a
+formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) are prefixed with a
+single quote, as OWASP recommends against CSV injection (:func:`csv_text`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import csv
 import io
 import json
 import os
+import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -18,16 +25,36 @@ import numpy as np
 
 from ..runtime.result import DetectionResult, Instance
 
-POINT_FIELDS = ("image", "x", "y", "score", "label")
+POINT_FIELDS = ("image", "x", "y", "score", "label", "index")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it (``.NAME.XXXXXXXX.tmp``, the
+    name cut to 40 characters) and a rename; nothing is left behind when it fails."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name[:40]}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def csv_text(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading ``= + - @``, tab or CR gets a ``'``
+    (OWASP's CSV-injection rule); file names that are not valid UTF-8 keep their bytes as ``\\xNN``,
+    and a CR or LF in a name is written ``\\r`` / ``\\n`` (Python 3.11's csv module would not quote
+    a lone CR, which splits the row)."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
 
 
 def write_json(result: DetectionResult, path: str | os.PathLike[str]) -> Path:
@@ -60,21 +87,38 @@ def write_coco(results: Sequence[DetectionResult], path: str | os.PathLike[str])
     return atomic_write_bytes(path, (json.dumps(coco_results(results)) + "\n").encode())
 
 
-def point_row(image: str, inst: Instance) -> list[str]:
-    """One ``points.csv`` row (POINT_FIELDS): image, centroid x, y (pixels), score, label name."""
+def point_row(image: str, inst: Instance, index: int) -> list[str]:
+    """One ``points.csv`` row (POINT_FIELDS): image, centroid x, y (pixels), score, label name and
+    the instance's index in the image's JSON; text cells go through :func:`csv_text`."""
     centroid = inst.centroid
-    return [image, f"{centroid['x']:.2f}", f"{centroid['y']:.2f}", f"{inst.score:.4f}", inst.label_name]
+    return [
+        csv_text(image),
+        f"{centroid['x']:.2f}",
+        f"{centroid['y']:.2f}",
+        f"{inst.score:.4f}",
+        csv_text(inst.label_name),
+        str(index),
+    ]
 
 
-def write_points_csv(results: Iterable[DetectionResult], path: str | os.PathLike[str]) -> Path:
-    """One row per instance: image, centroid x, y (pixels), score, label name."""
+def point_rows(result: DetectionResult, image: str | None = None) -> list[list[str]]:
+    """The ``points.csv`` rows of one result (``image`` defaults to ``result.image``)."""
+    name = (result.image or "") if image is None else image
+    return [point_row(name, inst, index) for index, inst in enumerate(result.instances)]
+
+
+def points_csv_bytes(rows: Iterable[Sequence[str]]) -> bytes:
+    """The header (POINT_FIELDS) and ``rows`` as UTF-8 CSV text."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(POINT_FIELDS)
-    for result in results:
-        for inst in result.instances:
-            writer.writerow(point_row(result.image or "", inst))
-    return atomic_write_bytes(path, buf.getvalue().encode())
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def write_points_csv(results: Iterable[DetectionResult], path: str | os.PathLike[str]) -> Path:
+    """One row per instance (POINT_FIELDS): image, centroid x, y (pixels), score, label, index."""
+    return atomic_write_bytes(path, points_csv_bytes(row for r in results for row in point_rows(r)))
 
 
 def display_rgb(image: np.ndarray) -> np.ndarray:

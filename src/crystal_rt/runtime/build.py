@@ -99,10 +99,16 @@ def build_engine(
             calibrated = out / f"{stem}.int8.onnx"
             target = "tensorrt" if backend == "tensorrt" else "onnxruntime"
             say(f"calibrating {source.name} for {target} INT8 on {calib}")
-            calibrate(
+            result = calibrate(
                 source, calib, calibrated, precision="int8", target=target, threads=threads,
                 log=say, **(calib_options or {}),
             )  # fmt: skip
+            acc = result.accuracy
+            say(
+                f"accuracy check against FP32 on {acc.reference}: mAP@0.50 {acc.fp32_map50:.4f} -> "
+                f"{acc.map50:.4f} (drop {acc.map50_drop:+.4f}), {acc.matched} of {acc.fp32_detections} "
+                f"FP32 detections matched{'' if result.accepted else '; kept with --force past the limit'}"
+            )
             source = calibrated
         if backend == "tensorrt":
             from .tensorrt.build import build_tensorrt

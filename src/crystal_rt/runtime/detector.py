@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CrystalRtError, EngineIncompatible
+from ..errors import EngineIncompatible, InvalidOption
 from ..io.decode import DEFAULT_MAX_PIXELS, read_image
 from ..spec import ModelSpec, PreprocessSpec, specs_from_metadata
 from .artifacts import Manifest, resolve_manifest, sha256_file
@@ -148,6 +148,7 @@ class Detector:
         stages: StagePolicy | None = None,
     ) -> DetectionResult:
         """Detect instances in a path, encoded bytes, or a uint8/uint16 (H, W[, 3]) RGB array."""
+        self._backend()  # a closed Detector says so before anything else
         t0 = perf_counter()
         if name is None and isinstance(image, str | os.PathLike):
             name = str(image)
@@ -183,7 +184,7 @@ class Detector:
 
     def _backend(self) -> Backend:
         if self._closed:
-            raise CrystalRtError("this Detector is closed; load the engine again")
+            raise InvalidOption("this Detector is closed; load the engine again")
         return self.backend
 
     def close(self) -> None:

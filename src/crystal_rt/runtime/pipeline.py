@@ -15,6 +15,7 @@ Device stage timings come from CUDA events (device time); CPU stages from ``perf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from time import perf_counter
 from typing import Literal
 
@@ -24,9 +25,9 @@ from ..errors import InvalidSpec
 from ..spec import ModelSpec, PreprocessSpec
 from .backends.base import Backend
 from .dispense import dispense_target, has_drop_class
-from .postprocess import make_instances, paste_masks, select_detections
-from .preprocess import apply_clahe, check_image, preprocess
-from .result import DetectionResult
+from .postprocess import Kept, make_instances, paste_masks, paste_stage, select_detections
+from .preprocess import apply_clahe, check_image, preprocess, recipe_color
+from .result import DetectionResult, InstanceMask
 
 #: the stages every result reports (timings_ms adds "total")
 STAGES = ("decode", "clahe", "letterbox", "engine", "paste")
@@ -83,7 +84,11 @@ def run_pipeline(
         outputs = backend.infer(pre.tensor)
         t1 = perf_counter()
         kept = select_detections(outputs.boxes, outputs.scores, threshold, pre.mapping, height, width)
-        masks = paste_masks(outputs.masks, kept, height, width)
+
+        def cpu_paste(k: Sequence[Kept], h: int, w: int) -> list[InstanceMask]:
+            return paste_masks(outputs.masks, k, h, w)
+
+        masks = paste_stage(cpu_paste, outputs.boxes, kept, pre.mapping, height, width, spec.paste_at)
         timings["engine"] = (t1 - t0) * 1e3
         timings["paste"] = (perf_counter() - t1) * 1e3
         scores, labels = outputs.scores, outputs.labels
@@ -92,6 +97,7 @@ def run_pipeline(
         session.begin()
         cpu_ms: dict[str, float] = {}
         if spec.is_paper_shaped:
+            pixels = recipe_color(pixels, spec)
             upload: np.ndarray | None = pixels
             if spec.clahe and session.can_clahe(pixels, spec):
                 session.clahe(pixels, spec)
@@ -113,7 +119,7 @@ def run_pipeline(
         t0 = perf_counter()
         kept = select_detections(boxes, scores, threshold, mapping, height, width)
         select_ms = (perf_counter() - t0) * 1e3
-        masks = session.paste(kept, height, width)
+        masks = paste_stage(session.paste, boxes, kept, mapping, height, width, spec.paste_at)
         device_ms = session.timings()
         timings.update(device_ms)
         timings.update(cpu_ms)

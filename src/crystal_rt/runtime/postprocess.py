@@ -13,12 +13,12 @@ reproduces pixel for pixel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import Box, InputMap, expanded_box, map_box
+from ..geometry import Box, InputMap, expanded_box, map_box, map_box_to_resized, nearest_source
 from .backends.base import CoreOutputs
 from .preprocess import resize_linear
 from .result import Instance, InstanceMask
@@ -30,9 +30,12 @@ __all__ = [
     "Kept",
     "expanded_box",
     "make_instances",
+    "nearest_to_image",
     "paste_mask",
     "paste_masks",
+    "paste_stage",
     "postprocess",
+    "resized_frame",
     "select",
     "select_detections",
 ]
@@ -66,6 +69,33 @@ def paste_mask(prob: np.ndarray, box: Sequence[float], height: int, width: int) 
 def paste_masks(masks: np.ndarray, kept: Sequence[Kept], height: int, width: int) -> list[InstanceMask]:
     """The CPU paste stage: each kept detection's M x M map pasted into its box."""
     return [paste_mask(masks[k.index], k.box, height, width) for k in kept]
+
+
+def resized_frame(boxes: np.ndarray, kept: Sequence[Kept], mapping: InputMap) -> tuple[list[Kept], int, int]:
+    """For a recipe that pastes at the resized size (``paste_at="resize"``): each kept detection's
+    box in the resized image's pixels, and that image's height and width."""
+    frame = []
+    for k in kept:
+        box = map_box_to_resized(boxes[k.index], mapping)
+        frame.append(Kept(k.index, box if box is not None else (0.0, 0.0, 0.0, 0.0)))
+    return frame, mapping.new_h, mapping.new_w
+
+
+def nearest_to_image(mask: InstanceMask, height: int, width: int) -> InstanceMask:
+    """A mask pasted in the resized image, scaled to ``height x width`` by nearest neighbour exactly
+    as ``cv2.resize(full_mask, (width, height), interpolation=cv2.INTER_NEAREST)`` would (computed
+    on the crop only)."""
+    ch, cw = mask.crop.shape
+    if ch == 0 or cw == 0 or not mask.crop.any():
+        return InstanceMask(np.zeros((0, 0), dtype=bool), 0, 0, height, width)
+    sy = nearest_source(height, mask.image_height)
+    sx = nearest_source(width, mask.image_width)
+    ys = np.flatnonzero((sy >= mask.y0) & (sy < mask.y0 + ch))
+    xs = np.flatnonzero((sx >= mask.x0) & (sx < mask.x0 + cw))
+    if ys.size == 0 or xs.size == 0:
+        return InstanceMask(np.zeros((0, 0), dtype=bool), 0, 0, height, width)
+    crop = mask.crop[(sy[ys] - mask.y0)[:, None], (sx[xs] - mask.x0)[None, :]]
+    return InstanceMask(np.ascontiguousarray(crop), int(xs[0]), int(ys[0]), height, width)
 
 
 def select(scores: np.ndarray, score_threshold: float) -> np.ndarray:
@@ -115,6 +145,26 @@ def make_instances(
     return instances
 
 
+Paster = Callable[[Sequence[Kept], int, int], list[InstanceMask]]
+
+
+def paste_stage(
+    paste: Paster,
+    boxes: np.ndarray,
+    kept: Sequence[Kept],
+    mapping: InputMap | float,
+    height: int,
+    width: int,
+    paste_at: str = "image",
+) -> list[InstanceMask]:
+    """The paste stage with ``paste`` (the CPU's or a device's): at the image's resolution, or, for a
+    recipe with ``paste_at="resize"``, in the resized image and then nearest to the image's."""
+    if paste_at == "resize" and isinstance(mapping, InputMap):
+        frame, frame_h, frame_w = resized_frame(boxes, kept, mapping)
+        return [nearest_to_image(m, height, width) for m in paste(frame, frame_h, frame_w)]
+    return paste(kept, height, width)
+
+
 def postprocess(
     outputs: CoreOutputs,
     *,
@@ -123,8 +173,13 @@ def postprocess(
     width: int,
     score_threshold: float,
     class_names: Sequence[str],
+    paste_at: str = "image",
 ) -> list[Instance]:
     """The CPU postprocessing: instances in original-image pixels, best score first."""
     kept = select_detections(outputs.boxes, outputs.scores, score_threshold, scale, height, width)
-    masks = paste_masks(outputs.masks, kept, height, width)
+
+    def paste(k: Sequence[Kept], h: int, w: int) -> list[InstanceMask]:
+        return paste_masks(outputs.masks, k, h, w)
+
+    masks = paste_stage(paste, outputs.boxes, kept, scale, height, width, paste_at)
     return make_instances(kept, masks, outputs.scores, outputs.labels, class_names)

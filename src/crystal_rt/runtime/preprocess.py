@@ -270,13 +270,21 @@ class Preprocessed:
         return self.mapping.scale
 
 
+def recipe_color(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The image the recipe's first step sees: a gray image as three equal channels for a recipe with
+    ``color="rgb"`` (CHiMP's ``cv2.imread`` colour mode), else as decoded."""
+    if spec.color == "rgb" and pixels.ndim == 2:
+        return np.repeat(pixels[:, :, None], 3, axis=2)
+    return pixels
+
+
 def resized(
     pixels: np.ndarray, spec: PreprocessSpec, timings: dict[str, float] | None = None
 ) -> tuple[np.ndarray, InputMap]:
     """The recipe's integer steps (CLAHE and the resize, in its order): the resized canvas and the
     map back to the image. ``timings`` receives ``clahe`` and ``letterbox`` (the resize) in ms."""
     clahe_ms = resize_ms = 0.0
-    image = pixels
+    image = recipe_color(pixels, spec)
     for step in spec.steps:
         t0 = perf_counter()
         if isinstance(step, Clahe):

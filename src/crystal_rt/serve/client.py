@@ -7,12 +7,18 @@
 An error answer (4xx/5xx) is raised as the :class:`~crystal_rt.errors.CrystalRtError` subclass
 the server names (``InvalidImage``, ``InvalidSpec``, ``BackendUnavailable``, ...) with the
 server's message; a server that cannot be reached raises ``BackendUnavailable``.
+
+A body is sent in chunks, and the client looks for an answer between chunks: a server that
+answers before it has read the whole body (503 busy, 413 for a declared size past its limit, 422
+for a bad option) is heard, and its error raised, instead of a connection reset.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import select
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -50,6 +56,8 @@ class CrystalRtClient:
         self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
     ) -> Any:
         url = self.base_url + path
+        if data is not None:
+            return self._send_body(method, path, data, headers or {})
         req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
@@ -61,6 +69,44 @@ class CrystalRtClient:
             raise self._unreachable(url, exc.reason, data) from exc
         except (TimeoutError, ConnectionError) as exc:
             raise self._unreachable(url, exc, data) from exc
+
+    def _send_body(self, method: str, path: str, data: bytes, headers: dict[str, str]) -> Any:
+        """``method`` with a body, sent in 64 KiB chunks; an early answer stops the sending."""
+        url = self.base_url + path
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BackendUnavailable(f"not an http(s) URL: {self.base_url}")
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname, parts.port, timeout=self.timeout)
+        sent = 0
+        try:
+            try:
+                conn.putrequest(method, parts.path.rstrip("/") + path)
+                for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                    conn.putheader(key, value)
+                conn.endheaders()
+                view = memoryview(data)
+                while sent < len(data):
+                    if conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+                        break  # the server answered (or closed) before reading everything
+                    conn.send(view[sent : sent + 65536])
+                    sent = min(len(data), sent + 65536)
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # the answer may be there already: read it below
+            except OSError as exc:
+                raise self._unreachable(url, exc, None) from exc
+            try:
+                resp = conn.getresponse()
+                body = resp.read()
+            except (http.client.HTTPException, OSError) as exc:
+                if sent < len(data):
+                    raise self._unreachable(url, ConnectionResetError(str(exc)), data) from exc
+                raise self._unreachable(url, exc, None) from exc
+            if resp.status >= 400:
+                raise error_from_response(resp.status, body, url)
+            return json.loads(body)
+        finally:
+            conn.close()
 
     @staticmethod
     def _unreachable(url: str, reason: object, data: bytes | None) -> CrystalRtError:

@@ -15,12 +15,28 @@ than ``max_pixels`` pixels is refused with 413 before it is decoded. Every failu
 
 where ``type`` is the name of a :class:`~crystal_rt.errors.CrystalRtError` class: bad input is
 4xx (InvalidImage 413/422, InvalidSpec 422 for bad query options), a busy service 503
-(BackendUnavailable), only a fault of the service itself is 500.
+(BackendUnavailable), only a fault of the service itself is 500. A request uvicorn cannot parse
+(garbage bytes, two Content-Length headers) is a JSON 400 too (:func:`server_config`). An image
+the service runs out of memory on (``MemoryError``, OpenCV's "Insufficient memory") is 413
+``InvalidImage: image too large to process here``; a 500's message names the exception type only
+(details go to the log, never OpenCV's or Python's source paths).
+
+A body must keep arriving: ``body_timeout`` seconds after the request started, and from then on
+at least ``min_body_rate`` bytes per second on average, or the request is answered 408
+(``InvalidImage: request body too slow ...``) and its slot is free again; so clients trickling
+bytes (slowloris) cannot hold the service. ``/readyz`` answers 503 ``saturated`` while every slot
+is taken, so that a load balancer sends requests elsewhere.
+
+The engine stays loaded for the life of the service. When its file on disk is deleted or replaced
+(a rebuild), the service keeps serving the loaded engine and says so: ``/readyz`` (still 200) and
+``/v1/model`` carry ``"engine_on_disk": "missing"`` or ``"replaced"`` (``"unchanged"`` otherwise) and
+a ``warning`` to restart the service to load the new engine.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at runtime,
 # and those name classes imported inside create_app (fastapi is imported only when an app is made).
 import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +60,8 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 80_000_000  # the decoder's default (io.decode.DEFAULT_MAX_PIXELS), without importing cv2
 DEFAULT_QUEUE_SIZE = 8
 DRAIN_BYTES = 64 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT = 10.0
+DEFAULT_MIN_BODY_RATE = 16 * 1024
 RETRY_AFTER_SECONDS = 1
 FORMATS = ("json", "coco")
 BODY_NAME = "<request body>"
@@ -106,8 +124,16 @@ def drain_limit(limit: int) -> int:
     return max(4 * limit, DRAIN_BYTES)
 
 
-async def read_body(request: "Request", limit: int) -> bytes:
-    """The request body, or 413 once it passes ``limit`` bytes (the rest drained, see drain_limit)."""
+async def read_body(
+    request: "Request",
+    limit: int,
+    *,
+    timeout: float = DEFAULT_BODY_TIMEOUT,
+    min_rate: float = DEFAULT_MIN_BODY_RATE,
+) -> bytes:
+    """The request body, or 413 once it passes ``limit`` bytes (the rest drained, see drain_limit),
+    or 408 when it is too slow: ``total`` bytes must have arrived ``timeout + total / min_rate``
+    seconds after the start (so a stalled body waits ``timeout`` at most, a trickle not much more)."""
     declared = request.headers.get("content-length")
     drain = drain_limit(limit)
     if declared is not None and declared.isdigit() and int(declared) > drain:
@@ -116,7 +142,23 @@ async def read_body(request: "Request", limit: int) -> bytes:
         )
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    stream = request.stream().__aiter__()
+    while True:
+        wait = start + timeout + total / min_rate - loop.time()
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout=max(wait, 0.0))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestError(
+                408,
+                InvalidImage(
+                    f"request body too slow: {total} bytes in {loop.time() - start:.1f} s (it must start "
+                    f"within {timeout:g} s and then arrive at {min_rate / 1024:g} KiB/s or faster)"
+                ),
+            ) from None
         total += len(chunk)
         if total <= limit:
             chunks.append(chunk)
@@ -155,6 +197,58 @@ async def image_from_body(request: "Request", body: bytes, name: str | None, lim
         await form.close()
 
 
+def engine_file_state(detector: "Detector") -> tuple[str, tuple[int, int, int] | None] | None:
+    """The engine's model file and its (size, mtime_ns, inode), None when missing; None without a manifest."""
+    manifest = detector.manifest
+    if manifest is None or manifest.path is None:
+        return None
+    path = manifest.path.parent / manifest.engine_file
+    try:
+        st = path.stat()
+    except OSError:
+        return str(path), None
+    return str(path), (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def sanitised(exc: BaseException) -> CrystalRtError:
+    """The error a request gets for an unexpected exception: a too-large image where memory ran
+    out, else an internal error naming the exception's type only (no source paths)."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "Insufficient memory" in text or "Failed to allocate" in text:
+        return InvalidImage("image too large to process here: not enough memory")
+    return CrystalRtError(f"internal error ({type(exc).__name__}); see the service log")
+
+
+def server_config(app: "FastAPI", **kwargs: Any) -> Any:
+    """A ``uvicorn.Config`` for ``app`` whose 400 for an unparsable request is the JSON error shape."""
+    import uvicorn
+
+    try:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+    except ImportError:  # another uvicorn layout: its own 400s
+        return uvicorn.Config(app, **kwargs)
+
+    class JsonErrorH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            import h11
+
+            body = json.dumps(error_body("CrystalRtError", f"malformed HTTP request: {msg}", None)).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return uvicorn.Config(app, http=JsonErrorH11Protocol, **kwargs)
+
+
 def create_app(
     detector: "Detector",
     *,
@@ -163,8 +257,11 @@ def create_app(
     max_concurrency: int = 1,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     warmup: bool = True,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    min_body_rate: float = DEFAULT_MIN_BODY_RATE,
 ) -> "FastAPI":
-    """A FastAPI app serving ``detector``; run it with uvicorn (``crystal-rt serve``)."""
+    """A FastAPI app serving ``detector``; run it with uvicorn (``crystal-rt serve``, or
+    ``uvicorn.Server(server_config(app, ...))``)."""
     require("fastapi", "The HTTP service", extra="serve")
     require("python_multipart", "The HTTP service (uploads)", package="python-multipart", extra="serve")
     from fastapi import FastAPI, Request
@@ -178,8 +275,27 @@ def create_app(
 
     if max_concurrency < 1 or queue_size < 0 or max_body_bytes < 1:
         raise InvalidSpec("max_concurrency and max_body_bytes must be >= 1, queue_size >= 0")
+    if not (body_timeout > 0 and min_body_rate > 0):
+        raise InvalidSpec("body_timeout and min_body_rate must be > 0")
     pixel_limit = detector.max_pixels if max_pixels is None else int(max_pixels)
     state = ServiceState(capacity=max_concurrency + queue_size)
+    engine_at_start = engine_file_state(detector)
+
+    def engine_report() -> dict[str, Any]:
+        """``engine_on_disk`` (unchanged / replaced / missing) and, when it changed, a warning."""
+        if engine_at_start is None:
+            return {}
+        path, before = engine_at_start
+        now = engine_file_state(detector)
+        after = None if now is None else now[1]
+        status = "unchanged" if after == before else "missing" if after is None else "replaced"
+        report: dict[str, Any] = {"engine_on_disk": status}
+        if status != "unchanged":
+            report["warning"] = (
+                f"the engine file {path} was {'deleted' if status == 'missing' else 'replaced'} after it was "
+                "loaded; this service still runs the engine it loaded: restart it to load the file on disk"
+            )
+        return report
 
     def new_pool() -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="crystal-rt-detect")
@@ -265,7 +381,7 @@ def create_app(
                 raise RequestError(
                     422, InvalidSpec(f"score_threshold must be in [0, 1], got {score_threshold}")
                 )
-            body = await read_body(request, max_body_bytes)
+            body = await read_body(request, max_body_bytes, timeout=body_timeout, min_rate=min_body_rate)
             data, source = await image_from_body(request, body, name, max_body_bytes)
             loop = asyncio.get_running_loop()
             payload = await loop.run_in_executor(pool[0], run_detect, data, source, score_threshold, format)
@@ -280,9 +396,10 @@ def create_app(
             if status >= 500:
                 log.error("detect failed: %s", exc)
             return error_response(status, exc, source)
-        except Exception as exc:  # a fault of the service: answer 500 and keep serving
+        except Exception as exc:  # a fault of the service (or memory): a sanitised answer, keep serving
             log.exception("unexpected error in /v1/detect")
-            return error_response(500, CrystalRtError(f"internal error: {type(exc).__name__}: {exc}"), source)
+            error = sanitised(exc)
+            return error_response(status_for(error), error, source)
         finally:
             state.in_flight -= 1
 
@@ -292,9 +409,22 @@ def create_app(
 
     @app.get("/readyz", summary="Readiness: the engine is loaded and warmed up")
     async def readyz() -> JSONResponse:
+        if state.ready and state.in_flight >= state.capacity:
+            return error_response(
+                503,
+                BackendUnavailable(
+                    f"saturated: {state.in_flight} requests in flight (limit {state.capacity}); retry later"
+                ),
+            )
         if state.ready:
             return JSONResponse(
-                {"status": "ready", "warmup_ms": state.warmup_ms, "in_flight": state.in_flight}
+                {
+                    "status": "ready",
+                    "warmup_ms": state.warmup_ms,
+                    "in_flight": state.in_flight,
+                    "capacity": state.capacity,
+                    **engine_report(),
+                }
             )
         if state.warmup_error is not None:
             return error_response(503, BackendUnavailable(f"warm-up failed: {state.warmup_error}"))
@@ -303,7 +433,7 @@ def create_app(
     @app.get("/v1/model", summary="The engine manifest (or model and preprocessing specs)")
     async def model() -> dict[str, Any]:
         if detector.manifest is not None:
-            return detector.manifest.to_dict()
+            return {**detector.manifest.to_dict(), **engine_report()}
         return {
             "backend": detector.backend.name,
             "model": detector.model.to_dict(),

@@ -61,7 +61,12 @@ def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, max_pixels: int, name
 
 
 def result_json(
-    outputs: Any, meta: Any, model: ModelSpec, score_threshold: float, name: str | None = None
+    outputs: Any,
+    meta: Any,
+    model: ModelSpec,
+    score_threshold: float,
+    name: str | None = None,
+    paste_at: str = "image",
 ) -> str:
     """The detection result JSON for the core outputs (boxes, scores, labels, masks) and the meta."""
     from ..geometry import InputMap
@@ -78,6 +83,7 @@ def result_json(
         width=width,
         score_threshold=score_threshold,
         class_names=model.class_names,
+        paste_at=paste_at,
     )
     return DetectionResult(width=width, height=height, instances=instances, image=name).to_json(indent=None)
 
@@ -144,7 +150,7 @@ from crystal_rt.serve.triton import load_spec, result_json
 class TritonPythonModel:
     def initialize(self, args):
         folder = os.path.join(args["model_repository"], args["model_version"])
-        self.model, _, _ = load_spec(folder)
+        self.model, self.preprocess, _ = load_spec(folder)
         params = json.loads(args["model_config"]).get("parameters", {})
         value = params.get("score_threshold", {}).get("string_value", "")
         self.score_threshold = float(value) if value else self.model.score_threshold
@@ -157,7 +163,8 @@ class TritonPythonModel:
                 for key in ("boxes", "scores", "labels", "masks")
             ]
             meta = pb_utils.get_input_tensor_by_name(request, "META").as_numpy().reshape(-1)
-            text = result_json(outputs, meta, self.model, self.score_threshold)
+            paste_at = self.preprocess.paste_at
+            text = result_json(outputs, meta, self.model, self.score_threshold, None, paste_at)
             result = np.array([text.encode()], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("RESULT", result)]))
         return responses

@@ -6,44 +6,63 @@ least ``stable_seconds`` old. The folder is *polled* (``os.scandir``), not watch
 polling works the same on local disks, NFS/SMB shares and FUSE mounts, where change notifications
 are missing or unreliable, and costs one directory listing per poll.
 
+The watcher never moves, changes or deletes anything in IN_DIR (a writer may still hold a file
+there). OUT_DIR may not be IN_DIR or inside it (overlays would be fed back as inputs), and one
+watcher at a time owns OUT_DIR: it holds an exclusive lock on ``OUT_DIR/.crystal-rt-watch.lock``
+(``fcntl.flock``; ``msvcrt.locking`` on Windows), which the system releases when the process ends,
+however it ends, so a stale lock cannot block the next run; a second watcher on the same OUT_DIR
+(overlapping cron runs) is refused with :class:`~crystal_rt.errors.OutputBusy`.
+
 Per file, in this order (so that a crash at any point loses nothing and duplicates nothing):
 
 1. decode + detect;
-2. ``OUT_DIR/<relative path without suffix>.json`` (plus ``.coco.json`` / ``.overlay.png`` when
-   asked), each written to a temporary name and renamed into place; when that JSON already
-   belongs to another image (``a.png`` beside ``a.tif``) the full name is kept: ``a.tif.json``;
-3. one row per instance appended to ``OUT_DIR/points.csv`` (columns of
-   :data:`crystal_rt.io.writers.POINT_FIELDS` plus ``index``, the instance's index in the JSON),
-   flushed and fsync'd;
-4. one line appended to the journal ``OUT_DIR/.crystal-rt-journal.jsonl`` (fsync'd), keyed by
-   relative path + size + mtime.
+2. ``OUT_DIR/<relative path>.json`` — the input's full name plus ``.json`` (``a.png`` ->
+   ``a.png.json``, ``x.png.jpg`` -> ``x.png.jpg.json``), so names are unique per input and the
+   same on every run; a name too long for the file system keeps its first bytes and gets ``~`` and
+   a hash of the full name — plus ``.coco.json`` / ``.overlay.png`` when asked, each written to a
+   temporary name and renamed into place;
+3. one line appended to the journal ``OUT_DIR/.crystal-rt-journal.jsonl`` (fsync'd), keyed by
+   relative path + size + mtime, holding the image's ``points.csv`` rows: this is the commit;
+4. ``OUT_DIR/points.csv`` (columns :data:`crystal_rt.io.writers.POINT_FIELDS`, the same as
+   ``crystal-rt detect``'s) brought in line with the journal: new rows appended (fsync'd); when
+   the image had rows before (a file rewritten under the same name) the table is rewritten
+   atomically with the image's rows replaced, so ``points.csv`` always matches the JSONs.
+
+``points.csv`` is derived from the journal: on start (and after a failed write) it is rebuilt when
+it differs — rows of images not journaled, duplicated or torn rows go, missing rows come back.
+Every append (journal and CSV) is undone (truncated back) when it fails half-way (a full disk), and
+a torn last journal line (a crash mid-write) is cut off on start, so nothing is torn into the next
+line; a journal line glued to a torn one by older versions is still read.
 
 A file whose key is in the journal is never processed again (a *changed* file has a new key and is
-processed again). On start, rows of ``points.csv`` for images that are not in the journal (a crash
-between steps 3 and 4) are removed before anything else is written, so each processed image has
-its rows exactly once.
+processed again).
 
-A file that cannot be decoded (InvalidImage) is moved to ``OUT_DIR/quarantine/<relative path>``
-with ``<name>.reason.txt`` beside it naming the error, and journaled as quarantined. The
-quarantine lives in OUT_DIR because IN_DIR often belongs to the imager (read-only, or scanned by
-other software) and because a quarantine inside IN_DIR would be scanned again. Any other error (a
-file that vanished, a full disk, an engine failure) is logged and the file is tried again at a
-later poll; the watcher keeps going on every error.
+A file that cannot be decoded (InvalidImage, or any other decoder failure, including running out
+of memory), is larger than ``max_bytes``, or has stayed empty (0 bytes) for ``empty_grace_seconds``
+is *quarantined*: journaled as quarantined, with ``OUT_DIR/quarantine/<relative path>.reason.txt``
+naming the error and a copy of the file beside it (no copy of an empty or too-large file). The file
+itself stays in IN_DIR: a writer that stalled longer than ``stable_seconds`` and later finishes the
+file changes its size and mtime, and the finished file is processed (its quarantine copy removed).
+Any other error (a full disk, an engine failure) is reported and the file is tried again later,
+with a per-file back-off (``poll_seconds`` doubling up to ``retry_max_seconds``); the watcher
+keeps going on every error, whatever it is.
 
-When the model has a class named ``drop``, the JSON also holds ``dispense_target``: the point
-inside the best drop mask farthest from the drop's edge and from every crystal
-(``cv2.distanceTransform``), in pixels and, given ``um_per_px``, micrometres (``null`` when no drop
-was found). Without a ``drop`` class the key is omitted.
+When the model has a class named ``drop``, the JSON also holds ``dispense_target``
+(``runtime/dispense.py``, as CHiMP computes it): in pixels and, given ``um_per_px``, micrometres
+from the image centre (``null`` when no drop was found). Without a ``drop`` class the key is omitted.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,9 +70,9 @@ from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 from time import perf_counter, time
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ..errors import CrystalRtError, InvalidImage
+from ..errors import CrystalRtError, InvalidImage, InvalidOption, OutputBusy
 
 if TYPE_CHECKING:
     from ..runtime.detector import Detector
@@ -62,11 +81,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("crystal_rt.watch")
 
 JOURNAL_NAME = ".crystal-rt-journal.jsonl"
+LOCK_NAME = ".crystal-rt-watch.lock"
 POINTS_NAME = "points.csv"
 QUARANTINE_DIR = "quarantine"
 DEFAULT_PATTERNS = ("*.png", "*.tif", "*.tiff", "*.jpg", "*.jpeg", "*.bmp")
 WATCH_FORMATS = ("json", "coco", "csv", "overlay")
-DROP_CLASS = "drop"
+DEFAULT_MAX_BYTES = 512 * 2**20
+#: room kept in a file name for what the watcher adds to it (".overlay.png", ".<mtime>", ".reason.txt")
+_NAME_RESERVE = 40
 
 
 @dataclass(frozen=True)
@@ -79,6 +101,9 @@ class WatchOptions:
     poll_seconds: float = 1.0
     formats: tuple[str, ...] = ("json", "csv")
     um_per_px: float | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    empty_grace_seconds: float = 60.0
+    retry_max_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -105,40 +130,212 @@ class WatchStats:
     quarantined: int = 0
     errors: int = 0
     polls: int = 0
+    points_pending: bool = False  # points.csv could not be brought in line with the journal
     outcomes: list[Outcome] = field(default_factory=list)
 
     @property
     def done(self) -> int:
         return self.ok + self.quarantined
 
+    @property
+    def failed(self) -> bool:
+        """Anything a cron job should hear about: errors, quarantined files, a stale points.csv."""
+        return bool(self.errors or self.quarantined or self.points_pending)
+
+
+@dataclass
+class _Failure:
+    state: FileState
+    count: int
+    next_try: float
+
 
 def journal_key(rel: str, state: FileState) -> str:
     return f"{rel}\0{state.size}\0{state.mtime_ns}"
 
 
+def display_name(rel: str) -> str:
+    """``rel`` printable and encodable anywhere: bytes that are not UTF-8 become ``\\xNN``."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _append_durably(path: Path, data: bytes) -> int:
+    """Append ``data`` to ``path`` and fsync; a failed or partial write is truncated away (so a
+    retry never follows a torn line). Returns the new size."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, before)
+            raise
+        return before + len(data)
+    finally:
+        os.close(fd)
+
+
+def _cut_torn_tail(path: Path) -> int:
+    """Cut a last line without its newline (a crash mid-append); returns the bytes removed."""
+    try:
+        with path.open("r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return 0
+            keep = 0
+            block = 1 << 16
+            pos = size
+            while pos > 0:  # the last newline, read backwards in blocks
+                start = max(0, pos - block)
+                fh.seek(start)
+                found = fh.read(pos - start).rfind(b"\n")
+                if found >= 0:
+                    keep = start + found + 1
+                    break
+                pos = start
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+            return size - keep
+    except FileNotFoundError:
+        return 0
+
+
+def fit_name(name: str, limit: int = 255) -> str:
+    """``name`` if it leaves room for the watcher's suffixes within ``limit`` bytes, else its first
+    bytes, ``~`` and 12 hex digits of its hash (stable across runs, unique per name)."""
+    raw = os.fsencode(name)
+    if len(raw) + _NAME_RESERVE <= limit:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    head = raw[: max(1, limit - _NAME_RESERVE - len(digest) - 1)].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):
+        return 255
+
+
+class _OutLock:
+    """An exclusive, non-blocking lock on OUT_DIR's lock file, released when the process ends."""
+
+    def __init__(self, folder: Path) -> None:
+        self._fh: IO[bytes] | None = None
+        path = folder / LOCK_NAME
+        try:
+            fh = path.open("a+b")
+        except OSError as exc:
+            raise InvalidOption(
+                f"cannot write to the output folder: {exc.strerror or exc}", path=folder
+            ) from exc
+        try:
+            fh.seek(0)
+            _lock_file(fh)
+        except OSError:
+            try:
+                fh.seek(0)
+                holder = fh.read(200).decode("utf-8", "replace").strip()
+            except OSError:
+                holder = ""
+            fh.close()
+            raise OutputBusy(
+                f"another crystal-rt watch ({holder or 'another process'}) is writing to this output "
+                "folder, and two would process every image twice: let it finish (from cron, run "
+                "`--once` less often) or stop it",
+                path=folder,
+            ) from None
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                _unlock_file(fh)
+            finally:
+                fh.close()
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _lock_file(fh: IO[bytes]) -> None:
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+
+    def _unlock_file(fh: IO[bytes]) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock_file(fh: IO[bytes]) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # per open file: also within a process
+
+    def _unlock_file(fh: IO[bytes]) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _parse_entry(line: bytes) -> dict[str, Any] | None:
+    """A journal entry, or None; a line glued to a torn one (older versions) gives its second part."""
+    glued = line.rfind(b'{"path"')
+    for start in dict.fromkeys((0, glued)):
+        if start < 0:
+            continue
+        try:
+            entry = json.loads(line[start:])
+            if isinstance(entry, dict):
+                FileState(int(entry["size"]), int(entry["mtime_ns"]))
+                if isinstance(entry["path"], str):
+                    return entry
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 class Journal:
-    """Append-only JSON lines, one per finished file; a torn last line (a crash) is ignored."""
+    """Append-only JSON lines, one per finished file; a torn last line (a crash) is cut off on load,
+    a failed append is undone."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
+        #: each image's latest "ok" entry, oldest first (a re-processed image moves to the end)
+        self.latest_ok: dict[str, dict[str, Any]] = {}
+        self.repaired = 0
         if path.is_file():
+            self.repaired = _cut_torn_tail(path)
             with path.open("rb") as fh:
                 for line in fh:
-                    try:
-                        entry = json.loads(line)
-                        key = journal_key(
-                            entry["path"], FileState(int(entry["size"]), int(entry["mtime_ns"]))
-                        )
-                    except (ValueError, KeyError, TypeError):
+                    entry = _parse_entry(line)
+                    if entry is None:
                         continue
-                    self.entries[key] = entry
+                    self._add(entry)
+
+    def _add(self, entry: dict[str, Any]) -> None:
+        rel = str(entry["path"])
+        self.entries[journal_key(rel, FileState(int(entry["size"]), int(entry["mtime_ns"])))] = entry
+        if entry.get("status") == "ok":
+            self.latest_ok.pop(rel, None)
+            self.latest_ok[rel] = entry
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
 
     def ok_images(self) -> set[str]:
-        return {str(e["path"]) for e in self.entries.values() if e.get("status") == "ok"}
+        return set(self.latest_ok)
 
     def append(self, rel: str, state: FileState, status: str, **extra: Any) -> None:
         entry = {
@@ -150,66 +347,16 @@ class Journal:
             **extra,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as fh:
-            fh.write((json.dumps(entry) + "\n").encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.entries[journal_key(rel, state)] = entry
-
-
-def dispense_target(result: DetectionResult, um_per_px: float | None = None) -> dict[str, float] | None:
-    """The point in the best ``drop`` mask farthest from the drop edge and every other instance."""
-    import cv2
-    import numpy as np
-
-    drops = [inst for inst in result.instances if inst.label_name == DROP_CLASS]
-    if not drops:
-        return None
-    drop = max(drops, key=lambda inst: inst.score).mask
-    h, w = drop.crop.shape
-    if h == 0 or w == 0:
-        return None
-    region = np.zeros((h + 2, w + 2), np.uint8)  # a zero border: the crop's edge is the drop's edge
-    region[1:-1, 1:-1] = drop.crop
-    for inst in result.instances:
-        if inst.label_name == DROP_CLASS:
-            continue
-        m = inst.mask
-        ch, cw = m.crop.shape
-        x0, y0 = max(m.x0, drop.x0), max(m.y0, drop.y0)
-        x1, y1 = min(m.x0 + cw, drop.x0 + w), min(m.y0 + ch, drop.y0 + h)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        crystal = m.crop[y0 - m.y0 : y1 - m.y0, x0 - m.x0 : x1 - m.x0]
-        window = region[y0 - drop.y0 + 1 : y1 - drop.y0 + 1, x0 - drop.x0 + 1 : x1 - drop.x0 + 1]
-        window[crystal] = 0
-    dist = cv2.distanceTransform(region, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    _, best, _, (bx, by) = cv2.minMaxLoc(dist)
-    if best <= 0:
-        return None
-    target = {
-        "x": float(drop.x0 + bx - 1),
-        "y": float(drop.y0 + by - 1),
-        "clearance_px": round(float(best), 3),
-    }
-    if um_per_px is not None:
-        target |= {
-            "x_um": round(target["x"] * um_per_px, 3),
-            "y_um": round(target["y"] * um_per_px, 3),
-            "clearance_um": round(float(best) * um_per_px, 3),
-        }
-    return target
-
-
-def point_rows(result: DetectionResult, image: str) -> list[list[str]]:
-    """``points.csv`` rows: POINT_FIELDS (image, x, y, score, label) then the instance index."""
-    from ..io.writers import point_row
-
-    return [[*point_row(image, inst), str(index)] for index, inst in enumerate(result.instances)]
+        _append_durably(self.path, (json.dumps(entry) + "\n").encode())
+        self._add(entry)
 
 
 class Watcher:
-    """Polls ``options.in_dir``; :meth:`poll` does one pass, :meth:`run` loops until stopped."""
+    """Polls ``options.in_dir``; :meth:`poll` does one pass, :meth:`run` loops until stopped.
+
+    The watcher takes OUT_DIR's lock when it is made and holds it until :meth:`run` returns,
+    :meth:`release` or :meth:`close` (or the end of a ``with`` block, or of the process); a later
+    :meth:`poll` or :meth:`run` takes it again and re-reads the journal first."""
 
     def __init__(
         self,
@@ -219,8 +366,6 @@ class Watcher:
         report: Callable[[Outcome], None] | None = None,
         clock: Callable[[], float] = time,
     ) -> None:
-        from ..io.writers import POINT_FIELDS
-
         self.detector = detector
         self.options = options
         self.report = report
@@ -229,14 +374,75 @@ class Watcher:
         self.out_dir = options.out_dir.resolve()
         if not self.in_dir.is_dir():
             raise InvalidImage("input folder not found (or not a folder)", path=options.in_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.out_dir == self.in_dir or self.in_dir in self.out_dir.parents:
+            where = "the input folder" if self.out_dir == self.in_dir else "inside the input folder"
+            raise InvalidOption(
+                f"the output folder is {where} {options.in_dir}, where its results would be read as new "
+                "images: choose a folder outside it",
+                path=options.out_dir,
+            )
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise InvalidOption("the output folder is a file, not a folder", path=options.out_dir)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidOption(
+                f"cannot create the output folder: {exc.strerror or exc}", path=options.out_dir
+            ) from exc
         self.quarantine_dir = self.out_dir / QUARANTINE_DIR
         self.points_path = self.out_dir / POINTS_NAME
-        self.point_fields = (*POINT_FIELDS, "index")
-        self.journal = Journal(self.out_dir / JOURNAL_NAME)
-        self.with_dispense = DROP_CLASS in detector.model.class_names
+        self.name_max = _name_max(self.out_dir)
         self._seen: dict[str, FileState] = {}
-        self._reconcile_points()
+        self._failures: dict[str, _Failure] = {}
+        self._closed = False
+        self._lock: _OutLock | None = None
+        self._hold()
+
+    def _hold(self) -> None:
+        """Take OUT_DIR's lock if this watcher does not hold it, and (re)read the journal: another
+        watcher may have worked in OUT_DIR while this one did not hold it."""
+        if self._lock is not None:
+            return
+        if self._closed:
+            raise InvalidOption("this watcher was closed; make a new Watcher")
+        self._lock = _OutLock(self.out_dir)
+        try:
+            self.journal = Journal(self.out_dir / JOURNAL_NAME)
+            if self.journal.repaired:
+                log.warning("%s: cut a torn last line (%d bytes)", JOURNAL_NAME, self.journal.repaired)
+            self._points: dict[str, list[list[str]]] = self._points_from_journal()
+            self._points_size = -1  # points.csv's size after our last write (-1: unknown)
+            self._points_dirty = "csv" in self.options.formats
+            if self._points_dirty:
+                self._sync_points(startup=True)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let go of OUT_DIR's lock (:meth:`run` does when it returns); the next poll takes it again."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
+
+    def close(self) -> None:
+        """Release OUT_DIR's lock for good: a closed watcher does not poll again."""
+        self._closed = True
+        self.release()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _say(self, level: int, message: str, *args: object) -> None:
+        """Log, unless a ``report`` callback tells the user already (messages once, not twice)."""
+        if self.report is None:
+            log.log(level, message, *args)
 
     # --- scanning -----------------------------------------------------------------------------
     def _matches(self, name: str) -> bool:
@@ -247,7 +453,7 @@ class Watcher:
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            log.warning("cannot list %s: %s", folder, exc.strerror or exc)
+            log.warning("cannot list %s: %s", display_name(str(folder)), exc.strerror or exc)
             return
         for entry in sorted(entries, key=lambda e: e.name):
             rel = f"{prefix}{entry.name}"
@@ -264,36 +470,75 @@ class Watcher:
 
     def scan(self) -> dict[str, FileState]:
         """Candidate files (relative path -> size and mtime), journaled ones left out."""
+        self._hold()
         return {
             rel: st for rel, st in self._walk(self.in_dir, "") if journal_key(rel, st) not in self.journal
         }
 
     def poll(self, *, limit: int | None = None, stop: threading.Event | None = None) -> list[Outcome]:
         """One pass: note sizes, process the files that are stable (at most ``limit``; none once
-        ``stop`` is set: a stop takes effect after the current file)."""
+        ``stop`` is set: a stop takes effect after the current file). A file that failed waits for
+        its back-off unless it changed."""
+        self._hold()
+        if self._points_dirty:
+            self._sync_points()
         now = self.clock()
         current = self.scan()
+        for rel in [r for r in self._failures if r not in current]:
+            del self._failures[rel]
         outcomes: list[Outcome] = []
         for rel, state in current.items():
             if (limit is not None and len(outcomes) >= limit) or (stop is not None and stop.is_set()):
                 break
-            stable = (
-                state.size > 0
-                and self._seen.get(rel) == state
-                and now - state.mtime >= self.options.stable_seconds
-            )
-            if stable:
+            if self._seen.get(rel) != state:
+                continue
+            failure = self._failures.get(rel)
+            if failure is not None:
+                if failure.state != state:
+                    del self._failures[rel]
+                elif now < failure.next_try:
+                    continue
+            if state.size == 0:
+                if now - state.mtime < self.options.empty_grace_seconds:
+                    continue
+                outcome = self._quarantine(
+                    rel,
+                    state,
+                    InvalidImage(
+                        f"empty file (0 bytes) for more than {self.options.empty_grace_seconds:g} s"
+                    ),
+                    copy=False,
+                )
+            elif now - state.mtime >= self.options.stable_seconds:
                 outcome = self.process(rel, state)
-                outcomes.append(outcome)
-                if self.report is not None:
-                    self.report(outcome)
+            else:
+                continue
+            if outcome.status == "error":
+                count = failure.count + 1 if failure is not None and failure.state == state else 1
+                delay = min(
+                    self.options.retry_max_seconds, max(self.options.poll_seconds, 1.0) * 2 ** (count - 1)
+                )
+                self._failures[rel] = _Failure(state, count, now + delay)
+            else:
+                self._failures.pop(rel, None)
+            outcomes.append(outcome)
+            if self.report is not None:
+                self.report(outcome)
         self._seen = current
         return outcomes
 
     def run(
         self, stop: threading.Event | None = None, *, once: bool = False, max_files: int | None = None
     ) -> WatchStats:
-        """Poll until ``stop`` is set (or, with ``once``, two polls apart: what is there and stable)."""
+        """Poll until ``stop`` is set (or, with ``once``, two polls apart: what is there and stable);
+        OUT_DIR's lock is released on return."""
+        try:
+            return self._run(stop, once=once, max_files=max_files)
+        finally:
+            self.release()
+
+    def _run(self, stop: threading.Event | None, *, once: bool, max_files: int | None) -> WatchStats:
+        self._hold()
         stop = stop or threading.Event()
         stats = WatchStats()
         while not stop.is_set():
@@ -312,34 +557,69 @@ class Watcher:
             if once and stats.polls >= 2:
                 break
             stop.wait(self.options.poll_seconds)
+        if self._points_dirty:
+            self._sync_points()
+        stats.points_pending = self._points_dirty
         return stats
 
     # --- one file ---------------------------------------------------------------------------
     def process(self, rel: str, state: FileState) -> Outcome:
+        """Decode, detect, write and journal one file; never raises for anything about the file."""
+        self._hold()
+        shown = display_name(rel)
+        decoded = self._read(rel, state)
+        if isinstance(decoded, Outcome):
+            return decoded
+        pixels, decode_ms = decoded
+        try:
+            result = self.detector.detect_pixels(pixels, name=rel, decode_ms=decode_ms)
+        except CrystalRtError as exc:
+            self._say(logging.ERROR, "%s: %s", shown, exc)
+            return Outcome(rel, "error", message=str(exc))
+        except Exception as exc:  # MemoryError, an engine fault: retried later, the watcher goes on
+            self._say(logging.ERROR, "%s: detection failed: %s: %s", shown, type(exc).__name__, exc)
+            return Outcome(rel, "error", message=f"detection failed: {type(exc).__name__}: {exc}")
+        try:
+            from ..io.writers import point_rows
+
+            rows = point_rows(result, rel)
+            outputs = self._write_results(rel, state, pixels, result)
+            self.journal.append(rel, state, "ok", instances=len(result), outputs=outputs, rows=rows)
+        except Exception as exc:
+            message = f"cannot write results: {exc.strerror if isinstance(exc, OSError) else exc}"
+            self._say(logging.ERROR, "%s: %s", shown, message)
+            return Outcome(rel, "error", message=message)
+        note = self._update_points(rel, rows)
+        self._forget_quarantine(rel)
+        return Outcome(rel, "ok", instances=len(result), message=note)
+
+    def _read(self, rel: str, state: FileState) -> tuple[Any, float] | Outcome:
+        """The decoded pixels and the decode time, or the file's outcome (quarantined, changed)."""
         from ..io.decode import read_image
 
         path = self.in_dir / rel
+        if state.size > self.options.max_bytes:
+            too_large = InvalidImage(
+                f"file too large: {state.size} bytes, more than the limit of {self.options.max_bytes}"
+                " (--max-file-mb); not read"
+            )
+            return self._quarantine(rel, state, too_large, copy=False)
         try:
             t0 = perf_counter()
-            pixels = read_image(path, max_pixels=self.detector.max_pixels, name=rel)
+            pixels = read_image(path, max_pixels=self.detector.max_pixels, name=display_name(rel))
             decode_ms = (perf_counter() - t0) * 1e3
-            if self._state(path) != state:
-                return Outcome(rel, "changed", message="changed while being read; retried at a later poll")
-            result = self.detector.detect_pixels(pixels, name=rel, decode_ms=decode_ms)
-        except InvalidImage as exc:
+        except MemoryError:
+            error: CrystalRtError = InvalidImage("not enough memory to decode this image")
+            return self._quarantine(rel, state, error, copy=False)
+        except Exception as exc:  # InvalidImage, or a decoder fault: the file's problem, not ours
             if self._state(path) != state:  # vanished or rewritten: not the file's fault
-                return Outcome(rel, "changed", message=exc.message)
+                return Outcome(rel, "changed", message=str(exc))
+            if not isinstance(exc, InvalidImage):
+                exc = InvalidImage(f"cannot be decoded: {type(exc).__name__}: {exc}")
             return self._quarantine(rel, state, exc)
-        except CrystalRtError as exc:
-            log.error("%s: %s", rel, exc)
-            return Outcome(rel, "error", message=str(exc))
-        try:
-            outputs = self._write_results(rel, state, pixels, result)
-            self.journal.append(rel, state, "ok", instances=len(result), outputs=outputs)
-        except OSError as exc:
-            log.error("%s: cannot write results: %s", rel, exc)
-            return Outcome(rel, "error", message=f"cannot write results: {exc}")
-        return Outcome(rel, "ok", instances=len(result))
+        if self._state(path) != state:
+            return Outcome(rel, "changed", message="changed while being read; retried at a later poll")
+        return pixels, decode_ms
 
     @staticmethod
     def _state(path: Path) -> FileState | None:
@@ -349,15 +629,21 @@ class Watcher:
             return None
         return FileState(st.st_size, st.st_mtime_ns)
 
+    def output_base(self, rel: str) -> PurePosixPath:
+        """``<relative path>`` (the full name, suffix kept), the last part cut to fit (see the module)."""
+        path = PurePosixPath(rel)
+        return path.with_name(fit_name(path.name, self.name_max))
+
     def _write_results(self, rel: str, state: FileState, pixels: Any, result: DetectionResult) -> list[str]:
         from ..io.writers import atomic_write_bytes, coco_results, write_overlay
 
-        base = self._output_base(rel)
+        base = self.output_base(rel)
+        um = self.options.um_per_px
+        target = result.dispense_target
+        if um is not None and target is not None and target.um_per_px != um:
+            result = dataclasses.replace(result, dispense_target=dataclasses.replace(target, um_per_px=um))
         data = result.to_dict()
-        if self.with_dispense:
-            data["dispense_target"] = dispense_target(result, self.options.um_per_px)
         data["source"] = {"path": rel, "size": state.size, "mtime_ns": state.mtime_ns}
-        json_path = self.out_dir / f"{base}.json"
         written = [f"{base}.json"]
         if "coco" in self.options.formats:
             atomic_write_bytes(
@@ -367,76 +653,132 @@ class Watcher:
         if "overlay" in self.options.formats:
             write_overlay(pixels, result, self.out_dir / f"{base}.overlay.png")
             written.append(f"{base}.overlay.png")
-        atomic_write_bytes(json_path, (json.dumps(data, indent=2) + "\n").encode())
-        if "csv" in self.options.formats:
-            self._append_points(point_rows(result, rel))
+        atomic_write_bytes(self.out_dir / f"{base}.json", (json.dumps(data, indent=2) + "\n").encode())
         return written
 
-    def _output_base(self, rel: str) -> PurePosixPath:
-        """``<relpath without suffix>``, or ``<relpath>`` when that JSON belongs to another image
-        (``a.png`` and ``a.tif`` side by side: the second gives ``a.tif.json``)."""
-        base = PurePosixPath(rel).with_suffix("")
-        existing = self.out_dir / f"{base}.json"
-        if existing.is_file():
+    # --- points.csv ---------------------------------------------------------------------------
+    def _points_from_journal(self) -> dict[str, list[list[str]]]:
+        """Each journaled image's rows, in journal order; entries of older versions, which did not
+        journal rows, take the image's last run of rows from the existing points.csv."""
+        import csv
+
+        from ..io.writers import csv_text
+
+        table: dict[str, list[list[str]]] = {}
+        legacy: dict[str, list[list[str]]] | None = None
+        for rel, entry in self.journal.latest_ok.items():
+            rows = entry.get("rows")
+            if isinstance(rows, list) and all(isinstance(r, list) for r in rows):
+                table[rel] = [[str(c) for c in row] for row in rows]
+                continue
+            if legacy is None:
+                legacy = {}
+                try:
+                    with self.points_path.open(newline="", encoding="utf-8", errors="replace") as fh:
+                        body = list(csv.reader(fh))[1:]
+                except OSError:
+                    body = []
+                prev_name, prev_index = None, -1
+                for row in body:  # an image's last run of rows (a run restarts at a lower index)
+                    try:
+                        name, index = row[0], int(row[5])
+                    except (IndexError, ValueError):
+                        prev_name = None
+                        continue
+                    if len(row) != 6:
+                        prev_name = None
+                        continue
+                    if name != prev_name or index <= prev_index:
+                        legacy[name] = []
+                    legacy[name].append(row)
+                    prev_name, prev_index = name, index
+            found = legacy.get(rel, legacy.get(csv_text(rel), []))
+            table[rel] = [[csv_text(rel), *row[1:]] for row in found]
+        return table
+
+    def _sync_points(self, *, startup: bool = False) -> None:
+        """Rewrite points.csv (atomically) where it differs from the journal's rows."""
+        from ..io.writers import atomic_write_bytes, points_csv_bytes
+
+        expected = points_csv_bytes(row for rows in self._points.values() for row in rows)
+        try:
+            current = self.points_path.read_bytes() if self.points_path.is_file() else None
+            if current != expected and (current is not None or self._points):
+                if current is not None:
+                    self._say(logging.WARNING, "%s: brought in line with the journal", POINTS_NAME)
+                atomic_write_bytes(self.points_path, expected)
+            self._points_size = len(expected) if current is not None or self._points else -1
+            self._points_dirty = False
+        except OSError as exc:
+            self._points_dirty = True
+            if not startup:
+                self._say(logging.ERROR, "%s: cannot write (%s); retried at the next poll", POINTS_NAME, exc)
+
+    def _update_points(self, rel: str, rows: list[list[str]]) -> str | None:
+        """Bring points.csv in line after ``rel`` was journaled: append, or rewrite when the image
+        had rows before or the file changed under us. Returns a note when it has to wait."""
+        from ..io.writers import points_csv_bytes
+
+        if "csv" not in self.options.formats:
+            self._points.pop(rel, None)
+            self._points[rel] = rows
+            return None
+        old = self._points.pop(rel, None)
+        self._points[rel] = rows
+        if not self._points_dirty and not old:
             try:
-                owner = json.loads(existing.read_bytes()).get("image")
-            except (OSError, ValueError, AttributeError):
-                owner = None
-            if owner != rel:
-                return PurePosixPath(rel)
-        return base
+                size = self.points_path.stat().st_size if self.points_path.is_file() else -1
+                if size == self._points_size:
+                    if rows or size < 0:
+                        data = points_csv_bytes(rows)
+                        if size >= 0:
+                            data = data[data.index(b"\n") + 1 :]  # no second header
+                        self._points_size = _append_durably(self.points_path, data)
+                    return None
+            except OSError:
+                pass
+        self._sync_points()
+        return f"{POINTS_NAME} will be updated at a later poll" if self._points_dirty else None
 
-    def _append_points(self, rows: list[list[str]]) -> None:
-        new = not self.points_path.is_file() or self.points_path.stat().st_size == 0
-        if not rows and not new:
-            return
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        if new:
-            writer.writerow(self.point_fields)
-        writer.writerows(rows)
-        with self.points_path.open("ab") as fh:
-            fh.write(buf.getvalue().encode())
-            fh.flush()
-            os.fsync(fh.fileno())
+    # --- quarantine ---------------------------------------------------------------------------
+    def _quarantine_path(self, rel: str) -> Path:
+        path = PurePosixPath(rel)
+        return self.quarantine_dir / path.parent / fit_name(path.name, self.name_max)
 
-    def _reconcile_points(self) -> None:
-        """Drop points.csv rows of images the journal does not hold (a crash before journaling)."""
+    def _quarantine(self, rel: str, state: FileState, error: CrystalRtError, *, copy: bool = True) -> Outcome:
+        """Record ``rel`` as quarantined (reason file, a copy of the file where ``copy``, journal);
+        the file itself is left where it is."""
         from ..io.writers import atomic_write_bytes
 
-        if not self.points_path.is_file():
-            return
-        done = self.journal.ok_images()
-        with self.points_path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-        if not rows:
-            return
-        header, body = rows[0], rows[1:]
-        keep = [row for row in body if row and row[0] in done]
-        if len(keep) == len(body):
-            return
-        log.warning("points.csv: removing %d row(s) of images not in the journal", len(body) - len(keep))
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([header, *keep])
-        atomic_write_bytes(self.points_path, buf.getvalue().encode())
-
-    def _quarantine(self, rel: str, state: FileState, error: CrystalRtError) -> Outcome:
-        dest = self.quarantine_dir / rel
-        if dest.exists():
+        dest = self._quarantine_path(rel)
+        if dest.exists() or (dest.parent / f"{dest.name}.reason.txt").exists():
             dest = dest.with_name(f"{dest.stem}.{state.mtime_ns}{dest.suffix}")
-        reason = f"{type(error).__name__}: {error.message}\nfile: {rel}\n"
-        moved = True
+        shown = display_name(rel)
+        reason = f"{type(error).__name__}: {error.message}\nfile: {shown}\nsize: {state.size} bytes\n"
+        if copy:
+            tmp = dest.with_name(f".{dest.name[:40]}.{os.getpid()}.tmp")
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.in_dir / rel, tmp)
+                tmp.replace(dest)
+                reason += "a copy is kept here; the file itself was left in the input folder\n"
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                reason += f"(no copy could be kept here: {exc.strerror or exc})\n"
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(self.in_dir / rel, dest)
-        except OSError as exc:
-            moved = False
-            reason += f"(could not be moved here: {exc.strerror or exc})\n"
-        try:
-            (dest.parent / f"{dest.name}.reason.txt").write_text(reason)
+            atomic_write_bytes(
+                dest.parent / f"{dest.name}.reason.txt", reason.encode("utf-8", "backslashreplace")
+            )
             self.journal.append(rel, state, "quarantined", error=type(error).__name__, message=error.message)
         except OSError as exc:
-            log.error("%s: cannot quarantine: %s", rel, exc)
-            return Outcome(rel, "error", message=f"cannot quarantine: {exc}")
-        log.warning("%s: quarantined (%s)%s", rel, error.message, "" if moved else " in place")
+            self._say(logging.ERROR, "%s: cannot quarantine: %s", shown, exc)
+            return Outcome(rel, "error", message=f"cannot quarantine: {exc.strerror or exc}")
+        self._say(logging.WARNING, "%s: quarantined (%s)", shown, error.message)
         return Outcome(rel, "quarantined", message=error.message)
+
+    def _forget_quarantine(self, rel: str) -> None:
+        """A file that was quarantined and is now processed (a writer finished it): drop its copy."""
+        dest = self._quarantine_path(rel)
+        for stale in (dest, dest.parent / f"{dest.name}.reason.txt"):
+            with contextlib.suppress(OSError):
+                stale.unlink(missing_ok=True)
