@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -36,6 +37,7 @@ from .stats import summarize
 
 if TYPE_CHECKING:
     from ..runtime.pipeline import StagePolicy
+    from ..runtime.tiling import Tiling
 
 COLD_MARK = "CRYSTAL_RT_COLD "
 
@@ -97,6 +99,7 @@ class BenchConfig:
     cold_starts: int = 3
     score_threshold: float | None = None
     stages: StagePolicy = "auto"  # where CLAHE, letterbox and paste run (runtime.pipeline)
+    tiling: Tiling | None = None  # tiled inference (runtime.tiling) for the latency runs
     command: list[str] = field(default_factory=list)
     log: Callable[[str], None] | None = None
 
@@ -306,6 +309,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "warmup": config.warmup,
         "threads": config.threads or cores,
         "stage_policy": config.stages,
+        "tiling": None if config.tiling is None else dataclasses.asdict(config.tiling),
     }
 
     # cold start first, while this process is idle (the child has the cores to itself)
@@ -330,7 +334,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
     say(f"latency: {config.warmup} warm-up + {config.runs} timed passes over {len(config.images)} image(s)")
     with Detector.load(
-        config.engine, threads=config.threads, score_threshold=config.score_threshold, stages=config.stages
+        config.engine,
+        threads=config.threads,
+        score_threshold=config.score_threshold,
+        stages=config.stages,
+        tiling=config.tiling,
     ) as det:
         latency = measure_latency(det, config.images, config.runs, config.warmup)
         say("engine only")

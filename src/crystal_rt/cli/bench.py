@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import add_score_threshold, add_stages, report_file
+from .options import add_score_threshold, add_stages, add_tiling, report_file, tiling_from_args
 
 
 def _positive_list(text: str) -> list[int]:
@@ -84,6 +84,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", type=report_file, metavar="OUT.json", help="write the full report here")
     p.add_argument("--plot", type=report_file, metavar="OUT.png", help="write a latency/throughput plot here")
     add_stages(p)
+    add_tiling(p)
     p.set_defaults(run=run)
 
 
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         cold_starts=args.cold_starts,
         score_threshold=args.score_threshold,
         stages=args.stages,
+        tiling=tiling_from_args(args),
         command=list(sys.argv),
         log=info,
     )

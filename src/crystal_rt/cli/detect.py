@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import RESULT_FORMATS as FORMATS
-from .options import add_score_threshold, add_stages, add_um_per_px, output_dir
+from .options import add_score_threshold, add_stages, add_tiling, add_um_per_px, output_dir, tiling_from_args
 
 
 def parse_formats(text: str) -> list[str]:
@@ -46,6 +46,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
     add_um_per_px(p)
+    add_tiling(p)
     p.set_defaults(run=run)
 
 
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         stages=args.stages,
         um_per_px=args.um_per_px,
+        tiling=tiling_from_args(args),
     )
     seen: set[Path] = set()
     paths = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 #: the pipeline's stage policies (crystal_rt.runtime.pipeline.STAGE_POLICIES; a test keeps them equal)
 STAGE_CHOICES = ("auto", "cpu")
@@ -111,3 +112,51 @@ def add_um_per_px(parser: argparse.ArgumentParser) -> None:
         help="pixel size in micrometres (CHiMP's imager: 2.837): models with a drop class then report "
         "the dispense target as an offset from the image centre in micrometres too",
     )
+
+
+def tile_size(text: str) -> int:
+    value = int(_number(text, int))
+    if not 32 <= value <= 16384:
+        raise argparse.ArgumentTypeError(f"must be a tile side in 32..16384 pixels, got {text}")
+    return value
+
+
+def overlap(text: str) -> float:
+    value = float(_number(text, float))
+    if not 0.0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"must be a fraction of a tile in [0, 0.5], got {text}")
+    return value
+
+
+def add_tiling(parser: argparse.ArgumentParser) -> None:
+    """``--tiles off|auto|on``, ``--tile-size N``, ``--overlap F`` (tiled inference for small crystals)."""
+    parser.add_argument(
+        "--tiles",
+        choices=("off", "auto", "on"),
+        help="detect in overlapping tiles at the engine's native scale (small crystals in large images): "
+        "auto tiles when fitting the image into the engine input would shrink it more than 1.5x; "
+        "default off (on with --tile-size)",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=tile_size,
+        metavar="N",
+        help="tile side in image pixels (default: the engine's input size, i.e. scale 1); implies --tiles on",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=overlap,
+        default=0.25,
+        metavar="F",
+        help="tile overlap, a fraction of a tile (default 0.25)",
+    )
+
+
+def tiling_from_args(args: argparse.Namespace) -> Any:
+    """The Tiling the options ask for (None: whole images)."""
+    mode = args.tiles or ("on" if args.tile_size else "off")
+    if mode == "off":
+        return None
+    from ..runtime.tiling import Tiling
+
+    return Tiling(mode=mode, tile_size=args.tile_size, overlap=args.overlap)  # type: ignore[arg-type]

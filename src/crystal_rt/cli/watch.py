@@ -20,7 +20,7 @@ from ..serve.watch import (
     DEFAULT_PATTERNS,
     WATCH_FORMATS,
 )  # light: no numpy, cv2 or onnxruntime
-from .options import add_score_threshold, add_stages, output_dir
+from .options import add_score_threshold, add_stages, add_tiling, output_dir, tiling_from_args
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -112,6 +112,7 @@ def add_parser(sub: Any) -> None:
     add_score_threshold(p, "keep detections scoring at least this, in [0, 1] (default: the engine's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
+    add_tiling(p)
     p.set_defaults(run=run)
 
 
@@ -127,7 +128,12 @@ def run(args: argparse.Namespace) -> int:
     from .console import err_console, info
 
     detector = Detector.load(
-        args.engine, score_threshold=args.score_threshold, threads=args.threads, stages=args.stages
+        args.engine,
+        score_threshold=args.score_threshold,
+        threads=args.threads,
+        stages=args.stages,
+        um_per_px=args.um_per_px,
+        tiling=tiling_from_args(args),
     )
     options = WatchOptions(
         in_dir=args.in_dir,

@@ -9,12 +9,15 @@ results come back (``paste``). One instance per stream and thread.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..geometry import InputMap
 from ..spec import PreprocessSpec
+
+if TYPE_CHECKING:
+    from ..runtime.tiling import Window
 from .launch import (
     DeviceBuffer,
     EventTimer,
@@ -81,19 +84,30 @@ class CudaStages:
         self._image = (out, out_pitch, height, width, dtype, channels)
         self.timer.stop()
 
-    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec, out: int) -> InputMap:
+    def forget_image(self) -> None:
+        """A new image begins: the device image of the last one is not to be reused."""
+        self._image = None
+
+    def letterbox(
+        self, pixels: np.ndarray | None, spec: PreprocessSpec, out: int, window: Window | None = None
+    ) -> InputMap:
         """Queue letterbox (or stretch) + normalise into ``out`` (float32 [1, 3, H, W]) of ``pixels``
-        (uploaded first) or of the image ``clahe`` left on the device; returns the map back."""
+        (uploaded first, and kept on the device for further windows) or of the image already there
+        (``clahe``'s, or the last upload); of its ``window`` only when given (tiles: the window is a
+        pointer offset into the image with the image's pitch). Returns the map back to the window."""
         self.timer.start("letterbox")
-        image = self._upload(pixels) if pixels is not None else self._image
-        if image is None:
+        if pixels is not None:
+            self._image = self._upload(pixels)
+        if self._image is None:
             raise ValueError("letterbox without an image: call clahe() or pass the pixels")
-        ptr, pitch, height, width, dtype, channels = image
+        ptr, pitch, height, width, dtype, channels = self._image
+        if window is not None:
+            ptr += window.y * pitch + window.x * channels * np.dtype(dtype).itemsize
+            height, width = window.h, window.w
         mapping = self._preprocessor(spec).letterbox_async(
             ptr, pitch, height, width, dtype, channels, out, self.stream
         )
         self.timer.stop()
-        self._image = None
         return mapping
 
     def upload_input(self, tensor: np.ndarray, out: int) -> None:

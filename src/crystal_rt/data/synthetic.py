@@ -349,12 +349,14 @@ def _place_crystals(
     s: int,
     max_crystals: int,
     habits: tuple[str, ...] | None,
+    crystal_size: tuple[float, float] = (0.04, 0.15),
+    min_crystals: int = 1,
 ) -> Iterator[tuple[np.ndarray, str, bool]]:
     """Yield (mask, habit, blurred) for each crystal composited, in drawing order."""
     ys, xs = np.nonzero(drop_inner > s * 0.03)
     if xs.size == 0:
         return
-    count = int(rng.integers(1, max_crystals + 1))
+    count = int(rng.integers(min(min_crystals, max_crystals), max_crystals + 1))
     occupied = np.zeros(image.shape, bool)
     for _ in range(count):
         habit = (
@@ -362,7 +364,7 @@ def _place_crystals(
             if habits
             else str(rng.choice(HABITS, p=np.array(HABIT_WEIGHTS) / sum(HABIT_WEIGHTS)))
         )
-        size = s * float(np.exp(rng.uniform(np.log(0.04), np.log(0.15))))
+        size = s * float(np.exp(rng.uniform(np.log(crystal_size[0]), np.log(crystal_size[1]))))
         for _attempt in range(6):
             k = int(rng.integers(0, xs.size))
             centre = (float(xs[k]) + rng.uniform(-0.5, 0.5), float(ys[k]) + rng.uniform(-0.5, 0.5))
@@ -390,8 +392,12 @@ def make_drop(
     rgb: bool = False,
     bit_depth: int = 8,
     habits: tuple[str, ...] | None = None,
+    crystal_size: tuple[float, float] = (0.04, 0.15),
+    min_crystals: int = 1,
 ) -> SyntheticDrop:
-    """One drop image with 1..max_crystals crystals and their exact (occlusion-aware) masks."""
+    """One drop image with min_crystals..max_crystals crystals and their exact (occlusion-aware)
+    masks; a crystal's size is drawn log-uniformly in ``crystal_size`` (fractions of the image's
+    short side; the default matches the real drops, (0.005, 0.02) gives a large drop of small ones)."""
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth}")
     if height < 16 or width < 16:
@@ -405,7 +411,8 @@ def make_drop(
     habit_list: list[str] = []
     blurred: list[bool] = []
     areas: list[int] = []
-    for mask, habit, out_of_focus in _place_crystals(rng, image, drop_inner, s, max_crystals, habits):
+    crystals = _place_crystals(rng, image, drop_inner, s, max_crystals, habits, crystal_size, min_crystals)
+    for mask, habit, out_of_focus in crystals:
         for i in range(len(masks)):
             masks[i] &= ~mask  # the new crystal lies on top
         masks.append(mask)

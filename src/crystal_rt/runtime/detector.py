@@ -24,6 +24,7 @@ from .artifacts import Manifest, resolve_manifest, sha256_file
 from .backends.base import Backend
 from .pipeline import STAGES, StagePolicy, check_stages, check_threshold, check_um_per_px, run_pipeline
 from .result import DetectionResult
+from .tiling import Tiling
 
 if TYPE_CHECKING:
     from ..export.core import CoreMaskRCNN
@@ -47,6 +48,7 @@ class Detector:
         manifest: Manifest | None = None,
         stages: StagePolicy = "auto",
         um_per_px: float | None = None,
+        tiling: Tiling | None = None,
     ) -> None:
         self.backend = backend
         self._closed = False
@@ -59,6 +61,7 @@ class Detector:
         self.manifest = manifest
         self.stages: StagePolicy = check_stages(stages)
         self.um_per_px = check_um_per_px(um_per_px)
+        self.tiling = _check_tiling(tiling)
 
     @property
     def device(self) -> str:
@@ -76,14 +79,17 @@ class Detector:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         stages: StagePolicy = "auto",
         um_per_px: float | None = None,
+        tiling: Tiling | None = None,
     ) -> Detector:
         """Open an engine (directory, manifest, ``DIR/NAME`` prefix or model file beside its manifest).
 
         ``stages="cpu"`` runs CLAHE, letterbox and paste on the CPU even where the engine offers
         device stages (a TensorRT engine), e.g. to compare the two paths. ``um_per_px`` (the pixel
-        size) adds micrometres to the dispense target of models with a ``drop`` class."""
+        size) adds micrometres to the dispense target of models with a ``drop`` class; ``tiling``
+        detects in overlapping tiles at the engine's scale (``runtime/tiling.py``)."""
         check_stages(stages)
         check_um_per_px(um_per_px)
+        _check_tiling(tiling)
         if score_threshold is not None:
             check_threshold(score_threshold)
         manifest = Manifest.read(resolve_manifest(engine))
@@ -97,6 +103,7 @@ class Detector:
             manifest=manifest,
             stages=stages,
             um_per_px=um_per_px,
+            tiling=tiling,
         )
 
     @classmethod
@@ -180,6 +187,7 @@ class Detector:
             name=name,
             decode_ms=decode_ms,
             um_per_px=self.um_per_px,
+            tiling=self.tiling,
         )
 
     def _backend(self) -> Backend:
@@ -262,3 +270,9 @@ def _check_engine_file(manifest: Manifest, engine: Path) -> None:
             f"{manifest.rebuild_hint()}",
             path=manifest.path,
         )
+
+
+def _check_tiling(tiling: Tiling | None) -> Tiling | None:
+    if tiling is not None and not isinstance(tiling, Tiling):
+        raise InvalidOption(f"tiling must be a crystal_rt.runtime.tiling.Tiling, got {type(tiling).__name__}")
+    return None if tiling is None or tiling.mode == "off" else tiling

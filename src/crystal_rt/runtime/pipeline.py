@@ -23,11 +23,12 @@ import numpy as np
 
 from ..errors import InvalidSpec
 from ..spec import ModelSpec, PreprocessSpec
-from .backends.base import Backend
+from .backends.base import Backend, DeviceSession
 from .dispense import dispense_target, has_drop_class
 from .postprocess import Kept, make_instances, paste_masks, paste_stage, select_detections
-from .preprocess import apply_clahe, check_image, preprocess, recipe_color
-from .result import DetectionResult, InstanceMask
+from .preprocess import Preprocessed, apply_clahe, check_image, preprocess, recipe_color
+from .result import DetectionResult, Instance, InstanceMask
+from .tiling import Tiling, Window, WindowDetection, merge_windows, plan_windows, shift_instance
 
 #: the stages every result reports (timings_ms adds "total")
 STAGES = ("decode", "clahe", "letterbox", "engine", "paste")
@@ -58,6 +59,111 @@ def check_um_per_px(um_per_px: float | None) -> float | None:
     return value
 
 
+class _Run:
+    """One image's pass through the stages: the accumulated timings and devices, and whether the
+    (enhanced) image is already on the device for the windows to read."""
+
+    def __init__(
+        self, backend: Backend, session: DeviceSession | None, spec: PreprocessSpec, threshold: float
+    ) -> None:
+        self.backend = backend
+        self.session = session
+        self.spec = spec
+        self.threshold = threshold
+        # the windows' recipe: without the CLAHE a recipe starts with (it runs once, on the whole image)
+        self.window_spec = spec.with_overrides(clahe=False) if spec.clahe_first else spec
+        self.on_device = session is not None and self.window_spec.is_paper_shaped
+        self.image_on_device = False
+        self.cpu_ms: dict[str, float] = {}
+        self.devices: dict[str, str] = {"decode": "cpu"}
+
+    def _add_ms(self, stage: str, ms: float) -> None:
+        self.cpu_ms[stage] = self.cpu_ms.get(stage, 0.0) + ms
+
+    def enhance(self, image: np.ndarray) -> np.ndarray:
+        """CLAHE of a recipe that starts with it, once for the whole image: on the device where the
+        device runs the rest and has a kernel for this kind of image, else on the CPU."""
+        spec = self.spec
+        if spec.clahe is None:
+            self.devices["clahe"] = SKIPPED
+            return image
+        if not spec.clahe_first:  # CLAHE after the resize: each window's preprocessing runs it
+            self.devices["clahe"] = "cpu"
+            return image
+        if self.session is not None and self.on_device and self.session.can_clahe(image, spec):
+            self.session.clahe(image, spec)
+            self.image_on_device = True
+            self.devices["clahe"] = self.session.device
+            return image
+        t0 = perf_counter()
+        enhanced = apply_clahe(image, spec.clahe)
+        self._add_ms("clahe", (perf_counter() - t0) * 1e3)
+        self.devices["clahe"] = "cpu"
+        return enhanced
+
+    def window(self, image: np.ndarray, window: Window | None, class_names: Sequence[str]) -> list[Instance]:
+        """Resize + normalise, engine, select and paste of the whole image or one window: instances
+        in the window's pixels."""
+        spec, session = self.window_spec, self.session
+        crop = (
+            image
+            if window is None
+            else np.ascontiguousarray(image[window.y : window.y + window.h, window.x : window.x + window.w])
+        )
+        height, width = crop.shape[:2]
+        if session is None:
+            pre = self._cpu_preprocess(crop)
+            t0 = perf_counter()
+            outputs = self.backend.infer(pre.tensor)
+            t1 = perf_counter()
+            kept = select_detections(
+                outputs.boxes, outputs.scores, self.threshold, pre.mapping, height, width
+            )
+
+            def cpu_paste(k: Sequence[Kept], h: int, w: int) -> list[InstanceMask]:
+                return paste_masks(outputs.masks, k, h, w)
+
+            masks = paste_stage(cpu_paste, outputs.boxes, kept, pre.mapping, height, width, spec.paste_at)
+            self._add_ms("engine", (t1 - t0) * 1e3)
+            self._add_ms("paste", (perf_counter() - t1) * 1e3)
+            self.devices.update(letterbox="cpu", engine=self.backend.device, paste="cpu")
+            return make_instances(kept, masks, outputs.scores, outputs.labels, class_names)
+        if self.on_device:
+            # the whole recipe (paper-shaped here): the device stages keep one preprocessor per recipe
+            mapping = session.letterbox(None if self.image_on_device else image, self.spec, window)
+            self.image_on_device = True
+            self.devices["letterbox"] = session.device
+        else:  # float steps the kernels do not compute: the CPU makes the input, the device runs the rest
+            pre = self._cpu_preprocess(crop)
+            session.set_input(pre.tensor)
+            mapping = pre.mapping
+            self.devices["letterbox"] = "cpu"
+        boxes, scores, labels = session.run_engine()
+        t0 = perf_counter()
+        kept = select_detections(boxes, scores, self.threshold, mapping, height, width)
+        self._add_ms("paste", (perf_counter() - t0) * 1e3)
+        masks = paste_stage(session.paste, boxes, kept, mapping, height, width, spec.paste_at)
+        self.devices.update(engine=session.device, paste=session.device)
+        return make_instances(kept, masks, scores, labels, class_names)
+
+    def _cpu_preprocess(self, crop: np.ndarray) -> Preprocessed:
+        ms: dict[str, float] = {}
+        pre = preprocess(crop, self.window_spec, ms)
+        self._add_ms("letterbox", ms["letterbox"])
+        if self.window_spec.clahe is not None:
+            self._add_ms("clahe", ms["clahe"])
+        return pre
+
+    def timings(self) -> dict[str, float]:
+        out = dict(self.cpu_ms)
+        if self.session is not None:
+            device_ms = self.session.timings()
+            for stage, ms in device_ms.items():
+                key = "letterbox" if stage == "upload" else stage
+                out[key] = out.get(key, 0.0) + ms
+        return out
+
+
 def run_pipeline(
     pixels: np.ndarray,
     *,
@@ -69,69 +175,32 @@ def run_pipeline(
     name: str | None = None,
     decode_ms: float = 0.0,
     um_per_px: float | None = None,
+    tiling: Tiling | None = None,
 ) -> DetectionResult:
-    """Detect instances in decoded ``pixels`` (uint8/uint16, (H, W) or (H, W, 3))."""
+    """Detect instances in decoded ``pixels`` (uint8/uint16, (H, W) or (H, W, 3)); with ``tiling``,
+    in overlapping windows at the engine's scale, merged (:mod:`.tiling`)."""
     check_image(pixels, name)
     threshold = check_threshold(score_threshold, name)
     height, width = pixels.shape[:2]
-    timings: dict[str, float] = {"decode": decode_ms}
-    devices = {"decode": "cpu"}
     start = perf_counter()
     session = backend.device_session() if check_stages(stages) == "auto" else None
-    if session is None:
-        pre = preprocess(pixels, spec, timings)
-        t0 = perf_counter()
-        outputs = backend.infer(pre.tensor)
-        t1 = perf_counter()
-        kept = select_detections(outputs.boxes, outputs.scores, threshold, pre.mapping, height, width)
-
-        def cpu_paste(k: Sequence[Kept], h: int, w: int) -> list[InstanceMask]:
-            return paste_masks(outputs.masks, k, h, w)
-
-        masks = paste_stage(cpu_paste, outputs.boxes, kept, pre.mapping, height, width, spec.paste_at)
-        timings["engine"] = (t1 - t0) * 1e3
-        timings["paste"] = (perf_counter() - t1) * 1e3
-        scores, labels = outputs.scores, outputs.labels
-        devices.update(clahe="cpu", letterbox="cpu", engine=backend.device, paste="cpu")
-    else:
+    if session is not None:
         session.begin()
-        cpu_ms: dict[str, float] = {}
-        if spec.is_paper_shaped:
-            pixels = recipe_color(pixels, spec)
-            upload: np.ndarray | None = pixels
-            if spec.clahe and session.can_clahe(pixels, spec):
-                session.clahe(pixels, spec)
-                upload = None
-                devices["clahe"] = session.device
-            elif spec.clahe:
-                t0 = perf_counter()
-                upload = apply_clahe(pixels, spec.clahe)
-                cpu_ms["clahe"] = (perf_counter() - t0) * 1e3
-                devices["clahe"] = "cpu"
-            mapping = session.letterbox(upload, spec)
-            devices["letterbox"] = session.device
-        else:  # float steps the kernels do not compute: the CPU makes the input, the device runs the rest
-            pre = preprocess(pixels, spec, cpu_ms)
-            session.set_input(pre.tensor)
-            mapping = pre.mapping
-            devices.update(clahe="cpu", letterbox="cpu")
-        boxes, scores, labels = session.run_engine()
-        t0 = perf_counter()
-        kept = select_detections(boxes, scores, threshold, mapping, height, width)
-        select_ms = (perf_counter() - t0) * 1e3
-        masks = paste_stage(session.paste, boxes, kept, mapping, height, width, spec.paste_at)
-        device_ms = session.timings()
-        timings.update(device_ms)
-        timings.update(cpu_ms)
-        timings["letterbox"] = timings.get("letterbox", 0.0) + device_ms.get("upload", 0.0)
-        timings["paste"] = timings.get("paste", 0.0) + select_ms
-        devices.update(engine=session.device, paste=session.device)
-    if not spec.clahe:
-        devices["clahe"] = SKIPPED
-        timings["clahe"] = 0.0
-    instances = make_instances(kept, masks, scores, labels, model.class_names)
+    run = _Run(backend, session, spec, threshold)
+    windows = plan_windows(height, width, spec, tiling)
+    image = run.enhance(recipe_color(pixels, spec))
+    if windows is None:
+        instances = run.window(image, None, model.class_names)
+    else:
+        found = []
+        for index, window in enumerate(windows):
+            for inst in run.window(image, window, model.class_names):
+                shifted = shift_instance(inst, window, height, width)
+                found.append(WindowDetection(shifted, index, window.touches_inner_edge(shifted.box)))
+        instances = merge_windows(found)
     with_dispense = has_drop_class(model.class_names)
     target = dispense_target(instances, height, width, um_per_px) if with_dispense else None
+    timings = {"decode": decode_ms, **run.timings()}
     timings["total"] = decode_ms + (perf_counter() - start) * 1e3
     return DetectionResult(
         width=width,
@@ -139,7 +208,8 @@ def run_pipeline(
         instances=instances,
         image=name,
         timings_ms={stage: timings.get(stage, 0.0) for stage in STAGES} | {"total": timings["total"]},
-        devices={stage: devices[stage] for stage in STAGES},
+        devices={stage: run.devices[stage] for stage in STAGES},
         dispense_target=target,
         reports_dispense=with_dispense,
+        windows=0 if windows is None else len(windows),
     )

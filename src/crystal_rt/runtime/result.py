@@ -100,6 +100,8 @@ class DetectionResult:
     dispense_target: DispenseTarget | None = None
     #: whether the model has a ``drop`` class (the JSON then always holds ``dispense_target``)
     reports_dispense: bool = False
+    #: how many tiles the image was detected in (0: the whole image at once)
+    windows: int = 0
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -114,6 +116,8 @@ class DetectionResult:
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "devices": dict(self.devices),
         }
+        if self.windows:
+            out["tiles"] = self.windows
         if self.reports_dispense:
             out["dispense_target"] = None if self.dispense_target is None else self.dispense_target.to_dict()
         return out

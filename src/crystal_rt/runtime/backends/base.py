@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ...spec import PreprocessSpec
     from ..postprocess import Kept
     from ..result import InstanceMask
+    from ..tiling import Window
 
 
 class CoreOutputs(NamedTuple):
@@ -49,9 +50,12 @@ class DeviceSession(ABC):
     def clahe(self, pixels: np.ndarray, spec: PreprocessSpec) -> None: ...
 
     @abstractmethod
-    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec) -> InputMap:
+    def letterbox(
+        self, pixels: np.ndarray | None, spec: PreprocessSpec, window: Window | None = None
+    ) -> InputMap:
         """Letterbox (or stretch) + normalise into the engine input: ``pixels`` (uploaded first), or
-        the image the ``clahe`` stage left on the device (None). Returns the map back to the image."""
+        the image already on the device (the ``clahe`` stage's, or the last upload: None), or its
+        ``window`` (tiled inference). Returns the map back to the image (or window)."""
 
     @abstractmethod
     def set_input(self, tensor: np.ndarray) -> None:

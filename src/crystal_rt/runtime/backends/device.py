@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ...geometry import InputMap
     from ...spec import PreprocessSpec
     from ..postprocess import Kept
+    from ..tiling import Window
 
 
 @dataclass
@@ -229,6 +230,7 @@ class DeviceEngineSession(DeviceSession):
 
     def begin(self) -> None:
         self.state.stages.timer.reset()
+        self.state.stages.forget_image()
 
     def clahe(self, pixels: np.ndarray, spec: PreprocessSpec) -> None:
         self.state.stages.clahe(pixels, spec)
@@ -241,9 +243,11 @@ class DeviceEngineSession(DeviceSession):
                 path=self.backend.path,
             )
 
-    def letterbox(self, pixels: np.ndarray | None, spec: PreprocessSpec) -> InputMap:
+    def letterbox(
+        self, pixels: np.ndarray | None, spec: PreprocessSpec, window: Window | None = None
+    ) -> InputMap:
         self._check_input(spec)
-        return self.state.stages.letterbox(pixels, spec, self.state.device[CORE_INPUT].ptr)
+        return self.state.stages.letterbox(pixels, spec, self.state.device[CORE_INPUT].ptr, window)
 
     def set_input(self, tensor: np.ndarray) -> None:
         if tuple(tensor.shape) != self.backend.shapes[CORE_INPUT]:
