@@ -197,3 +197,39 @@ def test_without_plugin_registration_the_plan_does_not_load(
     monkeypatch.setattr(backend, "init_plugins", lambda trt, logger: None)
     with pytest.raises(EngineIncompatible, match="IPluginCreator not found"):
         Detector.load(demo_trt_engine)
+
+
+@pytest.mark.parametrize("paste_at", ["image", "resize"])
+def test_recipes_the_kernels_do_not_compute_run_engine_and_paste_on_the_device(
+    sim_gpu, tiny, tmp_path: Path, real_images, paste_at: str
+) -> None:
+    """A CHiMP-shaped recipe (stretch, CLAHE after it, min-max, the model's own transform, a
+    non-square input): the CPU makes the engine input, the device runs the engine and the paste, and
+    the result equals the CPU stages'."""
+    pytest.importorskip("torch")
+    from crystal_rt.export.models import load_checkpoint
+    from crystal_rt.export.onnx_export import export_core_onnx
+    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.spec import Clahe, Intensity, ModelTransform, PreprocessSpec, Resize
+
+    recipe = PreprocessSpec(
+        (Resize("stretch", 240, 300), Clahe(2.5, (6, 6)), Intensity("minmax"), ModelTransform(192, 320)),
+        paste_at=paste_at,  # type: ignore[arg-type]
+        color="rgb",
+    )
+    assert recipe.input_hw == (192, 256) and not recipe.is_paper_shaped
+    onnx_path = export_core_onnx(
+        load_checkpoint(tiny.checkpoint, preprocess=recipe), tmp_path / "m.onnx"
+    ).path
+    build_engine(onnx_path, tmp_path / "engine", backend="tensorrt")
+    with Detector.load(tmp_path / "engine", score_threshold=0.05) as det:
+        assert det.preprocess == recipe
+        for path in real_images[:2]:
+            gpu, cpu = det.detect(path), det.detect(path, stages="cpu")
+            assert gpu.devices == {
+                "decode": "cpu", "clahe": "cpu", "letterbox": "cpu", "engine": "cuda:0", "paste": "cuda:0"
+            }  # fmt: skip
+            assert cpu.devices["paste"] == "cpu" and len(gpu) > 0
+            assert_same(gpu, cpu)
+    assert "crt_paste_masks" in sim_gpu.kernels_launched()
+    assert "crt_letterbox_normalize_u8" not in sim_gpu.kernels_launched()
