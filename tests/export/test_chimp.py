@@ -1,10 +1,8 @@
 """``--preset chimp``: a CHiMP checkpoint through crystal-rt gives the detections CHiMP's own code
 gives (issue 15, part 2), checked against a replica of CHiMP's steps (``chimp_replica.py``).
 
-The model is CHiMP's architecture (torchvision ``maskrcnn_resnet50_fpn``, ``FastRCNNPredictor(1024,
-3)``, ``MaskRCNNPredictor(256, 256, 3)``), seeded, no weights downloaded. Its box regressions (RPN
-and box head) are scaled down 10x so that boxes stay near their anchors, as a trained model's are
-sized, instead of random-weight slivers under a pixel wide; everything else is random. The acceptance
+The model is CHiMP's architecture, seeded (``crystal_rt.testing.chimp_replica.seeded_chimp_model``:
+box regressions scaled down so boxes are sized like a trained model's). The acceptance
 is the issue's: matched box IoU >= 0.98 in original pixels, mask IoU >= 0.90 at the original
 resolution, scores within 0.02, at most 5 % extra or missing; and the dispense target.
 """
@@ -22,30 +20,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 pytest.importorskip("onnx")
 
-from chimp_replica import ChimpResult, chimp_replica  # noqa: E402
-
 from crystal_rt.cli.main import main  # noqa: E402
 from crystal_rt.runtime.detector import Detector  # noqa: E402
 from crystal_rt.runtime.result import DetectionResult  # noqa: E402
+from crystal_rt.testing.chimp_replica import ChimpResult, chimp_replica, seeded_chimp_model  # noqa: E402
 
 IMAGES = ("97wo_01A_1.jpg", "echo_test_im_1.jpg", "big_crystals_3.jpg")
 UM_PER_PX = 2.837
-
-
-def chimp_like_model() -> Any:
-    import torchvision
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-
-    torch.manual_seed(0)
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    model.roi_heads.box_predictor = FastRCNNPredictor(1024, 3)  # CHiMP's heads
-    model.roi_heads.mask_predictor = MaskRCNNPredictor(256, 256, 3)
-    with torch.no_grad():
-        for layer in (model.rpn.head.bbox_pred, model.roi_heads.box_predictor.bbox_pred):
-            layer.weight.mul_(0.1)
-            layer.bias.mul_(0.1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +34,7 @@ def chimp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """The seeded model and its engine, made the way a CHiMP user would: save the state_dict as CHiMP
     does (``.pytorch``), ``crystal-rt export --preset chimp``, ``crystal-rt build-engine``."""
     folder = tmp_path_factory.mktemp("chimp")
-    model = chimp_like_model()
+    model = seeded_chimp_model()
     checkpoint = folder / "chimp.pytorch"
     torch.save(model.state_dict(), checkpoint)
     onnx_path = folder / "chimp.onnx"

@@ -71,8 +71,18 @@ def dispense_target(
     h, w = drop.crop.shape
     if h == 0 or w == 0 or not drop.crop.any():
         return None
-    region = np.zeros((h + 2, w + 2), np.uint8)  # a zero border: the crop's edge is the drop's edge
+    # a zero border where the crop's edge is the drop's edge; where the crop meets the image's edge
+    # the drop may go on (CHiMP's distance transform does not count the image's edge as one)
+    region = np.zeros((h + 2, w + 2), np.uint8)
     region[1:-1, 1:-1] = drop.crop
+    if drop.x0 == 0:
+        region[1:-1, 0] = drop.crop[:, 0]
+    if drop.y0 == 0:
+        region[0, 1:-1] = drop.crop[0]
+    if drop.x0 + w >= width:
+        region[1:-1, -1] = drop.crop[:, -1]
+    if drop.y0 + h >= height:
+        region[-1, 1:-1] = drop.crop[-1]
     others = [inst for inst in instances if inst.label_name != DROP_CLASS]
     for inst in others:
         m = inst.mask
@@ -85,11 +95,11 @@ def dispense_target(
         window = region[y0 - drop.y0 + 1 : y1 - drop.y0 + 1, x0 - drop.x0 + 1 : x1 - drop.x0 + 1]
         window[crystal] = 0
     if others:
-        dist = cv2.distanceTransform(region, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        dist = cv2.distanceTransform(region, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
         _, best, _, (bx, by) = cv2.minMaxLoc(dist)
         if best <= 0:  # the crystals cover the drop
             return None
-        x, y, clearance, method = float(drop.x0 + bx - 1), float(drop.y0 + by - 1), float(best), "distance"
+        x, y, clearance, method = float(drop.x0 + bx), float(drop.y0 + by), float(best), "distance"
     else:
         ys, xs = np.nonzero(drop.crop)
         x, y, clearance, method = float(drop.x0 + xs.mean()), float(drop.y0 + ys.mean()), None, "centroid"
