@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from _common import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +114,14 @@ def main() -> None:
             det.close()
     summary = {name: {k: float(np.mean(v)) for k, v in cols.items()} for name, cols in rows.items()}
     whole_ms = summary["whole"]["ms"]
-    print(f"\n{'mode':20} {'tiles':>5} {'dets':>6} {'recall':>7} {'precision':>9} {'dup':>5} {'ms':>8} {'cost':>6}")
+    header = ("mode", "tiles", "dets", "recall", "precision", "dup", "ms", "cost")
+    widths = (20, 5, 6, 7, 9, 5, 8, 6)
+    print(
+        "\n"
+        + " ".join(
+            f"{h:{'<' if i == 0 else '>'}{w}}" for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    )
     for name, s in summary.items():
         print(
             f"{name:20} {s['tiles']:5.0f} {s['detections']:6.1f} {s['recall']:7.3f} {s['precision']:9.3f} "
