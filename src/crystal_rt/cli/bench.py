@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import add_score_threshold, add_stages, report_file
+from .options import add_bit_depth, add_score_threshold, add_stages, report_file
 
 
 def _positive_list(text: str) -> list[int]:
@@ -84,6 +84,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", type=report_file, metavar="OUT.json", help="write the full report here")
     p.add_argument("--plot", type=report_file, metavar="OUT.png", help="write a latency/throughput plot here")
     add_stages(p)
+    add_bit_depth(p)
     p.set_defaults(run=run)
 
 
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         cold_starts=args.cold_starts,
         score_threshold=args.score_threshold,
         stages=args.stages,
+        bit_depth=args.bit_depth,
         command=list(sys.argv),
         log=info,
     )
@@ -139,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
     from ..errors import CrystalRtError
-    from .console import err_console
+    from .console import err_console, show_library_warnings
 
+    show_library_warnings()
     parser = argparse.ArgumentParser(prog="crystal-rt")
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])

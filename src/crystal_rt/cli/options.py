@@ -111,3 +111,22 @@ def add_um_per_px(parser: argparse.ArgumentParser) -> None:
         help="pixel size in micrometres (CHiMP's imager: 2.837): models with a drop class then report "
         "the dispense target as an offset from the image centre in micrometres too",
     )
+
+
+def bit_depth(text: str) -> int:
+    """Significant bits of 16-bit images, 1..16."""
+    value = int(_number(text, int))
+    if not 1 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"must be a bit depth in 1..16, got {text}")
+    return value
+
+
+def add_bit_depth(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bit-depth",
+        type=bit_depth,
+        metavar="N",
+        help="significant bits of 16-bit images (12 for a 12-bit camera writing 16-bit files), over "
+        "what the file says (TIFF MaxSampleValue/BitsPerSample, PNG sBIT): they are expanded to the "
+        "full 16-bit range before CLAHE; 8-bit images are not changed (default: the file's, else 16)",
+    )

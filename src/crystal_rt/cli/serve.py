@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .options import add_score_threshold, add_stages, port
+from .options import add_bit_depth, add_score_threshold, add_stages, port
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -100,6 +100,7 @@ def add_parser(sub: Any) -> None:
     triton.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics port (default 8002)")
     triton.add_argument("--max-batch", type=_positive_int, default=4, help="dynamic batch size (default 4)")
     add_stages(p)
+    add_bit_depth(p)
     p.set_defaults(run=run)
 
 
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_pixels=args.max_pixels,
         stages=args.stages,
+        bit_depth=args.bit_depth,
     )
     app = create_app(
         detector,
@@ -176,6 +178,7 @@ def _run_triton(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_pixels=args.max_pixels,
         stages=args.stages,
+        bit_depth=args.bit_depth,
     )
     name = args.model_name or (detector.manifest.name if detector.manifest else "crystals")
     ports = TritonPorts(http=args.port, grpc=args.grpc_port, metrics=args.metrics_port)

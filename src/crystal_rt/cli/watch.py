@@ -20,7 +20,7 @@ from ..serve.watch import (
     DEFAULT_PATTERNS,
     WATCH_FORMATS,
 )  # light: no numpy, cv2 or onnxruntime
-from .options import add_score_threshold, add_stages, output_dir
+from .options import add_bit_depth, add_score_threshold, add_stages, output_dir
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -112,6 +112,7 @@ def add_parser(sub: Any) -> None:
     add_score_threshold(p, "keep detections scoring at least this, in [0, 1] (default: the engine's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
+    add_bit_depth(p)
     p.set_defaults(run=run)
 
 
@@ -127,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
     from .console import err_console, info
 
     detector = Detector.load(
-        args.engine, score_threshold=args.score_threshold, threads=args.threads, stages=args.stages
+        args.engine,
+        score_threshold=args.score_threshold,
+        threads=args.threads,
+        stages=args.stages,
+        bit_depth=args.bit_depth,
     )
     options = WatchOptions(
         in_dir=args.in_dir,

@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import InvalidOption
+from ..io.decode import DecodedImage
 
 log = logging.getLogger("crystal_rt.bit_depth")
 
@@ -129,4 +130,15 @@ def fit_bit_depth(
     expanded, clipped = expand_bit_depth(pixels, bit_depth)
     if clipped:
         notes.warn("clipped", clipped_message(name, clipped, bit_depth))
+    return expanded
+
+
+def full_range(decoded: DecodedImage, bit_depth: int | None = None) -> np.ndarray:
+    """The pixels the recipe sees for a decoded file: expanded from ``bit_depth``, else the file's
+    bit depth (training, calibration and the Triton pre model, so that they see what the Detector
+    sees); nothing is said about clipped samples or a low range."""
+    bits = resolve_bit_depth(check_bit_depth(bit_depth), decoded.bit_depth)
+    if bits is None:
+        return decoded.pixels
+    expanded, _ = expand_bit_depth(decoded.pixels, bits)
     return expanded
