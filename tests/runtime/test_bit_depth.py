@@ -254,7 +254,9 @@ def test_detect_command_bit_depth(
     from crystal_rt.cli.main import main
 
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "twelve.tif").write_bytes(_tiff(_to_12_bits(picture), photometric="rgb"))
+    v12 = _to_12_bits(picture)
+    (tmp_path / "in" / "twelve.tif").write_bytes(_tiff(v12, photometric="rgb"))
+    (tmp_path / "in" / "tagged.tif").write_bytes(_tiff(v12, photometric="rgb", extratags=TAG_4095))
     x257 = _tiff(picture.astype(np.uint16) * 257, photometric="rgb")
     with Detector.load(demo_ort_engine) as det:
         expected = len(det.detect(x257).instances)
@@ -262,10 +264,32 @@ def test_detect_command_bit_depth(
     for option in ([], ["--bit-depth", "12"]):
         out = tmp_path / f"out{len(option)}"
         assert main(["detect", str(demo_ort_engine), str(tmp_path / "in"), "-o", str(out), *option]) == 0
-        counts[len(option)] = json.loads((out / "twelve.tif.json").read_text())["num_instances"]
+        for name in ("twelve", "tagged"):
+            counts[name, len(option)] = json.loads((out / f"{name}.tif.json").read_text())["num_instances"]
     err = capsys.readouterr().err
-    assert counts == {0: 0, 2: expected} and expected > 0
-    assert err.count("--bit-depth 12") == 1  # the first run warned, the second had a bit depth
+    assert expected > 0
+    assert counts == {
+        ("twelve", 0): 0,
+        ("tagged", 0): expected,
+        ("twelve", 2): expected,
+        ("tagged", 2): expected,
+    }
+    assert err.count("warning: twelve.tif: a 16-bit image whose largest value is 4095") == 1  # the first run
+    assert err.count("--bit-depth 12") == 1
+
+
+def test_watch_uses_the_file_bit_depth(demo_ort_engine: Path, picture: np.ndarray, tmp_path: Path) -> None:
+    from crystal_rt.serve.watch import Watcher, WatchOptions
+
+    (tmp_path / "in").mkdir()
+    tagged = _tiff(_to_12_bits(picture), photometric="rgb", extratags=TAG_4095)
+    (tmp_path / "in" / "tagged.tif").write_bytes(tagged)
+    with Detector.load(demo_ort_engine) as det:
+        expected = len(det.detect(tagged).instances)
+        options = WatchOptions(tmp_path / "in", tmp_path / "out", stable_seconds=0.0, poll_seconds=0.01)
+        stats = Watcher(det, options).run(once=True)
+    assert stats.ok == 1 and expected > 0
+    assert json.loads((tmp_path / "out" / "tagged.tif.json").read_text())["num_instances"] == expected
 
 
 def test_http_bit_depth_query(demo_ort_engine: Path, picture: np.ndarray) -> None:
