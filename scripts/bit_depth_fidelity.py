@@ -222,6 +222,7 @@ def clahe_brightness(picture: Path) -> dict[str, float]:
         "x257": percent(rgb.astype(np.uint16) * 257),
         "12-bit as is": percent(v12),
         "12-bit expanded": percent(expanded),
+        "x257_difference": int(np.abs(expanded.astype(np.int64) - rgb.astype(np.int64) * 257).max()),
         "expansion_ms": round(statistics.median(times), 2),
     }
 
@@ -242,7 +243,8 @@ def main() -> int:
         return 0
     print(
         "mean after CLAHE, % of the range: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in brightness.items() if k != "expansion_ms")
+        + ", ".join(f"{k} {brightness[k]:.2f}" for k in ("8-bit", "x257", "12-bit as is", "12-bit expanded"))
+        + f"; expanded 12-bit vs x257: largest difference {brightness['x257_difference']}"
         + f"; expanding {args.picture.name} from 12 bits: {brightness['expansion_ms']:.2f} ms (median of 20)"
     )
     if args.json:
