@@ -31,7 +31,7 @@ from .errors import (
 from .spec import ModelSpec, PreprocessSpec
 
 if TYPE_CHECKING:
-    from .io.decode import read_image
+    from .io.decode import DecodedImage, read_image, read_image_info
     from .runtime.build import build_engine
     from .runtime.detector import Detector
     from .runtime.result import DetectionResult, Instance
@@ -42,11 +42,14 @@ _LAZY = {
     "Instance": ("crystal_rt.runtime.result", "Instance"),
     "build_engine": ("crystal_rt.runtime.build", "build_engine"),
     "read_image": ("crystal_rt.io.decode", "read_image"),
+    "read_image_info": ("crystal_rt.io.decode", "read_image_info"),
+    "DecodedImage": ("crystal_rt.io.decode", "DecodedImage"),
 }
 
 __all__ = [
     "BackendUnavailable",
     "CrystalRtError",
+    "DecodedImage",
     "DetectionResult",
     "Detector",
     "EngineIncompatible",
@@ -66,6 +69,7 @@ __all__ = [
     "__version__",
     "build_engine",
     "read_image",
+    "read_image_info",
 ]
 
 

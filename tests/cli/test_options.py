@@ -104,3 +104,69 @@ def test_train_warns_when_iterations_do_not_pass_the_warmup(
     assert "--iterations 50 is not longer than the warm-up (--warmup 100)" in " ".join(err.split())
     assert main([*argv[:-4], "--iterations", "500", "--warmup", "100"]) == 1
     assert "warm-up" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["detect", "watch", "serve", "bench"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "must be a bit depth in 1..16, got 0"),
+        ("17", "must be a bit depth in 1..16, got 17"),
+        ("x", "not an integer: 'x'"),
+        ("12.5", "not an integer: '12.5'"),
+    ],
+)
+def test_bit_depth_is_checked_at_parse_time(
+    command: str, value: str, message: str, paths: dict[str, Path], capsys: Any
+) -> None:
+    argv = {
+        "detect": ["detect", "ENGINE", "IMG", "-o", str(paths["root"] / "out")],
+        "watch": ["watch", "ENGINE", str(paths["folder"]), "-o", str(paths["root"] / "out"), "--once"],
+        "serve": ["serve", "ENGINE"],
+        "bench": ["bench", "ENGINE"],
+    }[command]
+    line = _parse_error([*argv, "--bit-depth", value], capsys)
+    assert "argument --bit-depth" in line and message in line
+    assert not (paths["root"] / "out").exists()
+
+
+def _png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("command", ["detect", "watch", "serve", "bench"])
+def test_bit_depth_reaches_the_detector(command: str, paths: dict[str, Path], monkeypatch: Any) -> None:
+    from crystal_rt.errors import CrystalRtError
+    from crystal_rt.runtime.detector import Detector
+
+    given: list[Any] = []
+
+    def load(cls: Any, engine: Any, **kwargs: Any) -> Any:
+        given.append(kwargs.get("bit_depth"))
+        raise CrystalRtError("stopped after loading")
+
+    def run_bench(config: Any) -> Any:  # bench reads the manifest before it loads a Detector
+        given.append(config.bit_depth)
+        raise CrystalRtError("stopped before benchmarking")
+
+    monkeypatch.setattr(Detector, "load", classmethod(load))
+    monkeypatch.setattr("crystal_rt.bench.runner.run_bench", run_bench)
+    image = paths["root"] / "drop.png"
+    image.write_bytes(_png())
+    argv = {
+        "detect": ["detect", "ENGINE", str(paths["file"]), "-o", str(paths["root"] / "out")],
+        "watch": ["watch", "ENGINE", str(paths["folder"]), "-o", str(paths["root"] / "out"), "--once"],
+        "serve": ["serve", "ENGINE"],
+        "bench": ["bench", "ENGINE", "--images", str(image), "--cold-starts", "0"],
+    }[command]
+    if command == "serve":
+        pytest.importorskip("fastapi")
+    assert main([*argv, "--bit-depth", "12"]) == 1
+    assert given[-1] == 12

@@ -15,7 +15,15 @@ import tifffile
 from PIL import Image
 
 from crystal_rt.errors import InvalidImage
-from crystal_rt.io.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image
+from crystal_rt.io.decode import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    PILLOW_FORMATS,
+    list_images,
+    read_image,
+    read_image_info,
+)
+from crystal_rt.io.tiff import cmyk_to_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REAL_DIR = REPO_ROOT.parent / "shared" / "data" / "real"
@@ -203,29 +211,274 @@ def test_tiff_thin_images_keep_their_layout(tmp_path: Path, shape: tuple[int, ..
     np.testing.assert_array_equal(out, expected)
 
 
-def test_float_tiff_in_unit_range_scales_to_uint16(tmp_path: Path) -> None:
-    values = np.array([[0.0, 0.5, 1.0], [0.25, 0.75, 1e-6]], np.float32)
-    tifffile.imwrite(tmp_path / "f.tif", values)
-    out = read_image(tmp_path / "f.tif")
+OTHER_PIXEL_TYPES = [
+    np.array([[0, 100], [-100, 127]], np.int8),
+    np.array([[0, 300], [-5, 4000]], np.int16),
+    np.array([[-5, 300], [100000, 7]], np.int32),
+    np.array([[0, 5], [70000, 1]], np.int64),
+    np.array([[0, 70000], [5, 1]], np.uint32),
+    np.array([[0, 5], [1, 2]], np.uint64),
+    np.array([[0.0, 0.5], [1.0, 0.25]], np.float16),
+    np.array([[0.0, 0.5], [1.0, 0.25]], np.float32),  # 0-1
+    np.array([[0.0, 128.0], [255.0, 3.0]], np.float32),  # 0-255
+    np.array([[0.0, 0.5], [1.0, 0.25]], np.float64),
+    np.array([[0.1, np.nan], [1.0, 0.0]], np.float32),
+    np.array([[1 + 1j, 0], [2, 3]], np.complex64),
+]
+OTHER_IDS = [f"{a.dtype}-{i}" for i, a in enumerate(OTHER_PIXEL_TYPES)]
+
+
+@pytest.mark.parametrize("values", OTHER_PIXEL_TYPES, ids=OTHER_IDS)
+def test_tiff_of_other_pixel_types_is_refused(tmp_path: Path, values: np.ndarray) -> None:
+    """Signed, wider, float and complex TIFFs were clipped or scaled into a guessed range (a 0-255
+    float image became nearly black, complex lost its imaginary part): now one sentence."""
+    path = tmp_path / f"{values.dtype}.tif"
+    tifffile.imwrite(path, values)
+    err = _expect_error(path, f"unsupported pixel type {values.dtype}", path.name)
+    assert "convert it to 8- or 16-bit" in str(err)
+
+
+def test_bilevel_tiff_gives_0_and_255(tmp_path: Path) -> None:
+    bits = _noise((6, 16), high=2).astype(bool)
+    tifffile.imwrite(tmp_path / "b.tif", bits, photometric="minisblack")
+    out = read_image(tmp_path / "b.tif")
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, bits.astype(np.uint8) * 255)
+
+
+def test_four_bit_tiff_is_scaled_to_8_bits(tmp_path: Path) -> None:
+    """tifffile hands 4-bit samples over as 0..15; they are scaled to 0..255 (x 17)."""
+    values = (np.arange(32, dtype=np.uint8) % 16).reshape(4, 8)
+    tifffile.imwrite(tmp_path / "g4.tif", values, bitspersample=4, photometric="minisblack")
+    np.testing.assert_array_equal(read_image(tmp_path / "g4.tif"), values * 17)
+
+
+def test_gray_with_alpha_tiff_gives_gray(tmp_path: Path) -> None:
+    gray_alpha = _noise((5, 6, 2))
+    tifffile.imwrite(tmp_path / "ga.tif", gray_alpha, photometric="minisblack", extrasamples=[2])
+    np.testing.assert_array_equal(read_image(tmp_path / "ga.tif"), gray_alpha[..., 0])
+
+
+# --- TIFF compression (imagecodecs) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "packbits", "zstd"])
+@pytest.mark.parametrize("kind", ["gray8", "rgb8", "gray16"])
+def test_compressed_tiff_reads_back_equal(tmp_path: Path, compression: str, kind: str) -> None:
+    """LZW needed imagecodecs, which was missing: "truncated or corrupt TIFF ... requires the
+    'imagecodecs' package"."""
+    shape = (40, 50, 3) if kind == "rgb8" else (40, 50)
+    data = _noise(shape, np.uint16, 65536) if kind == "gray16" else _noise(shape)
+    path = tmp_path / f"{kind}-{compression}.tif"
+    tifffile.imwrite(path, data, compression=compression, photometric="rgb" if kind == "rgb8" else None)
+    np.testing.assert_array_equal(read_image(path), data)
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgb"])
+def test_jpeg_tiff_reads_back_close(tmp_path: Path, kind: str) -> None:
+    """JPEG in TIFF: tifffile stores RGB as YCbCr (photometric 6) and hands RGB back."""
+    smooth = cv2.GaussianBlur(_noise((64, 80, 3)), (0, 0), 3)
+    data = smooth if kind == "rgb" else np.ascontiguousarray(smooth[..., 1])
+    path = tmp_path / f"{kind}-jpeg.tif"
+    tifffile.imwrite(path, data, compression="jpeg", compressionargs={"level": 95})
+    if kind == "rgb":
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages.first.photometric == tifffile.PHOTOMETRIC.YCBCR
+    out = read_image(path)
+    assert out.shape == data.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - data).mean() < 2.0
+
+
+def test_truncated_lzw_tiff(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, _noise((64, 64)), compression="lzw")
+    (tmp_path / "cut.tif").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    _expect_error(tmp_path / "cut.tif", "truncated or corrupt TIFF", "cut.tif")
+
+
+# --- TIFF photometric interpretation --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_min_is_white_tiff_is_inverted(tmp_path: Path, dtype: type) -> None:
+    top = np.iinfo(dtype).max
+    gray = _noise((20, 30), dtype, top + 1)
+    tifffile.imwrite(tmp_path / "w.tif", top - gray, photometric="miniswhite")
+    out = read_image(tmp_path / "w.tif")
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, gray)
+
+
+def test_min_is_white_inverts_within_the_significant_bits(tmp_path: Path) -> None:
+    """A 12-bit MinIsWhite image (MaxSampleValue 4095): black is 4095, not 65535."""
+    gray = _noise((8, 9), np.uint16, 4096)
+    tifffile.imwrite(
+        tmp_path / "w12.tif", 4095 - gray, photometric="miniswhite", extratags=[(281, "H", 1, 4095, True)]
+    )
+    info = read_image_info(tmp_path / "w12.tif")
+    assert info.bit_depth == 12
+    np.testing.assert_array_equal(info.pixels, gray)
+
+
+def test_bilevel_min_is_white_tiff(tmp_path: Path) -> None:
+    bits = _noise((4, 16), high=2).astype(bool)
+    tifffile.imwrite(tmp_path / "bw.tif", bits, photometric="miniswhite")
+    np.testing.assert_array_equal(read_image(tmp_path / "bw.tif"), (~bits).astype(np.uint8) * 255)
+
+
+def _palette_of(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, 8-bit palette (N, 3), the RGB image the palette gives) of an adaptive palette."""
+    im = Image.fromarray(rgb).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    indices = np.asarray(im)
+    palette = np.array(im.getpalette()[: 3 * 256], np.uint8).reshape(-1, 3)
+    palette = np.vstack([palette, np.zeros((256 - len(palette), 3), np.uint8)])
+    return indices, palette, palette[indices]
+
+
+@pytest.mark.parametrize("scale", [257, 256, 1])
+def test_palette_tiff_applies_its_colour_map(tmp_path: Path, scale: int) -> None:
+    """TIFF colour maps are 16-bit: v x 257 (the spec), v x 256 (v << 8) and plain 8-bit values (some
+    writers) all give the 8-bit colours. Was: the indices, as gray."""
+    indices, palette, expected = _palette_of(_noise((24, 32, 3)))
+    tifffile.imwrite(
+        tmp_path / "p.tif", indices, photometric="palette", colormap=palette.T.astype(np.uint16) * scale
+    )
+    out = read_image(tmp_path / "p.tif")
+    assert out.dtype == np.uint8 and out.shape == (24, 32, 3)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_palette_tiff_with_16_bit_colours_gives_16_bit_rgb(tmp_path: Path) -> None:
+    colormap = np.stack([np.arange(256) * 200 + 7, np.arange(256) * 100, np.full(256, 40000)]).astype(
+        np.uint16
+    )
+    indices = _noise((6, 7))
+    tifffile.imwrite(tmp_path / "p16.tif", indices, photometric="palette", colormap=colormap)
+    out = read_image(tmp_path / "p16.tif")
     assert out.dtype == np.uint16
-    np.testing.assert_array_equal(out, np.rint(values.astype(np.float64) * 65535).astype(np.uint16))
+    np.testing.assert_array_equal(out, colormap.T[indices])
 
 
-def test_float_tiff_above_one_is_clipped(tmp_path: Path) -> None:
-    tifffile.imwrite(tmp_path / "f.tif", np.array([[-3.0, 2.4, 70000.0]], np.float64))
-    np.testing.assert_array_equal(read_image(tmp_path / "f.tif"), [[0, 2, 65535]])
+def _cmyk_of(rgb: np.ndarray) -> np.ndarray:
+    """CMYK with black generation (K = 255 - max(R, G, B)), as prepress software makes it."""
+    rgb_i = rgb.astype(np.int64)
+    k = 255 - rgb_i.max(axis=2, keepdims=True)
+    white = np.maximum(255 - k, 1)
+    cmy = 255 - np.rint(rgb_i * 255 / white)
+    return np.concatenate([np.clip(cmy, 0, 255), k], axis=2).astype(np.uint8)
 
 
-def test_float_tiff_with_nan_is_refused(tmp_path: Path) -> None:
-    tifffile.imwrite(tmp_path / "nan.tif", np.array([[0.1, np.nan]], np.float32))
-    _expect_error(tmp_path / "nan.tif", "float image contains NaN or infinity", "nan.tif")
+def test_cmyk_tiff_gives_rgb(tmp_path: Path) -> None:
+    """Was: C, M and Y read as R, G and B (K dropped as alpha): a negative."""
+    rgb = _noise((20, 24, 3))
+    tifffile.imwrite(tmp_path / "cmyk.tif", _cmyk_of(rgb), photometric="separated")
+    out = read_image(tmp_path / "cmyk.tif")
+    assert out.dtype == np.uint8 and out.shape == rgb.shape
+    assert np.abs(out.astype(int) - rgb).max() <= 1
 
 
-def test_int32_tiff_is_clipped(tmp_path: Path) -> None:
-    tifffile.imwrite(tmp_path / "i.tif", np.array([[-5, 300, 100000]], np.int32))
-    out = read_image(tmp_path / "i.tif")
-    assert out.dtype == np.uint16
-    np.testing.assert_array_equal(out, [[0, 300, 65535]])
+def test_cmyk_formula() -> None:
+    cmyk = np.array([[[255, 0, 0, 0], [0, 0, 0, 255], [0, 0, 0, 0], [128, 64, 0, 128]]], np.uint8)
+    expected = [[[0, 255, 255], [0, 0, 0], [255, 255, 255], [63, 95, 127]]]
+    np.testing.assert_array_equal(cmyk_to_rgb(cmyk), expected)  # (255 - C) * (255 - K) / 255, rounded
+
+
+def test_uncompressed_ycbcr_tiff_gives_rgb(tmp_path: Path) -> None:
+    rgb = _noise((16, 18, 3))
+    ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., [0, 2, 1]]  # BT.601 full range: TIFF's defaults
+    tifffile.imwrite(tmp_path / "ycc.tif", ycc, photometric="ycbcr", subsampling=(1, 1))
+    out = read_image(tmp_path / "ycc.tif")
+    assert out.dtype == np.uint8 and np.abs(out.astype(int) - rgb).max() <= 2
+
+
+def test_unsupported_photometric_and_ink_sets_are_refused(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "lab.tif", _noise((4, 5, 3)), photometric="cielab")
+    _expect_error(tmp_path / "lab.tif", "unsupported TIFF photometric interpretation CIELAB", "lab.tif")
+    tifffile.imwrite(
+        tmp_path / "inks.tif", _noise((4, 5, 4)), photometric="separated", extratags=[(332, "H", 1, 2, True)]
+    )
+    _expect_error(tmp_path / "inks.tif", "ink set 2", "inks.tif")
+
+
+# --- bit depth from the file ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ([(281, "H", 1, 4095, True)], 12),
+        ([(341, "H", 1, 16383, True)], 14),
+        ([(281, "H", 3, (4095, 4095, 1023), True)], 12),
+        ([(281, "H", 1, 65535, True)], None),
+        ([], None),
+    ],
+    ids=["MaxSampleValue-4095", "SMaxSampleValue-16383", "per-sample", "MaxSampleValue-65535", "no-tag"],
+)
+def test_tiff_bit_depth_from_max_sample_value(
+    tmp_path: Path, tags: list[tuple], expected: int | None
+) -> None:
+    rgb = tags and tags[0][2] == 3
+    data = _noise((6, 7, 3) if rgb else (6, 7), np.uint16, 1024)
+    tifffile.imwrite(tmp_path / "t.tif", data, photometric="rgb" if rgb else None, extratags=tags)
+    info = read_image_info(tmp_path / "t.tif")
+    assert info.bit_depth == expected
+    np.testing.assert_array_equal(info.pixels, data)  # the decoder never rescales: the pipeline does
+
+
+def test_packed_12_bit_tiff_gives_12_bits(tmp_path: Path) -> None:
+    data = _noise((6, 7), np.uint16, 4096)
+    tifffile.imwrite(tmp_path / "p12.tif", data, bitspersample=12)
+    info = read_image_info(tmp_path / "p12.tif")
+    assert info.bit_depth == 12
+    np.testing.assert_array_equal(info.pixels, data)
+
+
+def test_bit_depth_is_for_16_bit_images_only(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "t8.tif", _noise((6, 7), high=16), extratags=[(281, "H", 1, 15, True)])
+    assert read_image_info(tmp_path / "t8.tif").bit_depth is None
+    assert read_image_info(_noise((6, 7), np.uint16, 4096)).bit_depth is None  # an array says nothing
+
+
+def _with_sbit(png: bytes, values: bytes) -> bytes:
+    """``png`` with an sBIT chunk inserted after IHDR."""
+    chunk = b"sBIT" + values
+    sbit = len(values).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big")
+    return png[:33] + sbit + png[33:]
+
+
+@pytest.mark.parametrize(
+    ("channels", "sbit", "shift", "expected"),
+    [
+        (1, b"\x0c", 0, 12),  # LSB-aligned 12-bit data
+        (1, b"\x0c", 4, 16),  # sBIT 12, samples scaled to 16 bits (the PNG spec's way): nothing to expand
+        (3, b"\x0e\x0e\x0e", 0, 14),
+        (4, b"\x0a\x0a\x0a\x10", 0, 10),  # RGBA: alpha's 16 bits do not count
+        (1, b"\x10", 0, 16),
+        (1, None, 0, None),
+    ],
+    ids=["gray-lsb", "gray-msb", "rgb-lsb", "rgba-lsb", "sbit-16", "no-sbit"],
+)
+def test_png_bit_depth_from_sbit(
+    tmp_path: Path, channels: int, sbit: bytes | None, shift: int, expected: int | None
+) -> None:
+    bits = 10 if channels == 4 else 14 if channels == 3 else 12
+    shape = (9, 10) if channels == 1 else (9, 10, channels)
+    data = _noise(shape, np.uint16, 1 << bits) << shift
+    data.flat[0] = ((1 << bits) - 1) << shift
+    png = _png16(data)
+    path = tmp_path / "s.png"
+    path.write_bytes(png if sbit is None else _with_sbit(png, sbit))
+    info = read_image_info(path)
+    assert info.bit_depth == expected
+    np.testing.assert_array_equal(info.pixels, data if channels == 1 else data[..., :3])
+
+
+def test_sbit_of_an_8_bit_png_is_ignored(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(_noise((5, 6), high=64)).save(buf, format="PNG")
+    (tmp_path / "s8.png").write_bytes(_with_sbit(buf.getvalue(), b"\x06"))
+    info = read_image_info(tmp_path / "s8.png")
+    assert info.pixels.dtype == np.uint8 and info.bit_depth is None
 
 
 # --- files that are not (usable) images -----------------------------------------------------------
@@ -244,6 +497,43 @@ def test_int32_tiff_is_clipped(tmp_path: Path) -> None:
 def test_non_images_are_refused(tmp_path: Path, filename: str, content: bytes, fragment: str) -> None:
     (tmp_path / filename).write_bytes(content)
     _expect_error(tmp_path / filename, fragment, filename)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n"
+OTHER_FORMATS = [
+    ("drop.eps", EPS, "PostScript / EPS"),
+    ("drop.ps", b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n", "PostScript / EPS"),
+    ("dos.eps", b"\xc5\xd0\xd3\xc6" + bytes(28), "EPS"),
+    ("plate.pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "PDF"),
+    ("layers.psd", b"8BPS\x00\x01" + bytes(40), "Photoshop (PSD)"),
+    ("anim.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "GIF"),
+    ("photo.webp", b"RIFF\x1a\x00\x00\x00WEBPVP8 " + bytes(20), "WebP"),
+    ("frame.npy", b"\x93NUMPY\x01\x00v\x00{'descr': '<u2'}", "a NumPy .npy array"),
+]
+
+
+@pytest.mark.parametrize(("filename", "content", "kind"), OTHER_FORMATS, ids=[f[0] for f in OTHER_FORMATS])
+def test_undocumented_formats_are_refused_by_name(
+    tmp_path: Path, filename: str, content: bytes, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow opens only JPEG, PNG and BMP here: EPS would go to Ghostscript (a subprocess)."""
+    import subprocess
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a subprocess was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    (tmp_path / filename).write_bytes(content)
+    err = _expect_error(tmp_path / filename, f"not a supported image format: {kind}", filename)
+    assert "crystal-rt reads JPEG, PNG, TIFF and BMP" in str(err) and "\n" not in str(err)
+
+
+def test_pillow_alone_would_open_eps() -> None:
+    """What the format list prevents: Pillow by itself identifies the EPS (and would run Ghostscript
+    to load it)."""
+    with Image.open(io.BytesIO(EPS)) as im:
+        assert im.format == "EPS"
+    assert set(PILLOW_FORMATS) == {"JPEG", "PNG", "BMP"}
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -370,19 +660,6 @@ def test_array_non_contiguous_is_made_contiguous() -> None:
     np.testing.assert_array_equal(out, arr)
 
 
-def test_array_bool_gives_0_and_255() -> None:
-    out = read_image(np.array([[True, False]]))
-    assert out.dtype == np.uint8
-    np.testing.assert_array_equal(out, [[255, 0]])
-
-
-def test_array_float() -> None:
-    np.testing.assert_array_equal(read_image(np.array([[0.0, 1.0]], np.float16)), [[0, 65535]])
-    np.testing.assert_array_equal(read_image(np.array([[0.0, 300.4]])), [[0, 300]])
-    _expect_error(np.array([[np.inf, 0.0]]), "NaN or infinity", "<array>")
-    _expect_error(np.array([[np.nan]]), "NaN or infinity", "frame-7", name="frame-7")
-
-
 def test_array_channels() -> None:
     rgba = _noise((4, 5, 4))
     np.testing.assert_array_equal(read_image(rgba), rgba[..., :3])
@@ -391,10 +668,14 @@ def test_array_channels() -> None:
     np.testing.assert_array_equal(read_image(one), one[..., 0])
 
 
-def test_array_other_dtypes_are_clipped_to_uint16() -> None:
-    out = read_image(np.array([[-1, 5, 70000]], np.int64))
-    assert out.dtype == np.uint16
-    np.testing.assert_array_equal(out, [[0, 5, 65535]])
+@pytest.mark.parametrize("arr", [np.array([[True, False]]), *OTHER_PIXEL_TYPES], ids=["bool", *OTHER_IDS])
+def test_arrays_of_other_pixel_types_are_refused(arr: np.ndarray) -> None:
+    """Were clipped to uint16 or scaled by a guess (float in [0, 1] x 65535, else as is; bool x 255)."""
+    err = _expect_error(arr, f"unsupported pixel type {arr.dtype}", "frame-3", name="frame-3")
+    assert "convert it to 8- or 16-bit" in str(err)
+
+
+def test_array_big_endian_uint16_is_made_native() -> None:
     big_endian = np.array([[1, 40000]], dtype=">u2")
     out = read_image(big_endian)
     assert out.dtype == np.dtype(np.uint16) and out.dtype.isnative

@@ -48,9 +48,9 @@ def _pil(image: Image.Image, fmt: str, **kw: Any) -> bytes:
     return buf.getvalue()
 
 
-def _tiff(arr: np.ndarray) -> bytes:
+def _tiff(arr: np.ndarray, **kw: Any) -> bytes:
     buf = io.BytesIO()
-    tifffile.imwrite(buf, arr)
+    tifffile.imwrite(buf, arr, **kw)
     return buf.getvalue()
 
 
@@ -69,6 +69,26 @@ def _exif_rotated() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
     return _pil(Image.fromarray(RGB), "JPEG", exif=exif.tobytes())
+
+
+def _palette_tiff() -> bytes:
+    order = np.random.default_rng(0).permutation(256)  # entry i is gray order[i]
+    colormap = np.repeat(order[None, :], 3, axis=0).astype(np.uint16) * 257
+    return _tiff(np.argsort(order).astype(np.uint8)[BASE], photometric="palette", colormap=colormap)
+
+
+def _cmyk_tiff() -> bytes:
+    k = 255 - RGB.max(axis=2, keepdims=True).astype(np.int64)
+    cmy = 255 - np.rint(RGB * 255 / np.maximum(255 - k, 1))
+    return _tiff(np.concatenate([np.clip(cmy, 0, 255), k], axis=2).astype(np.uint8), photometric="separated")
+
+
+def _twelve_bit_tiff() -> bytes:
+    v12 = np.rint(BASE.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    return _tiff(v12, extratags=[(281, "H", 1, 4095, True)])
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 moveto 16 16 lineto stroke\nshowpage\n"
 
 
 def _float_nan_tiff() -> bytes:
@@ -112,7 +132,22 @@ CASES = [
     Case("png16-gray", "g16.png", lambda: png_bytes(BASE.astype(np.uint16) * 257)),
     Case("png16-rgb", "c16.png", lambda: png_bytes(RGB.astype(np.uint16) * 257)),
     Case("tiff16", "t16.tif", lambda: _tiff(BASE.astype(np.uint16) * 257)),
-    Case("float-tiff-nan", "nan.tif", _float_nan_tiff, "NaN"),
+    Case("float-tiff-nan", "nan.tif", _float_nan_tiff, "unsupported pixel type float32"),
+    Case("int16-tiff", "i16.tif", lambda: _tiff(BASE.astype(np.int16)), "unsupported pixel type int16"),
+    Case("lzw-tiff", "lzw.tif", lambda: _tiff(RGB, photometric="rgb", compression="lzw")),
+    Case("jpeg-tiff", "jpeg.tif", lambda: _tiff(RGB, compression="jpeg")),
+    Case("min-is-white-tiff", "white.tif", lambda: _tiff(255 - BASE, photometric="miniswhite")),
+    Case("palette-tiff", "palette.tif", _palette_tiff),
+    Case("cmyk-tiff", "cmyk.tif", _cmyk_tiff),
+    Case("12-bit-tiff", "t12.tif", _twelve_bit_tiff),
+    Case(
+        "cielab-tiff",
+        "lab.tif",
+        lambda: _tiff(RGB, photometric="cielab"),
+        "unsupported TIFF photometric interpretation CIELAB",
+    ),
+    Case("eps", "drop.eps", lambda: EPS, "not a supported image format: PostScript / EPS"),
+    Case("gif", "drop.gif", lambda: _pil(Image.fromarray(BASE), "GIF"), "not a supported image format: GIF"),
     Case("rgba", "rgba.png", lambda: _pil(Image.fromarray(RGB).convert("RGBA"), "PNG")),
     Case("palette", "palette.png", lambda: _pil(Image.fromarray(RGB).convert("P"), "PNG")),
     Case("1-bit", "bits.png", lambda: _pil(Image.fromarray(BASE > 128), "PNG")),
@@ -210,7 +245,7 @@ def watched(detector: Detector, tmp_path_factory: pytest.TempPathFactory) -> tup
     for case in CASES:
         (in_dir / case.filename).write_bytes(case.make())
     (in_dir / "good.png").write_bytes(GOOD)
-    patterns = ("*.png", "*.jpg", "*.tif", "*.txt", "*.onnx", "*.html")
+    patterns = ("*.png", "*.jpg", "*.tif", "*.txt", "*.onnx", "*.html", "*.eps", "*.gif")
     opts = WatchOptions(in_dir, out, patterns=patterns, stable_seconds=0.0, poll_seconds=0.01)
     stats = Watcher(detector, opts).run(once=True)
     return in_dir, out, stats

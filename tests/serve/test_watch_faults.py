@@ -323,16 +323,16 @@ def test_undecodable_name_decoder_crash_and_memory_error_are_per_file(
     latin1 = os.fsdecode(b"drop\xe9.png")  # a Latin-1 name on a UTF-8 system
     for name in (latin1, "huge.png", "crash.png", "z-last.png"):
         (in_dir / name).write_bytes(drop_pngs[0])
-    real = decode_module.read_image
+    real = decode_module.read_image_info
 
-    def read_image(path: Any, **kw: Any) -> Any:
+    def read_image_info(path: Any, **kw: Any) -> Any:
         if Path(path).name == "huge.png":
             raise MemoryError
         if Path(path).name == "crash.png":
             raise RuntimeError("decoder bug")
         return real(path, **kw)
 
-    monkeypatch.setattr(decode_module, "read_image", read_image)
+    monkeypatch.setattr(decode_module, "read_image_info", read_image_info)
     stats = Watcher(detector, _options(in_dir, out)).run(once=True)
     got = {o.path: o.status for o in stats.outcomes}
     assert got == {latin1: "ok", "huge.png": "quarantined", "crash.png": "quarantined", "z-last.png": "ok"}

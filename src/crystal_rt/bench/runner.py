@@ -49,7 +49,8 @@ from crystal_rt import Detector
 from crystal_rt.testing import simulated_gpu_from_env
 t1 = time.perf_counter()
 with simulated_gpu_from_env():
-    det = Detector.load(sys.argv[1], threads=int(sys.argv[3]) or None, stages=sys.argv[4])
+    bits = int(sys.argv[5]) or None
+    det = Detector.load(sys.argv[1], threads=int(sys.argv[3]) or None, stages=sys.argv[4], bit_depth=bits)
     t2 = time.perf_counter()
     result = det.detect(sys.argv[2])
     text = result.to_json()
@@ -100,6 +101,7 @@ class BenchConfig:
     score_threshold: float | None = None
     stages: StagePolicy = "auto"  # where CLAHE, letterbox and paste run (runtime.pipeline)
     tiling: Tiling | None = None  # tiled inference (runtime.tiling) for the latency runs
+    bit_depth: int | None = None  # significant bits of 16-bit images (runtime.bit_depth)
     command: list[str] = field(default_factory=list)
     log: Callable[[str], None] | None = None
 
@@ -194,6 +196,7 @@ def measure_throughput(
     cores: int,
     score_threshold: float | None = None,
     stages: StagePolicy = "auto",
+    bit_depth: int | None = None,
 ) -> dict[str, Any]:
     """``workers`` threads calling one Detector (intra-op threads = max(1, cores // workers))."""
     from concurrent.futures import ThreadPoolExecutor
@@ -204,7 +207,9 @@ def measure_throughput(
     intra = max(1, cores // workers)
     jobs = max(jobs, workers)
 
-    with Detector.load(engine, threads=intra, score_threshold=score_threshold, stages=stages) as det:
+    with Detector.load(
+        engine, threads=intra, score_threshold=score_threshold, stages=stages, bit_depth=bit_depth
+    ) as det:
 
         def one(index: int) -> int:
             image = images[index % len(images)]
@@ -248,6 +253,7 @@ def cold_start(
     *,
     threads: int | None = None,
     stages: StagePolicy = "auto",
+    bit_depth: int | None = None,
     timeout: float = 300.0,
 ) -> dict[str, Any]:
     """Spawn a fresh interpreter that imports crystal_rt, loads ``engine`` and detects ``image``.
@@ -258,6 +264,7 @@ def cold_start(
 
     env = _child_env()
     argv = [sys.executable, "-c", COLD_START_CODE, str(engine), str(image), str(threads or 0), stages]
+    argv.append(str(bit_depth or 0))
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
@@ -323,7 +330,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             for i in range(config.cold_starts):
                 say(f"cold start {i + 1}/{config.cold_starts}")
                 cold["runs"].append(
-                    cold_start(config.engine, path, threads=config.threads, stages=config.stages)
+                    cold_start(
+                        config.engine,
+                        path,
+                        threads=config.threads,
+                        stages=config.stages,
+                        bit_depth=config.bit_depth,
+                    )
                 )
         spawn = [r["spawn_to_result_s"] for r in cold["runs"]]
         cold["spawn_to_result_s"] = summarize(spawn)
@@ -339,6 +352,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         score_threshold=config.score_threshold,
         stages=config.stages,
         tiling=config.tiling,
+        bit_depth=config.bit_depth,
     ) as det:
         latency = measure_latency(det, config.images, config.runs, config.warmup)
         say("engine only")
@@ -364,6 +378,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 cores=cores,
                 score_threshold=config.score_threshold,
                 stages=config.stages,
+                bit_depth=config.bit_depth,
             )
         )
     report["throughput"] = sweep

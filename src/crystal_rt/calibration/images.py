@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CalibrationError, InvalidImage
-from ..io.decode import images_below, list_images, read_image
+from ..io.decode import images_below, list_images, read_image_info
+from ..runtime.bit_depth import full_range
 from ..runtime.preprocess import preprocess
 from ..spec import PreprocessSpec
 
@@ -64,7 +65,7 @@ class CalibrationImages:
         self.skipped = []
         for path in self.paths:
             try:
-                pixels = read_image(path)
+                pixels = full_range(read_image_info(path))  # as the Detector expands it
             except InvalidImage as exc:
                 self.skipped.append(f"{path.name}: {exc.message}")
                 continue

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import add_score_threshold, add_stages, add_tiling, report_file, tiling_from_args
+from .options import add_bit_depth, add_score_threshold, add_stages, add_tiling, report_file, tiling_from_args
 
 
 def _positive_list(text: str) -> list[int]:
@@ -85,6 +85,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--plot", type=report_file, metavar="OUT.png", help="write a latency/throughput plot here")
     add_stages(p)
     add_tiling(p)
+    add_bit_depth(p)
     p.set_defaults(run=run)
 
 
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         stages=args.stages,
         tiling=tiling_from_args(args),
+        bit_depth=args.bit_depth,
         command=list(sys.argv),
         log=info,
     )
@@ -141,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
     from ..errors import CrystalRtError
-    from .console import err_console
+    from .console import err_console, show_library_warnings
 
+    show_library_warnings()
     parser = argparse.ArgumentParser(prog="crystal-rt")
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Mapping, Sequence
 
@@ -45,6 +46,28 @@ def progress() -> Progress:
 
 def info(message: str) -> None:
     err_console.print(message, highlight=False)
+
+
+#: library loggers whose warnings a command prints as ``warning: ...`` lines on stderr
+WARNING_LOGGERS = ("crystal_rt.bit_depth",)
+
+
+class _WarningLines(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        err_console.print(
+            f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True
+        )
+
+
+def show_library_warnings() -> None:
+    """Print the library's warnings (a 16-bit image that looks 12-bit, ...) as ``warning:`` lines
+    (once per process; also where logging is configured otherwise)."""
+    for name in WARNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+            logger.addHandler(_WarningLines(logging.WARNING))
 
 
 def latency_table(

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ..io import RESULT_FORMATS as FORMATS
-from .options import add_score_threshold, add_stages, add_tiling, add_um_per_px, output_dir, tiling_from_args
+from .options import (
+    add_bit_depth,
+    add_score_threshold,
+    add_stages,
+    add_tiling,
+    add_um_per_px,
+    output_dir,
+    tiling_from_args,
+)
 
 
 def parse_formats(text: str) -> list[str]:
@@ -47,6 +55,7 @@ def add_parser(sub: Any) -> None:
     add_stages(p)
     add_um_per_px(p)
     add_tiling(p)
+    add_bit_depth(p)
     p.set_defaults(run=run)
 
 
@@ -122,12 +131,12 @@ def _detect_one(detector: Any, path: Path, name: str, out: Path, formats: list[s
     from time import perf_counter
 
     from ..errors import CrystalRtError
-    from ..io.decode import read_image
+    from ..io.decode import read_image_info
     from ..io.writers import write_json, write_overlay
 
     t0 = perf_counter()
-    pixels = read_image(path, max_pixels=detector.max_pixels, name=name)
-    result = detector.detect_pixels(pixels, name=name, decode_ms=(perf_counter() - t0) * 1e3)
+    image = read_image_info(path, max_pixels=detector.max_pixels, name=name)
+    result = detector.detect_pixels(image, name=name, decode_ms=(perf_counter() - t0) * 1e3)
     t1 = perf_counter()
     try:
         for fmt, suffix in (("json", ".json"), ("overlay", ".overlay.png")):
@@ -137,7 +146,7 @@ def _detect_one(detector: Any, path: Path, name: str, out: Path, formats: list[s
             elif fmt == "json":
                 write_json(result, target)
             else:
-                write_overlay(pixels, result, target)
+                write_overlay(image.pixels, result, target)
     except OSError as exc:
         raise CrystalRtError(f"cannot write its results: {exc.strerror or exc}", path=name) from exc
     result.timings_ms["encode"] = (perf_counter() - t1) * 1e3
@@ -161,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         stages=args.stages,
         um_per_px=args.um_per_px,
         tiling=tiling_from_args(args),
+        bit_depth=args.bit_depth,
     )
     seen: set[Path] = set()
     paths = []

@@ -62,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from .console import err_console
+    from .console import err_console, show_library_warnings
 
+    show_library_warnings()
     try:
         with _simulation(args.simulated_gpu):
             code: int = args.run(args)

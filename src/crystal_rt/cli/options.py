@@ -160,3 +160,22 @@ def tiling_from_args(args: argparse.Namespace) -> Any:
     from ..runtime.tiling import Tiling
 
     return Tiling(mode=mode, tile_size=args.tile_size, overlap=args.overlap)  # type: ignore[arg-type]
+
+
+def bit_depth(text: str) -> int:
+    """Significant bits of 16-bit images, 1..16."""
+    value = int(_number(text, int))
+    if not 1 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"must be a bit depth in 1..16, got {text}")
+    return value
+
+
+def add_bit_depth(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bit-depth",
+        type=bit_depth,
+        metavar="N",
+        help="significant bits of 16-bit images (12 for a 12-bit camera writing 16-bit files), over "
+        "what the file says (TIFF MaxSampleValue/BitsPerSample, PNG sBIT): they are expanded to the "
+        "full 16-bit range before CLAHE; 8-bit images are not changed (default: the file's, else 16)",
+    )

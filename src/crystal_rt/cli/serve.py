@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .options import add_score_threshold, add_stages, add_tiling, add_um_per_px, port, tiling_from_args
+from .options import (
+    add_bit_depth,
+    add_score_threshold,
+    add_stages,
+    add_tiling,
+    add_um_per_px,
+    port,
+    tiling_from_args,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -102,6 +110,7 @@ def add_parser(sub: Any) -> None:
     add_stages(p)
     add_um_per_px(p)
     add_tiling(p)
+    add_bit_depth(p)
     p.set_defaults(run=run)
 
 
@@ -128,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         stages=args.stages,
         um_per_px=args.um_per_px,
         tiling=tiling_from_args(args),
+        bit_depth=args.bit_depth,
     )
     app = create_app(
         detector,
@@ -182,6 +192,7 @@ def _run_triton(args: argparse.Namespace) -> int:
         stages=args.stages,
         um_per_px=args.um_per_px,
         tiling=tiling_from_args(args),
+        bit_depth=args.bit_depth,
     )
     name = args.model_name or (detector.manifest.name if detector.manifest else "crystals")
     ports = TritonPorts(http=args.port, grpc=args.grpc_port, metrics=args.metrics_port)

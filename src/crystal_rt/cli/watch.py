@@ -20,7 +20,7 @@ from ..serve.watch import (
     DEFAULT_PATTERNS,
     WATCH_FORMATS,
 )  # light: no numpy, cv2 or onnxruntime
-from .options import add_score_threshold, add_stages, add_tiling, output_dir, tiling_from_args
+from .options import add_bit_depth, add_score_threshold, add_stages, add_tiling, output_dir, tiling_from_args
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -113,6 +113,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
     add_tiling(p)
+    add_bit_depth(p)
     p.set_defaults(run=run)
 
 
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         stages=args.stages,
         um_per_px=args.um_per_px,
         tiling=tiling_from_args(args),
+        bit_depth=args.bit_depth,
     )
     options = WatchOptions(
         in_dir=args.in_dir,

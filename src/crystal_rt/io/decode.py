@@ -2,21 +2,29 @@
 
 Every image that enters the runtime comes through :func:`read_image`, which returns a C-contiguous
 array of dtype ``uint8`` or ``uint16`` (the bit depth is kept), shaped ``(H, W)`` for gray or
-``(H, W, 3)`` in RGB order. The format is sniffed from the content, never from the suffix:
+``(H, W, 3)`` in RGB order; :func:`read_image_info` returns the same pixels with the significant
+bits of a 16-bit image where the file gives them (:class:`DecodedImage`; the runtime expands them
+to the full 16-bit range, ``crystal_rt.runtime.bit_depth``). The format is sniffed from the
+content, never from the suffix:
 
-* TIFF (``II*\\0`` / ``MM\\0*``, also BigTIFF) goes through tifffile (16-bit RGB, float, planar;
-  the first page of a multi-page file is used);
+* TIFF (``II*\\0`` / ``MM\\0*``, also BigTIFF) goes through tifffile and imagecodecs (any
+  compression they decode: LZW, Deflate, JPEG, PackBits, ...; 16-bit RGB, planar; the first page
+  of a multi-page file), its photometric interpretation honoured: MinIsWhite inverted, palettes
+  applied, CMYK and YCbCr converted to RGB (``crystal_rt.io.tiff``);
 * PNG with 16 bits per sample and colour (colour types 2 and 6) goes through ``cv2.imdecode``,
   because Pillow silently reduces it to 8 bits (EXIF orientation is not applied on this path);
-* everything else goes through Pillow (libjpeg-turbo for JPEG) with EXIF orientation applied.
+* JPEG, other PNG and BMP go through Pillow (libjpeg-turbo for JPEG) with EXIF orientation applied.
+  Pillow opens these formats only (:data:`PILLOW_FORMATS`): never EPS or PostScript (which it would
+  hand to Ghostscript), PDF, PSD, GIF, ...; those are refused by name.
 
 Only the header is read before the size is checked, so a decompression bomb is refused before a
 single pixel is decoded. ``max_pixels`` counts pixels of up to 4 bytes (8-bit gray, RGB, RGBA); a
 pixel with more (16-bit colour, dozens of TIFF samples) counts as its bytes / 4 pixels, since it
 costs that much memory: a 16-bit RGBA PNG of 50 M pixels counts 100 M. Alpha is dropped, never
 composited. Palette images become RGB (even when the palette is gray, so that a palette always
-gives three channels). Float images must be finite:
-values in ``[0, 1]`` are scaled to the full ``uint16`` range, others are clipped to it.
+gives three channels). Pixels that are not 8- or 16-bit unsigned integers (signed or wider
+integers, float, bool, complex; from a TIFF or an array) are refused, naming the type: their
+range cannot be known, and a guess gave images the model sees as black.
 
 Where Pillow's pixel buffer can be handed over without a copy the returned array is read-only;
 copy it before writing to it in place. Every failure is an :class:`~crystal_rt.errors.InvalidImage`
@@ -29,15 +37,17 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 import cv2
 import numpy as np
-import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from crystal_rt.errors import InvalidImage
+
+from .tiff import decode_tiff, is_8_or_16_bit, unsupported_pixel_type
 
 DEFAULT_MAX_PIXELS: int = 80_000_000
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
@@ -46,8 +56,35 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _UINT16_MAX = 65535
 # Modes Pillow hands over as they are (dtype fixed up afterwards), and modes it converts itself.
-_DIRECT_MODES = frozenset({"L", "RGB", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_DIRECT_MODES = frozenset({"L", "RGB", "I;16", "I;16L", "I;16B", "I;16N"})
 _CONVERT_MODES = {"1": "L", "LA": "L", "La": "L"}
+#: the formats Pillow may open (TIFF goes to tifffile): never EPS (Ghostscript), PDF, PSD, ...
+PILLOW_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP")
+SUPPORTED = "crystal-rt reads JPEG, PNG, TIFF and BMP"
+# formats people may try, named in the refusal (magic bytes at offset 0)
+_KNOWN_UNSUPPORTED = (
+    (b"%!PS", "PostScript / EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"%PDF", "PDF"),
+    (b"8BPS", "Photoshop (PSD)"),
+    (b"GIF8", "GIF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"\x93NUMPY", "a NumPy .npy array (pass the array itself)"),
+    (b"SIMPLE  =", "FITS"),
+)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """What :func:`read_image_info` returns: the pixels (as :func:`read_image` returns them) and,
+    for 16-bit images, the significant bits the file gives (TIFF MaxSampleValue 281 /
+    SMaxSampleValue 341 below 65535 or BitsPerSample 9..15; PNG sBIT for LSB-aligned data, 16 where
+    sBIT's samples are scaled to the full range), else None (8-bit images, arrays, files that say
+    nothing)."""
+
+    pixels: np.ndarray
+    bit_depth: int | None = None
 
 
 def read_image(
@@ -57,8 +94,18 @@ def read_image(
     name: str | None = None,
 ) -> np.ndarray:
     """Decode ``source`` (a path, encoded bytes or an array) into a uint8/uint16 gray or RGB array."""
+    return read_image_info(source, max_pixels=max_pixels, name=name).pixels
+
+
+def read_image_info(
+    source: str | os.PathLike[str] | bytes | np.ndarray,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> DecodedImage:
+    """:func:`read_image`'s pixels with the bit depth the file gives (:class:`DecodedImage`)."""
     if isinstance(source, np.ndarray):
-        return _normalise(source, name or "<array>")
+        return DecodedImage(_normalise(source, name or "<array>"))
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(bytes(source), name or "<bytes>", max_pixels)
     path = _as_path(source, name)
@@ -151,15 +198,52 @@ def _check_size(
     )
 
 
-def _decode(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+def _decode(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     if not data:
         raise InvalidImage("empty file", path=label)
     if data[:4] in _TIFF_MAGICS:
-        return _decode_tiff(data, label, max_pixels)
+
+        def check_size(width: int, height: int, **kwargs: int) -> None:
+            _check_size(width, height, label, max_pixels, **kwargs)
+
+        pixels, bits = decode_tiff(data, label, check_size)
+        return DecodedImage(_normalise(pixels, label), bits)
+    is_png = data.startswith(_PNG_MAGIC) and data[12:16] == b"IHDR"
     png16_colour = data[24:25] == b"\x10" and data[25:26] in (b"\x02", b"\x06")
-    if data.startswith(_PNG_MAGIC) and data[12:16] == b"IHDR" and png16_colour:
-        return _decode_png16_colour(data, label, max_pixels)
-    return _decode_pillow(data, label, max_pixels)
+    if is_png and png16_colour:
+        pixels = _decode_png16_colour(data, label, max_pixels)
+    else:
+        pixels = _decode_pillow(data, label, max_pixels)
+    if is_png and pixels.dtype == np.uint16:
+        return DecodedImage(pixels, _png_bit_depth(data, pixels))
+    return DecodedImage(pixels)
+
+
+def _png_bit_depth(data: bytes, pixels: np.ndarray) -> int | None:
+    """A 16-bit PNG's significant bits from its sBIT chunk. PNG says samples are scaled to the full
+    range, so sBIT b with values above 2^b - 1 is MSB-scaled data (16: full range, nothing to
+    expand); values all within 2^b - 1 are LSB-aligned data of b bits. None without sBIT."""
+    bits = _png_sbit(data)
+    if bits is None or bits >= 16:
+        return bits
+    return 16 if int(pixels.max()) > (1 << bits) - 1 else bits
+
+
+def _png_sbit(data: bytes) -> int | None:
+    """The largest colour (not alpha) value of the sBIT chunk before the first IDAT, or None."""
+    colour_values = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(data[25], 0)
+    offset = 8
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        if kind == b"sBIT":
+            values = data[offset + 8 : offset + 8 + min(length, colour_values)]
+            bits = max(values, default=0)
+            return bits if 1 <= bits <= 16 else None
+        offset += 12 + length
+    return None
 
 
 def _decode_png16_colour(data: bytes, label: str, max_pixels: int) -> np.ndarray:
@@ -176,35 +260,24 @@ def _decode_png16_colour(data: bytes, label: str, max_pixels: int) -> np.ndarray
     return _normalise(cv2.cvtColor(arr, code), label)
 
 
-def _decode_tiff(data: bytes, label: str, max_pixels: int) -> np.ndarray:
-    try:
-        with tifffile.TiffFile(BytesIO(data)) as tif:
-            page = tif.pages.first  # a multi-page file: the first page only
-            height, width = int(page.imagelength), int(page.imagewidth)
-            samples = int(page.samplesperpixel)
-            sample_bytes = (int(page.bitspersample) + 7) // 8
-            _check_size(width, height, label, max_pixels, samples=samples, sample_bytes=sample_bytes)
-            planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
-            arr = page.asarray()
-    except (InvalidImage, MemoryError):
-        raise
-    except Exception as exc:
-        raise InvalidImage(f"truncated or corrupt TIFF: {exc}", path=label) from exc
-    if arr.size != height * width * samples:  # e.g. a volumetric page
-        raise InvalidImage(f"unsupported TIFF layout (shape {tuple(arr.shape)})", path=label)
-    # Singleton dimensions squeezed, planar (S, H, W) made (H, W, S); (H, W, 1) becomes gray later.
-    if planar:
-        arr = np.moveaxis(arr.reshape(samples, height, width), 0, -1)
-    else:
-        arr = arr.reshape(height, width, samples)
-    return _normalise(arr, label)
+def _unsupported_format(data: bytes) -> str:
+    """The refusal of a file no decoder here reads: named where its magic bytes are known."""
+    kind = next((what for magic, what in _KNOWN_UNSUPPORTED if data.startswith(magic)), None)
+    if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        kind = "WebP"
+    if kind is None and data[4:8] == b"ftyp":
+        kind = "HEIF / AVIF"
+    if kind is None:
+        return "not a recognised image format"
+    return f"not a supported image format: {kind} ({SUPPORTED})"
 
 
-def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+def _open_pillow(data: bytes, label: str, max_pixels: int) -> Image.Image:
+    """Pillow's image object for JPEG, PNG or BMP bytes (header only); never another format."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(BytesIO(data))
+            return Image.open(BytesIO(data), formats=PILLOW_FORMATS)
     except Image.DecompressionBombError as exc:
         match = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = match.group(1) if match else "too many"
@@ -213,11 +286,15 @@ def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
             path=label,
         ) from exc
     except UnidentifiedImageError as exc:
-        raise InvalidImage("not a recognised image format", path=label) from exc
+        raise InvalidImage(_unsupported_format(data), path=label) from exc
     except MemoryError:
         raise
     except Exception as exc:
         raise InvalidImage(f"corrupt image header: {exc}", path=label) from exc
+
+
+def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+    im = _open_pillow(data, label, max_pixels)
     with im:
         _check_size(im.width, im.height, label, max_pixels, **_pillow_pixel(im.mode))
         kind = im.format or "image"
@@ -232,6 +309,8 @@ def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         try:
             if mode in _CONVERT_MODES:
                 arr = np.asarray(im.convert(_CONVERT_MODES[mode]))
+            elif mode == "I":  # 32-bit integers: what an older Pillow makes of 16-bit gray PNG
+                arr = _int32_as_uint16(np.asarray(im), label)
             elif mode not in _DIRECT_MODES:
                 arr = np.asarray(im.convert("RGB"))  # RGBA, P, PA, CMYK, YCbCr, ...: alpha dropped
             else:
@@ -239,6 +318,12 @@ def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         except ValueError as exc:
             raise InvalidImage(f"unsupported {kind} image mode {mode}: {exc}", path=label) from exc
     return _normalise(arr, label)
+
+
+def _int32_as_uint16(arr: np.ndarray, label: str) -> np.ndarray:
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > _UINT16_MAX):
+        raise unsupported_pixel_type(arr.dtype, label)
+    return arr.astype(np.uint16)
 
 
 def _pillow_pixel(mode: str) -> dict[str, int]:
@@ -252,7 +337,8 @@ def _pillow_pixel(mode: str) -> dict[str, int]:
 
 
 def _normalise(arr: np.ndarray, label: str) -> np.ndarray:
-    """Check shape, drop alpha, bring the dtype to uint8/uint16 and make the array C-contiguous."""
+    """Check shape and pixel type (uint8/uint16 only), drop alpha, make the array native-order and
+    C-contiguous."""
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     elif arr.ndim == 3 and arr.shape[2] == 4:
@@ -263,20 +349,7 @@ def _normalise(arr: np.ndarray, label: str) -> np.ndarray:
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InvalidImage(f"image has zero size (shape {tuple(arr.shape)})", path=label)
-    kind, size = arr.dtype.kind, arr.dtype.itemsize
-    if kind == "b":
-        arr = arr.astype(np.uint8) * np.uint8(255)
-    elif kind == "u" and size in (1, 2):
-        arr = arr.astype(np.uint8 if size == 1 else np.uint16, copy=False)  # native byte order
-    elif kind == "f":
-        values = arr.astype(np.float32, copy=False) if size < 4 else arr
-        if not np.isfinite(values).all():
-            raise InvalidImage("float image contains NaN or infinity", path=label)
-        scaled = values * (_UINT16_MAX if values.max() <= 1.0 else 1)  # a fresh array, changed in place
-        np.clip(scaled, 0, _UINT16_MAX, out=scaled)
-        arr = np.rint(scaled, out=scaled).astype(np.uint16)
-    elif kind in "iu":
-        arr = np.clip(arr, 0, _UINT16_MAX).astype(np.uint16)
-    else:
-        raise InvalidImage(f"unsupported pixel type {arr.dtype}", path=label)
+    if not is_8_or_16_bit(arr.dtype):  # int, float, bool, complex: no guessing their range
+        raise unsupported_pixel_type(arr.dtype, label)
+    arr = arr.astype(np.uint8 if arr.dtype.itemsize == 1 else np.uint16, copy=False)  # native order
     return np.ascontiguousarray(arr)

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import EngineIncompatible, InvalidOption
-from ..io.decode import DEFAULT_MAX_PIXELS, read_image
+from ..io.decode import DEFAULT_MAX_PIXELS, DecodedImage, read_image_info
 from ..spec import ModelSpec, PreprocessSpec, specs_from_metadata
 from .artifacts import Manifest, resolve_manifest, sha256_file
 from .backends.base import Backend
+from .bit_depth import OnceWarnings, check_bit_depth, resolve_bit_depth
 from .pipeline import STAGES, StagePolicy, check_stages, check_threshold, check_um_per_px, run_pipeline
 from .result import DetectionResult
 from .tiling import Tiling
@@ -49,6 +50,7 @@ class Detector:
         stages: StagePolicy = "auto",
         um_per_px: float | None = None,
         tiling: Tiling | None = None,
+        bit_depth: int | None = None,
     ) -> None:
         self.backend = backend
         self._closed = False
@@ -62,6 +64,9 @@ class Detector:
         self.stages: StagePolicy = check_stages(stages)
         self.um_per_px = check_um_per_px(um_per_px)
         self.tiling = _check_tiling(tiling)
+        #: significant bits of 16-bit images (1..16), over what the file says; None: the file's
+        self.bit_depth = check_bit_depth(bit_depth)
+        self._warnings = OnceWarnings()  # bit-depth warnings, once per Detector
 
     @property
     def device(self) -> str:
@@ -80,16 +85,20 @@ class Detector:
         stages: StagePolicy = "auto",
         um_per_px: float | None = None,
         tiling: Tiling | None = None,
+        bit_depth: int | None = None,
     ) -> Detector:
         """Open an engine (directory, manifest, ``DIR/NAME`` prefix or model file beside its manifest).
 
         ``stages="cpu"`` runs CLAHE, letterbox and paste on the CPU even where the engine offers
         device stages (a TensorRT engine), e.g. to compare the two paths. ``um_per_px`` (the pixel
         size) adds micrometres to the dispense target of models with a ``drop`` class; ``tiling``
-        detects in overlapping tiles at the engine's scale (``runtime/tiling.py``)."""
+        detects in overlapping tiles at the engine's scale (``runtime/tiling.py``).
+        ``bit_depth`` (1..16) is the significant bits of 16-bit images, over what their files say
+        (``crystal_rt.runtime.bit_depth``); 8-bit images are 8-bit whatever it says."""
         check_stages(stages)
         check_um_per_px(um_per_px)
         _check_tiling(tiling)
+        check_bit_depth(bit_depth)
         if score_threshold is not None:
             check_threshold(score_threshold)
         manifest = Manifest.read(resolve_manifest(engine))
@@ -104,6 +113,7 @@ class Detector:
             stages=stages,
             um_per_px=um_per_px,
             tiling=tiling,
+            bit_depth=bit_depth,
         )
 
     @classmethod
@@ -153,32 +163,48 @@ class Detector:
         name: str | None = None,
         score_threshold: float | None = None,
         stages: StagePolicy | None = None,
+        bit_depth: int | None = None,
     ) -> DetectionResult:
-        """Detect instances in a path, encoded bytes, or a uint8/uint16 (H, W[, 3]) RGB array."""
+        """Detect instances in a path, encoded bytes, or a uint8/uint16 (H, W[, 3]) RGB array.
+
+        ``bit_depth`` (1..16): the significant bits of a 16-bit image, over the Detector's and the
+        file's (TIFF MaxSampleValue / BitsPerSample, PNG sBIT)."""
         self._backend()  # a closed Detector says so before anything else
         t0 = perf_counter()
         if name is None and isinstance(image, str | os.PathLike):
             name = str(image)
         if score_threshold is not None:
             check_threshold(score_threshold, name)
-        pixels = read_image(image, max_pixels=self.max_pixels, name=name)
+        check_bit_depth(bit_depth)
+        decoded = read_image_info(image, max_pixels=self.max_pixels, name=name)
         decode_ms = (perf_counter() - t0) * 1e3
         return self.detect_pixels(
-            pixels, name=name, score_threshold=score_threshold, decode_ms=decode_ms, stages=stages
+            decoded,
+            name=name,
+            score_threshold=score_threshold,
+            decode_ms=decode_ms,
+            stages=stages,
+            bit_depth=bit_depth,
         )
 
     def detect_pixels(
         self,
-        pixels: np.ndarray,
+        pixels: np.ndarray | DecodedImage,
         *,
         name: str | None = None,
         score_threshold: float | None = None,
         decode_ms: float = 0.0,
         stages: StagePolicy | None = None,
+        bit_depth: int | None = None,
     ) -> DetectionResult:
-        """Detect in already decoded pixels (as ``read_image`` returns them); ``decode_ms`` is recorded."""
+        """Detect in already decoded pixels (as ``read_image`` returns them, or ``read_image_info``'s
+        :class:`DecodedImage`, whose file bit depth counts); ``decode_ms`` is recorded. The bit depth
+        of a 16-bit image: ``bit_depth``, else the Detector's, else the file's, else none (as is)."""
+        file_bits = pixels.bit_depth if isinstance(pixels, DecodedImage) else None
+        array = pixels.pixels if isinstance(pixels, DecodedImage) else pixels
+        bits = resolve_bit_depth(check_bit_depth(bit_depth), self.bit_depth, file_bits)
         return run_pipeline(
-            pixels,
+            array,
             backend=self._backend(),
             model=self.model,
             spec=self.preprocess,
@@ -188,6 +214,8 @@ class Detector:
             decode_ms=decode_ms,
             um_per_px=self.um_per_px,
             tiling=self.tiling,
+            bit_depth=bits,
+            warnings=self._warnings,
         )
 
     def _backend(self) -> Backend:

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import InvalidSpec
 from ..spec import ModelSpec, PreprocessSpec
 from .backends.base import Backend, DeviceSession
+from .bit_depth import OnceWarnings, fit_bit_depth
 from .dispense import dispense_target, has_drop_class
 from .postprocess import Kept, make_instances, paste_masks, paste_stage, select_detections
 from .preprocess import Preprocessed, apply_clahe, check_image, preprocess, recipe_color
@@ -176,10 +177,17 @@ def run_pipeline(
     decode_ms: float = 0.0,
     um_per_px: float | None = None,
     tiling: Tiling | None = None,
+    bit_depth: int | None = None,
+    warnings: OnceWarnings | None = None,
 ) -> DetectionResult:
-    """Detect instances in decoded ``pixels`` (uint8/uint16, (H, W) or (H, W, 3)); with ``tiling``,
-    in overlapping windows at the engine's scale, merged (:mod:`.tiling`)."""
+    """Detect instances in decoded ``pixels`` (uint8/uint16, (H, W) or (H, W, 3)); a 16-bit image of
+    ``bit_depth`` < 16 significant bits is first expanded to the full range (``.bit_depth``; its time
+    counts as decode); with ``tiling``, in overlapping windows at the engine's scale, merged
+    (:mod:`.tiling`)."""
     check_image(pixels, name)
+    t_bits = perf_counter()
+    pixels = fit_bit_depth(pixels, bit_depth, name=name, warnings=warnings)
+    decode_ms += (perf_counter() - t_bits) * 1e3
     threshold = check_threshold(score_threshold, name)
     height, width = pixels.shape[:2]
     start = perf_counter()

@@ -124,8 +124,10 @@ class CrystalRtClient:
         score_threshold: float | None = None,
         name: str | None = None,
         format: str = "json",
+        bit_depth: int | None = None,
     ) -> Any:
-        """Detection result JSON (a dict; a list for ``format="coco"``) for a path or encoded bytes."""
+        """Detection result JSON (a dict; a list for ``format="coco"``) for a path or encoded bytes;
+        ``bit_depth``: the significant bits of a 16-bit image, over the file's and the service's."""
         if isinstance(image, bytes | bytearray):
             data = bytes(image)
         else:
@@ -142,6 +144,8 @@ class CrystalRtClient:
             query["score_threshold"] = repr(float(score_threshold))
         if name:
             query["name"] = name
+        if bit_depth is not None:
+            query["bit_depth"] = str(int(bit_depth))
         path_qs = "/v1/detect?" + urllib.parse.urlencode(query)
         return self._request("POST", path_qs, data, {"Content-Type": "application/octet-stream"})
 

@@ -270,7 +270,7 @@ def create_app(
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
-    from ..io.decode import read_image
+    from ..io.decode import read_image_info
     from ..io.writers import coco_results
 
     if max_concurrency < 1 or queue_size < 0 or max_body_bytes < 1:
@@ -350,11 +350,15 @@ def create_app(
             headers=exc.headers,
         )
 
-    def run_detect(data: bytes, name: str, threshold: float | None, fmt: str) -> Any:
+    def run_detect(data: bytes, name: str, threshold: float | None, fmt: str, bits: int | None) -> Any:
         t0 = perf_counter()
-        pixels = read_image(data, max_pixels=pixel_limit, name=name)
+        image = read_image_info(data, max_pixels=pixel_limit, name=name)
         result = detector.detect_pixels(
-            pixels, name=name, score_threshold=threshold, decode_ms=(perf_counter() - t0) * 1e3
+            image,
+            name=name,
+            score_threshold=threshold,
+            decode_ms=(perf_counter() - t0) * 1e3,
+            bit_depth=bits,
         )
         return coco_results([result]) if fmt == "coco" else result.to_dict()
 
@@ -364,6 +368,7 @@ def create_app(
         score_threshold: float | None = None,
         format: str = "json",
         name: str | None = None,
+        bit_depth: int | None = None,
     ) -> JSONResponse:
         if state.in_flight >= state.capacity:
             busy = BackendUnavailable(
@@ -381,10 +386,14 @@ def create_app(
                 raise RequestError(
                     422, InvalidSpec(f"score_threshold must be in [0, 1], got {score_threshold}")
                 )
+            if bit_depth is not None and not 1 <= bit_depth <= 16:
+                raise RequestError(422, InvalidSpec(f"bit_depth must be in 1..16, got {bit_depth}"))
             body = await read_body(request, max_body_bytes, timeout=body_timeout, min_rate=min_body_rate)
             data, source = await image_from_body(request, body, name, max_body_bytes)
             loop = asyncio.get_running_loop()
-            payload = await loop.run_in_executor(pool[0], run_detect, data, source, score_threshold, format)
+            payload = await loop.run_in_executor(
+                pool[0], run_detect, data, source, score_threshold, format, bit_depth
+            )
             state.served += 1
             return JSONResponse(payload)
         except RequestError as exc:

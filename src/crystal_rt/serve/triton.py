@@ -49,10 +49,11 @@ META_SIZE = 6
 def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, max_pixels: int, name: str = "<request>") -> Any:
     """``(images [1, 3, H, W] float32, meta float64 [META_SIZE])`` for encoded image bytes: meta is
     height, width and the recipe's map back (scale_x, scale_y, ratio_x, ratio_y; geometry.InputMap)."""
-    from ..io.decode import read_image
+    from ..io.decode import read_image_info
+    from ..runtime.bit_depth import full_range
     from ..runtime.preprocess import check_image, preprocess
 
-    pixels = read_image(data, max_pixels=max_pixels, name=name)
+    pixels = full_range(read_image_info(data, max_pixels=max_pixels, name=name))
     check_image(pixels, name)
     pre = preprocess(pixels, spec)
     m = pre.mapping

@@ -570,9 +570,9 @@ class Watcher:
         decoded = self._read(rel, state)
         if isinstance(decoded, Outcome):
             return decoded
-        pixels, decode_ms = decoded
+        image, decode_ms = decoded
         try:
-            result = self.detector.detect_pixels(pixels, name=rel, decode_ms=decode_ms)
+            result = self.detector.detect_pixels(image, name=rel, decode_ms=decode_ms)
         except CrystalRtError as exc:
             self._say(logging.ERROR, "%s: %s", shown, exc)
             return Outcome(rel, "error", message=str(exc))
@@ -583,7 +583,7 @@ class Watcher:
             from ..io.writers import point_rows
 
             rows = point_rows(result, rel)
-            outputs = self._write_results(rel, state, pixels, result)
+            outputs = self._write_results(rel, state, image.pixels, result)
             self.journal.append(rel, state, "ok", instances=len(result), outputs=outputs, rows=rows)
         except Exception as exc:
             message = f"cannot write results: {exc.strerror if isinstance(exc, OSError) else exc}"
@@ -594,8 +594,9 @@ class Watcher:
         return Outcome(rel, "ok", instances=len(result), message=note)
 
     def _read(self, rel: str, state: FileState) -> tuple[Any, float] | Outcome:
-        """The decoded pixels and the decode time, or the file's outcome (quarantined, changed)."""
-        from ..io.decode import read_image
+        """The decoded image (pixels and the file's bit depth) and the decode time, or the file's
+        outcome (quarantined, changed)."""
+        from ..io.decode import read_image_info
 
         path = self.in_dir / rel
         if state.size > self.options.max_bytes:
@@ -606,7 +607,7 @@ class Watcher:
             return self._quarantine(rel, state, too_large, copy=False)
         try:
             t0 = perf_counter()
-            pixels = read_image(path, max_pixels=self.detector.max_pixels, name=display_name(rel))
+            image = read_image_info(path, max_pixels=self.detector.max_pixels, name=display_name(rel))
             decode_ms = (perf_counter() - t0) * 1e3
         except MemoryError:
             error: CrystalRtError = InvalidImage("not enough memory to decode this image")
@@ -619,7 +620,7 @@ class Watcher:
             return self._quarantine(rel, state, exc)
         if self._state(path) != state:
             return Outcome(rel, "changed", message="changed while being read; retried at a later poll")
-        return pixels, decode_ms
+        return image, decode_ms
 
     @staticmethod
     def _state(path: Path) -> FileState | None:

@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from ..geometry import letterbox_size
-from ..io.decode import read_image
+from ..io.decode import read_image_info
+from ..runtime.bit_depth import full_range
 from ..runtime.preprocess import letterboxed
 from ..spec import PreprocessSpec
 
@@ -65,7 +66,7 @@ def cache_image(dataset: CocoDataset, image_id: int, spec: PreprocessSpec) -> Ca
     from pycocotools import mask as mask_utils
 
     path = dataset.image_path(image_id)
-    pixels, _ = prepare_image(read_image(path), spec)
+    pixels, _ = prepare_image(full_range(read_image_info(path)), spec)  # as the Detector expands it
     masks, labels, crowd = dataset.masks(image_id)
     h, w = pixels.shape[:2]
     rles: list[dict[str, object]] = []
