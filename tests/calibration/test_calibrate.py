@@ -21,9 +21,9 @@ from crystal_rt.calibration.metadata import CALIBRATION_METADATA_KEY, read_calib
 from crystal_rt.cli.demo import demo_model  # noqa: E402
 from crystal_rt.cli.main import main  # noqa: E402
 from crystal_rt.data.synth_writer import SynthOptions, write_synthetic  # noqa: E402
+from crystal_rt.results.detection import Instance, InstanceMask  # noqa: E402
 from crystal_rt.runtime.build import build_engine  # noqa: E402
 from crystal_rt.runtime.detector import Detector  # noqa: E402
-from crystal_rt.runtime.result import Instance, InstanceMask  # noqa: E402
 from crystal_rt.spec import PreprocessSpec  # noqa: E402
 
 

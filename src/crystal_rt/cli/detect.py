@@ -159,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CrystalRtError
     from ..io.decode import list_images
     from ..io.writers import point_rows
+    from ..results.detection import DetectionResult
     from ..runtime.detector import STAGES, Detector
-    from ..runtime.result import DetectionResult
     from .console import console, err_console, info, latency_table, progress
 
     detector = Detector.load(
