@@ -39,7 +39,7 @@ def parse_args() -> argparse.Namespace:
 def arm(args: argparse.Namespace, work: Path, clahe: bool) -> dict[str, Any]:
     from crystal_rt.data.coco import load_coco
     from crystal_rt.evaluate.run import evaluate_detector
-    from crystal_rt.runtime.detector import Detector
+    from crystal_rt.models.reference import detector_from_checkpoint
     from crystal_rt.train.loop import TrainConfig, train
 
     name = "clahe" if clahe else "no_clahe"
@@ -61,7 +61,7 @@ def arm(args: argparse.Namespace, work: Path, clahe: bool) -> dict[str, Any]:
     result = train(config)
     minutes = (time.perf_counter() - t0) / 60
     test = load_coco(work / "test" / "annotations.json")
-    with Detector.from_checkpoint(result.last) as detector:
+    with detector_from_checkpoint(result.last) as detector:
         report, _ = evaluate_detector(detector, test)
     data = report.to_dict()
     print(

@@ -60,11 +60,11 @@ def main() -> int:
 
     from cpu_end_to_end import make_torchvision
     from crystal_rt.bench.environment import collect_environment
+    from crystal_rt.build.engine import build_engine
     from crystal_rt.calibration.api import calibrate
     from crystal_rt.data.synth_writer import SynthOptions, write_synthetic
-    from crystal_rt.export.models import build_maskrcnn, save_checkpoint
     from crystal_rt.io.decode import list_images
-    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.models.maskrcnn import build_maskrcnn, save_checkpoint
     from crystal_rt.runtime.detector import Detector
     from crystal_rt.spec import ModelSpec, PreprocessSpec
 

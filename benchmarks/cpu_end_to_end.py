@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from crystal_rt.export.models import build_maskrcnn, save_checkpoint
+    from crystal_rt.build.engine import build_engine
     from crystal_rt.io.decode import read_image
-    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.models.maskrcnn import build_maskrcnn, save_checkpoint
     from crystal_rt.runtime.detector import STAGES, Detector
     from crystal_rt.spec import ModelSpec, PreprocessSpec
 

@@ -92,10 +92,10 @@ def run(args: argparse.Namespace, base: dict[str, Any], gpu: str) -> dict[str, A
     import torch
 
     from crystal_rt.bench.environment import collect_environment, gpu_memory_mb
+    from crystal_rt.build.engine import build_engine
     from crystal_rt.errors import CrystalRtError
-    from crystal_rt.export.models import build_maskrcnn, save_checkpoint
     from crystal_rt.io.decode import list_images, read_image
-    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.models.maskrcnn import build_maskrcnn, save_checkpoint
     from crystal_rt.runtime.detector import Detector
     from crystal_rt.runtime.preprocess import apply_clahe
     from crystal_rt.spec import ModelSpec, PreprocessSpec

@@ -51,10 +51,10 @@ def main() -> None:
     import onnxruntime
 
     from crystal_rt.assets import demo_model
+    from crystal_rt.build.engine import build_engine
     from crystal_rt.calibration.api import calibrate
     from crystal_rt.data.synth_writer import SynthOptions, write_synthetic
     from crystal_rt.io.decode import list_images
-    from crystal_rt.runtime.build import build_engine
     from crystal_rt.runtime.detector import Detector
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="crystal-rt-int8-"))

@@ -57,7 +57,7 @@ def main() -> int:
     from crystal_rt.assets import demo_model
     from crystal_rt.bench.environment import collect_environment
     from crystal_rt.bench.runner import synthetic_images
-    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.build.engine import build_engine
     from crystal_rt.runtime.detector import Detector
 
     sized = {f"{w}x{h}": synthetic_images(1, h, w, seed=7)[0] for w, h in SIZES}

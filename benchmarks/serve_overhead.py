@@ -106,7 +106,7 @@ def main() -> int:
         engine = args.engine
         if engine is None:
             from crystal_rt.assets import demo_model
-            from crystal_rt.runtime.build import build_engine
+            from crystal_rt.build.engine import build_engine
 
             engine = Path(tmp) / "engine"
             build_engine(demo_model(), engine, name="crystals", threads=threads)

@@ -68,9 +68,9 @@ def main() -> None:
     args = parse_args()
     from crystal_rt import Detector
     from crystal_rt.assets import demo_model
+    from crystal_rt.build.engine import build_engine
     from crystal_rt.data.synthetic import make_drop
     from crystal_rt.io.decode import read_image
-    from crystal_rt.runtime.build import build_engine
     from crystal_rt.runtime.tiling import Tiling
 
     height, width = (int(v) for v in args.size.lower().split("x"))

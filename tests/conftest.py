@@ -85,7 +85,7 @@ def demo_trt_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped demo model built as a (simulated) TensorRT plan: its engine folder."""
     simulated_gpu_or_skip()
     from crystal_rt.assets import demo_model
-    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.build.engine import build_engine
     from crystal_rt.testing import simulated_gpu
 
     out = tmp_path_factory.mktemp("demo-trt")
@@ -98,7 +98,7 @@ def demo_trt_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_ort_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped demo model built as an ONNX Runtime engine: its engine folder."""
     from crystal_rt.assets import demo_model
-    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.build.engine import build_engine
 
     out = tmp_path_factory.mktemp("demo-ort")
     build_engine(demo_model(), out, backend="onnxruntime")
@@ -130,9 +130,9 @@ class TinyModel:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """A seeded random maskrcnn_resnet18_fpn (2 classes, S=256, K=20): checkpoint, core ONNX, engine."""
     torch = pytest.importorskip("torch")
-    from crystal_rt.export.models import build_maskrcnn, load_checkpoint, save_checkpoint
+    from crystal_rt.build.engine import build_engine
     from crystal_rt.export.onnx_export import export_core_onnx
-    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.models.maskrcnn import build_maskrcnn, load_checkpoint, save_checkpoint
     from crystal_rt.spec import ModelSpec, PreprocessSpec
 
     root = tmp_path_factory.mktemp("tiny")

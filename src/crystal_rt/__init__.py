@@ -31,16 +31,16 @@ from .errors import (
 from .spec import ModelSpec, PreprocessSpec
 
 if TYPE_CHECKING:
+    from .build.engine import build_engine
     from .io.decode import DecodedImage, read_image, read_image_info
     from .results.detection import DetectionResult, Instance
-    from .runtime.build import build_engine
     from .runtime.detector import Detector
 
 _LAZY = {
     "Detector": ("crystal_rt.runtime.detector", "Detector"),
     "DetectionResult": ("crystal_rt.results.detection", "DetectionResult"),
     "Instance": ("crystal_rt.results.detection", "Instance"),
-    "build_engine": ("crystal_rt.runtime.build", "build_engine"),
+    "build_engine": ("crystal_rt.build.engine", "build_engine"),
     "read_image": ("crystal_rt.io.decode", "read_image"),
     "read_image_info": ("crystal_rt.io.decode", "read_image_info"),
     "DecodedImage": ("crystal_rt.io.decode", "DecodedImage"),

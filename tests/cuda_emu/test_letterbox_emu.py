@@ -1,6 +1,6 @@
 """kernels/letterbox.cu through the CPU emulator: equals normalize(letterbox(img)) on the CPU.
 
-The launch comes from :func:`crystal_rt.cuda.launch.letterbox_launch` (sizes, gains, biases), so
+The launch comes from :func:`crystal_rt.cuda.launches.letterbox_launch` (sizes, gains, biases), so
 the host arithmetic of the GPU path is tested too; grids are capped for emulator speed (the
 kernel strides over the canvas).
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crystal_rt.cuda.launch import letterbox_launch
+from crystal_rt.cuda.launches import letterbox_launch
 from crystal_rt.runtime.preprocess import normalize, preprocess, resize
 from crystal_rt.spec import Intensity, Normalize, PreprocessSpec, Resize
 from crystal_rt.testing.emulator.kernels import EmulatedModule

@@ -1,6 +1,6 @@
 """kernels/paste.cu through the CPU emulator: equals postprocess.paste_mask pixel for pixel.
 
-The layout (expanded boxes, crops, offsets) comes from crystal_rt.cuda.launch.paste_layout, the
+The layout (expanded boxes, crops, offsets) comes from crystal_rt.cuda.launches.paste_layout, the
 launch from paste_launch. Reference: paste_mask, whose float resize is OpenCV's own code (never
 Intel IPP, see preprocess.resize_linear), as on ARM.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crystal_rt.cuda.launch import PasteLayout, paste_launch, paste_layout
+from crystal_rt.cuda.launches import PasteLayout, paste_launch, paste_layout
 from crystal_rt.runtime.postprocess import paste_mask
 from crystal_rt.testing.emulator.kernels import EmulatedModule
 

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 
 from crystal_rt.errors import InvalidModel, LintError, ValidationFailed  # noqa: E402
 from crystal_rt.export.lint import lint_model, lint_onnx  # noqa: E402
-from crystal_rt.export.models import build_maskrcnn, load_checkpoint  # noqa: E402
+from crystal_rt.models.maskrcnn import build_maskrcnn, load_checkpoint  # noqa: E402
+from crystal_rt.models.reference import detector_from_checkpoint  # noqa: E402
 from crystal_rt.spec import MODEL_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec, PreprocessSpec  # noqa: E402
 
 
@@ -62,8 +63,8 @@ def test_validation_report(tiny):
 
 def test_zero_detections_run_on_both(tiny, tmp_path):
     """A graph in which no detection passes the score threshold: K zero rows from torch and ORT."""
-    from crystal_rt.export.core import CoreMaskRCNN
     from crystal_rt.export.onnx_export import check_empty_path
+    from crystal_rt.models.core import CoreMaskRCNN
 
     loaded = load_checkpoint(tiny.checkpoint)
     core = CoreMaskRCNN(loaded.model, tiny.size, tiny.k)
@@ -90,13 +91,12 @@ def test_core_matches_torchvision_eager(tiny):
     from crystal_rt.data.synthetic import make_drop
     from crystal_rt.evaluate.parity import Tolerances, compare_results
     from crystal_rt.results.detection import DetectionResult, Instance, InstanceMask
-    from crystal_rt.runtime.detector import Detector
     from crystal_rt.runtime.postprocess import MASK_THRESHOLD
     from crystal_rt.runtime.preprocess import apply_clahe
 
     loaded = load_checkpoint(tiny.checkpoint)
     image = make_drop(5, tiny.size, tiny.size).image
-    ours = Detector.from_checkpoint(tiny.checkpoint, score_threshold=0.05).detect(image, name="drop")
+    ours = detector_from_checkpoint(tiny.checkpoint, score_threshold=0.05).detect(image, name="drop")
 
     enhanced = apply_clahe(image, loaded.preprocess)
     x = torch.from_numpy(np.repeat(enhanced[None], 3, axis=0)).float() / 255.0

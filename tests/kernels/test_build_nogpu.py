@@ -92,7 +92,8 @@ def test_info(
 def test_import_does_not_import_cuda() -> None:
     code = (
         "import sys\n"
-        "import crystal_rt.cuda.build, crystal_rt.cuda.launch, crystal_rt.cli.cuda\n"
+        "import crystal_rt.cuda.build, crystal_rt.cuda.preprocessor\n"
+        "import crystal_rt.cuda.memory, crystal_rt.cli.cuda\n"
         "bad = sorted(m for m in sys.modules if m == 'cuda' or m.startswith('cuda.'))\n"
         "assert not bad, bad\n"
     )
@@ -122,7 +123,7 @@ def test_missing_cuda_python_is_one_sentence() -> None:
 
 
 def test_as_stream_accepts_foreign_streams() -> None:
-    from crystal_rt.cuda.launch import as_stream
+    from crystal_rt.cuda.driver import as_stream
 
     class Obj:
         def __init__(self, **kw: object) -> None:
@@ -145,7 +146,7 @@ def test_as_stream_accepts_foreign_streams() -> None:
 
 
 def test_paste_layout_matches_paste_mask() -> None:
-    from crystal_rt.cuda.launch import paste_layout
+    from crystal_rt.cuda.launches import paste_layout
     from crystal_rt.runtime.postprocess import paste_mask
 
     rng = np.random.default_rng(0)
@@ -174,10 +175,11 @@ def test_paste_layout_matches_paste_mask() -> None:
 @pytest.fixture
 def fake_cuda(sim_gpu, kernel_cache: Path):
     _nvrtc_or_skip()
-    from crystal_rt.cuda.launch import _driver, check, ensure_context
+    from crystal_rt.cuda.driver import check, ensure_context
+    from crystal_rt.cuda.driver import driver as cuda_driver
 
     ensure_context()
-    driver = _driver()
+    driver = cuda_driver()
     stream = check(driver.cuStreamCreate(1), "cuStreamCreate")
     yield sim_gpu, int(stream)
     driver.cuStreamDestroy(stream)
@@ -202,7 +204,8 @@ def _cpu_preprocess(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 def test_gpu_preprocessor_through_fake_driver(
     fake_cuda, dtype: type, rgb: bool, grid: tuple[int, int] | None
 ) -> None:
-    from crystal_rt.cuda.launch import DeviceBuffer, GpuPreprocessor, download
+    from crystal_rt.cuda.memory import DeviceBuffer, download
+    from crystal_rt.cuda.preprocessor import GpuPreprocessor
 
     sim, stream = fake_cuda
     spec = PreprocessSpec.paper(input_size=64, clahe=grid is not None, tile_grid=grid or (8, 8))
@@ -239,7 +242,7 @@ def test_gpu_preprocessor_through_fake_driver(
 
 
 def test_gpu_preprocessor_rejects_16bit_rgb_clahe(fake_cuda) -> None:
-    from crystal_rt.cuda.launch import GpuPreprocessor
+    from crystal_rt.cuda.preprocessor import GpuPreprocessor
     from crystal_rt.errors import BackendUnavailable
 
     pre = GpuPreprocessor(PreprocessSpec.paper(input_size=64))
@@ -249,7 +252,8 @@ def test_gpu_preprocessor_rejects_16bit_rgb_clahe(fake_cuda) -> None:
 
 
 def test_gpu_mask_paster_through_fake_driver(fake_cuda) -> None:
-    from crystal_rt.cuda.launch import DeviceBuffer, GpuMaskPaster
+    from crystal_rt.cuda.memory import DeviceBuffer
+    from crystal_rt.cuda.preprocessor import GpuMaskPaster
     from crystal_rt.runtime.postprocess import paste_mask
 
     rng = np.random.default_rng(1)

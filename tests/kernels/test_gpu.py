@@ -1,4 +1,4 @@
-"""The CUDA kernels on a real device through crystal_rt.cuda.launch (skipped without a GPU).
+"""The CUDA kernels on a real device through crystal_rt.cuda (skipped without a GPU).
 
 Same comparisons as tests/cuda_emu: letterbox/normalise equals the CPU preprocessing within 1e-6,
 paste equals postprocess.paste_mask pixel for pixel. The CPU functions resize with OpenCV's own
@@ -130,7 +130,7 @@ def test_paste_on_device(cuda: Any) -> None:
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16], ids=["u8", "u16"])
 def test_preprocessor_with_clahe(cuda: Any, dtype: Any) -> None:
-    from crystal_rt.cuda.launch import GpuPreprocessor
+    from crystal_rt.cuda.preprocessor import GpuPreprocessor
 
     spec = PreprocessSpec.paper(input_size=256)
     pre = GpuPreprocessor(spec)
@@ -162,7 +162,7 @@ def test_preprocessor_with_clahe(cuda: Any, dtype: Any) -> None:
 
 def test_preprocessor_rgb(cuda: Any) -> None:
     """8-bit RGB: CLAHE on L of LAB on the device; 16-bit RGB + CLAHE is refused; without CLAHE both work."""
-    from crystal_rt.cuda.launch import GpuPreprocessor
+    from crystal_rt.cuda.preprocessor import GpuPreprocessor
     from crystal_rt.errors import BackendUnavailable
 
     rng = np.random.default_rng(4)

@@ -228,9 +228,10 @@ def test_torch_reference_matches_engine(tiny):
     """The reference backend (the checkpoint in PyTorch) and the ORT engine agree on one image."""
     from crystal_rt.data.synthetic import make_drop
     from crystal_rt.evaluate.parity import compare_results
+    from crystal_rt.models.reference import detector_from_checkpoint
 
     image = make_drop(3, 300, 400).image
-    ref = Detector.from_checkpoint(tiny.checkpoint, score_threshold=0.05).detect(image, name="a")
+    ref = detector_from_checkpoint(tiny.checkpoint, score_threshold=0.05).detect(image, name="a")
     eng = Detector.load(tiny.engine_dir, score_threshold=0.05).detect(image, name="a")
     report = compare_results(ref, eng, score_threshold=0.05, max_detections=tiny.k)
     assert report.matched > 0 and not report.failures

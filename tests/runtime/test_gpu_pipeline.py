@@ -207,9 +207,9 @@ def test_recipes_the_kernels_do_not_compute_run_engine_and_paste_on_the_device(
     non-square input): the CPU makes the engine input, the device runs the engine and the paste, and
     the result equals the CPU stages'."""
     pytest.importorskip("torch")
-    from crystal_rt.export.models import load_checkpoint
+    from crystal_rt.build.engine import build_engine
     from crystal_rt.export.onnx_export import export_core_onnx
-    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.models.maskrcnn import load_checkpoint
     from crystal_rt.spec import Clahe, Intensity, ModelTransform, PreprocessSpec, Resize
 
     recipe = PreprocessSpec(

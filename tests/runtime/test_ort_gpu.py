@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crystal_rt.build.engine import build_engine, choose_backend
 from crystal_rt.errors import BackendUnavailable, EngineIncompatible
-from crystal_rt.runtime.build import build_engine, choose_backend
 from crystal_rt.runtime.detector import Detector
 from crystal_rt.testing import simulated_gpu
 

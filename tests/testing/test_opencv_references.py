@@ -116,7 +116,7 @@ def test_aarch64_resizes_8bit_with_the_portable_code(monkeypatch: pytest.MonkeyP
 
 
 def test_letterbox_kernel_in_both_arithmetics() -> None:
-    from crystal_rt.cuda.launch import letterbox_launch
+    from crystal_rt.cuda.launches import letterbox_launch
     from crystal_rt.spec import PreprocessSpec
     from crystal_rt.testing.emulator.kernels import emulated_module
 
@@ -148,7 +148,7 @@ def test_letterbox_kernel_in_both_arithmetics() -> None:
 
 
 def test_paste_kernel_in_both_arithmetics(monkeypatch: pytest.MonkeyPatch) -> None:
-    from crystal_rt.cuda.launch import paste_launch, paste_layout
+    from crystal_rt.cuda.launches import paste_launch, paste_layout
     from crystal_rt.runtime import postprocess
     from crystal_rt.testing.emulator.kernels import emulated_module
 

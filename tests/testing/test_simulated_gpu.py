@@ -83,7 +83,8 @@ def test_copies_must_stay_inside_allocations_and_memory_is_finite(drv, sim_gpu: 
 def test_a_kernel_writing_past_its_buffer_is_an_illegal_address(drv, sim_gpu: SimulatedGpu) -> None:
     """The letterbox kernel told the output is bigger than its buffer: the guard bytes catch it, and
     the error is sticky for the context, as on a GPU."""
-    from crystal_rt.cuda.launch import Module, letterbox_launch
+    from crystal_rt.cuda.launches import letterbox_launch
+    from crystal_rt.cuda.module import Module
     from crystal_rt.spec import PreprocessSpec
 
     spec = PreprocessSpec.paper(input_size=64, clahe=False)
@@ -98,7 +99,8 @@ def test_a_kernel_writing_past_its_buffer_is_an_illegal_address(drv, sim_gpu: Si
 
 
 def test_kernel_pointers_must_be_device_memory(drv) -> None:
-    from crystal_rt.cuda.launch import Module, letterbox_launch
+    from crystal_rt.cuda.launches import letterbox_launch
+    from crystal_rt.cuda.module import Module
     from crystal_rt.errors import CudaError
     from crystal_rt.spec import PreprocessSpec
 
@@ -113,7 +115,8 @@ def test_kernel_pointers_must_be_device_memory(drv) -> None:
 
 
 def test_launch_limits(drv) -> None:
-    from crystal_rt.cuda.launch import PASTE_ARGTYPES, KernelLaunch, Module
+    from crystal_rt.cuda.launches import PASTE_ARGTYPES, KernelLaunch
+    from crystal_rt.cuda.module import Module
     from crystal_rt.errors import CudaError
 
     module = Module("paste")
@@ -124,7 +127,7 @@ def test_launch_limits(drv) -> None:
 
 
 def test_events_time_the_stream(drv) -> None:
-    from crystal_rt.cuda.launch import EventTimer
+    from crystal_rt.cuda.timing import EventTimer
 
     stream = ok(drv.cuStreamCreate(1))
     timer = EventTimer(stream)
@@ -142,7 +145,7 @@ def test_events_time_the_stream(drv) -> None:
 
 def test_modules_are_crystal_rt_kernels_only(drv) -> None:
     assert drv.cuModuleLoadData(b"\x7fELF not a kernel of ours")[0] == drv.CUresult.CUDA_ERROR_INVALID_IMAGE
-    from crystal_rt.cuda.launch import Module
+    from crystal_rt.cuda.module import Module
 
     module = Module("clahe")
     assert drv.cuModuleGetFunction(module.handle, b"no_such_kernel")[0] == drv.CUresult.CUDA_ERROR_NOT_FOUND
@@ -153,7 +156,8 @@ def test_modules_are_crystal_rt_kernels_only(drv) -> None:
 
 
 def test_tensorrt_rules(sim_gpu: SimulatedGpu, demo_trt_engine: Path) -> None:
-    from crystal_rt.cuda.launch import DeviceBuffer, ensure_context
+    from crystal_rt.cuda.driver import ensure_context
+    from crystal_rt.cuda.memory import DeviceBuffer
 
     trt = sim_gpu.tensorrt
     assert trt is not None

@@ -68,7 +68,7 @@ def test_sample_crop_keeps_visible_instances(dataset: Path) -> None:
 
 def test_train_checkpoint_resume_export_evaluate(dataset: Path, tmp_path: Path) -> None:
     from crystal_rt.cli.main import main
-    from crystal_rt.export.models import load_checkpoint
+    from crystal_rt.models.maskrcnn import load_checkpoint
     from crystal_rt.train.loop import Hooks, train
 
     seen: list[int] = []
@@ -118,7 +118,7 @@ def test_initial_weights_fit_or_are_refused(tmp_path: Path) -> None:
     from torchvision.models import resnet18
 
     from crystal_rt.errors import InvalidModel
-    from crystal_rt.export.models import build_maskrcnn
+    from crystal_rt.models.maskrcnn import build_maskrcnn
     from crystal_rt.train.weights import load_initial_weights
 
     backbone = tmp_path / "resnet18.pth"

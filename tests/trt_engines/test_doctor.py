@@ -119,7 +119,7 @@ def test_doctor_gpu_lists_failing_checks(capsys, monkeypatch, tmp_path) -> None:
     kernel half still runs."""
     from crystal_rt.cli.main import main
     from crystal_rt.runtime import postprocess
-    from crystal_rt.runtime.tensorrt import gpucheck
+    from crystal_rt.build import gpucheck
     from crystal_rt.testing import simulated_gpu, unavailable_reason
 
     if unavailable_reason():

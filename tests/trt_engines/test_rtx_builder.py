@@ -1,5 +1,5 @@
 """A real NVIDIA builder without a GPU: TensorRT for RTX builds ahead of time through the SHARED builder
-code (``crystal_rt.runtime.tensorrt.builder``, ``build_tensorrt(module="tensorrt_rtx")``).
+code (``crystal_rt.build.tensorrt.builder``, ``build_tensorrt(module="tensorrt_rtx")``).
 
 * the demo model's backbone+FPN subgraph builds for SM89 (and every other offered target we list);
 * an INT8 Q/DQ graph made for tensorrt (ModelOpt, if importable) builds the same way;
@@ -25,15 +25,15 @@ if not tensorrt_installed(TENSORRT_RTX):
 from trt_subgraph import cut_backbone_fpn
 
 from crystal_rt.assets import demo_model
-from crystal_rt.runtime.artifacts import Manifest
-from crystal_rt.runtime.tensorrt.build import build_tensorrt
-from crystal_rt.runtime.tensorrt.builder import (
+from crystal_rt.build.tensorrt.build import build_tensorrt
+from crystal_rt.build.tensorrt.builder import (
     OnnxImportError,
     build_plan,
     compute_capability_names,
 )
-from crystal_rt.runtime.tensorrt.options import BuildOptions
-from crystal_rt.runtime.tensorrt.precision import PrecisionRoute
+from crystal_rt.build.tensorrt.options import BuildOptions
+from crystal_rt.build.tensorrt.precision import PrecisionRoute
+from crystal_rt.runtime.artifacts import Manifest
 
 
 @pytest.fixture(scope="module")

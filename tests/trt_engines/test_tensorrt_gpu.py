@@ -30,11 +30,11 @@ def test_demo_engine_matches_onnxruntime(
     precision: str, box_iou: float, mask_iou: float, drops: list[tuple[str, np.ndarray]], tmp_path: Path
 ) -> None:
     from crystal_rt.assets import demo_model
+    from crystal_rt.build.engine import build_engine
+    from crystal_rt.build.tensorrt.precision import has_fp16_flag
     from crystal_rt.evaluate.parity import Tolerances, compare_detectors
-    from crystal_rt.runtime.build import build_engine
     from crystal_rt.runtime.detector import Detector
     from crystal_rt.runtime.tensorrt.modules import load_tensorrt
-    from crystal_rt.runtime.tensorrt.precision import has_fp16_flag
 
     if precision == "fp16" and not has_fp16_flag(load_tensorrt("test")):
         pytest.skip("this TensorRT builds FP16 from an AutoCast graph (calibrate-trt extra), not the flag")
@@ -65,7 +65,7 @@ def test_demo_engine_matches_onnxruntime(
 
 def test_second_identical_build_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from crystal_rt.assets import demo_model
-    from crystal_rt.runtime.build import build_engine
+    from crystal_rt.build.engine import build_engine
 
     monkeypatch.setenv("CRYSTAL_RT_CACHE", str(tmp_path / "cache"))
     first = build_engine(demo_model(), tmp_path / "a", backend="tensorrt")

@@ -20,19 +20,19 @@ from typing import Any
 import pytest
 
 from crystal_rt.assets import demo_model
+from crystal_rt.build.engine import resolve_backend
+from crystal_rt.build.tensorrt.builder import configure, network_flags
+from crystal_rt.build.tensorrt.options import BuildOptions, parse_size
+from crystal_rt.build.tensorrt.precision import PrecisionRoute, route_precision
 from crystal_rt.calibration.metadata import CalibrationInfo
 from crystal_rt.cli.main import build_parser, main
 from crystal_rt.errors import BackendUnavailable, CrystalRtError, EngineIncompatible, EngineNotFound
 from crystal_rt.runtime import detector as detector_module
 from crystal_rt.runtime.artifacts import Manifest, sha256_file
-from crystal_rt.runtime.build import resolve_backend
 from crystal_rt.runtime.detector import Detector
 from crystal_rt.runtime.tensorrt import device
-from crystal_rt.runtime.tensorrt.builder import configure, network_flags
 from crystal_rt.runtime.tensorrt.compat import cc_ok, version_ok
 from crystal_rt.runtime.tensorrt.modules import tensorrt_installed
-from crystal_rt.runtime.tensorrt.options import BuildOptions, parse_size
-from crystal_rt.runtime.tensorrt.precision import PrecisionRoute, route_precision
 from crystal_rt.spec import ModelSpec, PreprocessSpec
 
 # --- without TensorRT -------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from crystal_rt.build.engine import build_engine
 from crystal_rt.errors import BackendUnavailable, CudaError
-from crystal_rt.runtime.build import build_engine
 from crystal_rt.runtime.detector import Detector
 from crystal_rt.testing import simulated_gpu
 from crystal_rt.testing.sim_tensorrt import read_plan
@@ -42,7 +42,7 @@ def test_version_compatible_plan_carries_roialign(
 ) -> None:
     """--version-compatible: the plan runs on TensorRT's lean runtime, which does not see the plugin
     registry, so the RoiAlign plugin library must be serialized into it (as trtexec does)."""
-    from crystal_rt.runtime.tensorrt import builder
+    from crystal_rt.build.tensorrt import builder
 
     vc = {"version_compatible": True}
     with simulated_gpu():
@@ -95,7 +95,7 @@ def test_ptx_the_driver_cannot_load_is_explained(monkeypatch: pytest.MonkeyPatch
     """A GPU newer than NVRTC knows gets PTX (compute_121 for a "12.2"); a CUDA 12.6 driver cannot JIT
     NVRTC 13's PTX, and the error says which versions disagree."""
     from crystal_rt.cuda import build, probe
-    from crystal_rt.cuda.launch import Module
+    from crystal_rt.cuda.module import Module
 
     monkeypatch.setattr(
         probe, "nvrtc_mismatch", lambda driver, nvrtc, ptx=False: None

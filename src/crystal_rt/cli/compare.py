@@ -46,10 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ParityError
     from ..evaluate.parity import Tolerances, compare_detectors, worst_failure
     from ..io.decode import list_images, read_image
+    from ..models.reference import detector_from_checkpoint
     from ..runtime.detector import Detector
 
     engine = Detector.load(args.engine, score_threshold=args.score_threshold, stages=args.stages)
-    reference = Detector.from_checkpoint(
+    reference = detector_from_checkpoint(
         args.reference,
         score_threshold=args.score_threshold,
         arch=args.arch,

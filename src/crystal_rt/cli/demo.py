@@ -58,12 +58,12 @@ def _write_drops(folder: Path, count: int, seed: int) -> tuple[list[Path], list[
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from ..build.engine import build_engine
     from ..console import console, info, latency_table
     from ..evaluate.metrics import evaluate
     from ..evaluate.run import AP_SCORE_THRESHOLD
     from ..io.decode import read_image
     from ..io.writers import write_coco, write_json, write_overlay, write_points_csv
-    from ..runtime.build import build_engine
     from ..runtime.detector import STAGES, Detector
 
     if args.images < 1:

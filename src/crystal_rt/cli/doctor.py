@@ -5,7 +5,7 @@ capabilities, the CUDA driver version, TensorRT / TensorRT-RTX, ONNX Runtime and
 cuda-python and NVRTC (against the driver's CUDA), nvcc, ModelOpt, then which engines and kernels
 can be built here.
 
-``--gpu`` is the acceptance command of a GPU machine (``runtime/tensorrt/gpucheck.py``): the CUDA
+``--gpu`` is the acceptance command of a GPU machine (``build/gpucheck.py``): the CUDA
 kernels built for the device, checked against the CPU functions on synthetic drops (and ``--images``),
 timed with CUDA events; with TensorRT, the demo engine built FP32 and FP16 (INT8 from ``--int8``),
 compared with ONNX Runtime and timed. ``--json`` writes the report. Exit 0 when every check holds,
@@ -96,8 +96,8 @@ def _nvcc() -> str | None:
 
 
 def _rtx() -> str | None:
+    from ..build.tensorrt.builder import compute_capability_names
     from ..runtime.tensorrt import device
-    from ..runtime.tensorrt.builder import compute_capability_names
     from ..runtime.tensorrt.modules import TENSORRT_RTX, load_tensorrt
 
     version = device.tensorrt_version(TENSORRT_RTX)
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     import time
 
-    from ..runtime.tensorrt.gpucheck import load_images, report, run_gpu_checks, synthetic_images
+    from ..build.gpucheck import load_images, report, run_gpu_checks, synthetic_images
 
     start = time.perf_counter()
     images = load_images(args.images) + synthetic_images()

@@ -18,18 +18,12 @@ from ..spec import PreprocessSpec
 
 if TYPE_CHECKING:
     from ..geometry import Window
-from .launch import (
-    DeviceBuffer,
-    EventTimer,
-    GpuMaskPaster,
-    GpuPreprocessor,
-    PinnedBuffer,
-    _driver,
-    as_stream,
-    check,
-    paste_layout,
-    synchronize,
-)
+from .driver import as_stream, check, synchronize
+from .driver import driver as cuda_driver
+from .launches import paste_layout
+from .memory import DeviceBuffer, PinnedBuffer
+from .preprocessor import GpuMaskPaster, GpuPreprocessor
+from .timing import EventTimer
 
 Box = tuple[float, float, float, float]
 
@@ -65,7 +59,7 @@ class CudaStages:
         np.copyto(staged, pixels)  # the previous image's copy finished: every call ends synchronised
         pitch = width * channels * pixels.dtype.itemsize
         ptr = self._raw.reserve(staged.nbytes)
-        driver = _driver()
+        driver = cuda_driver()
         check(
             driver.cuMemcpyHtoDAsync(
                 ptr, self._staging.ptr, staged.nbytes, driver.CUstream(as_stream(self.stream))
@@ -116,7 +110,7 @@ class CudaStages:
         self.timer.start("upload")
         staged = self._staging.view(tensor.shape, tensor.dtype)
         np.copyto(staged, tensor)
-        driver = _driver()
+        driver = cuda_driver()
         check(
             driver.cuMemcpyHtoDAsync(
                 out, self._staging.ptr, staged.nbytes, driver.CUstream(as_stream(self.stream))
@@ -139,7 +133,7 @@ class CudaStages:
             out = self._paster.launch_async(probs, m, layout, self.stream)
             host = self._crops.view((max(layout.total_bytes, 1),), np.uint8)
             if layout.total_bytes:
-                driver = _driver()
+                driver = cuda_driver()
                 stream = driver.CUstream(as_stream(self.stream))
                 check(
                     driver.cuMemcpyDtoHAsync(self._crops.ptr, out, layout.total_bytes, stream),

@@ -32,7 +32,9 @@ def open_model(
 
     path = Path(model)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        return Detector.from_checkpoint(path)
+        from ..models.reference import detector_from_checkpoint
+
+        return detector_from_checkpoint(path)
     if path.suffix.lower() == ".onnx" and not path.with_suffix(MANIFEST_SUFFIX).exists():
         if not path.is_file():
             raise InvalidModel("model file not found", path=path)

@@ -58,7 +58,7 @@ def export_checkpoint(
     CHiMP's score threshold 0.6, unless they are given.
     """
     require("torchvision", "Exporting a model")
-    from .models import load_checkpoint
+    from ..models.maskrcnn import load_checkpoint
 
     loaded = load_checkpoint(
         checkpoint,

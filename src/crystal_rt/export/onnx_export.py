@@ -19,10 +19,10 @@ from .._lazy import require
 from .._version import __version__
 from ..errors import ExportError, ValidationFailed
 from ..evaluate.parity import ParityReport, Tolerances, compare_detectors, worst_failure
+from ..models.core import INPUT_NAME, OUTPUT_NAMES, CoreMaskRCNN, export_friendly_nms
+from ..models.maskrcnn import LoadedModel
 from ..spec import MODEL_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec, PreprocessSpec
-from .core import INPUT_NAME, OUTPUT_NAMES, CoreMaskRCNN, export_friendly_nms
 from .lint import lint_onnx
-from .models import LoadedModel
 
 OPSET = 17
 # The in-graph score threshold (torchvision's box_score_thresh); the runtime threshold is applied after.
@@ -81,8 +81,8 @@ def check_empty_path(core: CoreMaskRCNN, tensor: np.ndarray, output: Path) -> No
     """
     import torch
 
+    from ..models.core import run_core
     from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from .core import run_core
 
     saved = core.roi_heads.score_thresh
     core.roi_heads.score_thresh = 1.0
@@ -128,6 +128,7 @@ def export_core_onnx(
     )
     core = CoreMaskRCNN.for_recipe(loaded.model, pre, spec.max_detections)
 
+    from ..models.reference import torch_detector
     from ..runtime.detector import Detector
     from ..runtime.preprocess import preprocess
 
@@ -162,7 +163,7 @@ def export_core_onnx(
     if validate:
         if tolerances is None:  # NMS ties are judged at the model's own NMS threshold
             tolerances = Tolerances(nms_iou=float(getattr(core.roi_heads, "nms_thresh", 0.5)))
-        reference = Detector.from_core(core, spec, pre, score_threshold=VALIDATION_SCORE_THRESHOLD)
+        reference = torch_detector(core, spec, pre, score_threshold=VALIDATION_SCORE_THRESHOLD)
         candidate = Detector.from_onnx(output, score_threshold=VALIDATION_SCORE_THRESHOLD)
         parity = compare_detectors(
             reference, candidate, images, score_threshold=VALIDATION_SCORE_THRESHOLD, tolerances=tolerances

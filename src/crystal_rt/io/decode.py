@@ -45,8 +45,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from crystal_rt.errors import InvalidImage
-
+from ..errors import InvalidImage
 from .tiff import decode_tiff, is_8_or_16_bit, unsupported_pixel_type
 
 DEFAULT_MAX_PIXELS: int = 80_000_000

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,9 +25,6 @@ from .backends.base import Backend
 from .bit_depth import OnceWarnings, check_bit_depth, resolve_bit_depth
 from .pipeline import STAGES, StagePolicy, check_stages, check_threshold, check_um_per_px, run_pipeline
 from .tiling import Tiling
-
-if TYPE_CHECKING:
-    from ..export.core import CoreMaskRCNN
 
 ImageInput = str | os.PathLike[str] | bytes | np.ndarray
 
@@ -126,34 +122,6 @@ class Detector:
         backend = OnnxRuntimeBackend(path, threads=threads)
         model, pre = specs_from_metadata(backend.session.get_modelmeta().custom_metadata_map, path)
         return cls(backend, model, pre, score_threshold=score_threshold)
-
-    @classmethod
-    def from_core(
-        cls,
-        core: CoreMaskRCNN,
-        model: ModelSpec,
-        preprocess: PreprocessSpec,
-        *,
-        score_threshold: float | None = None,
-    ) -> Detector:
-        from .backends.torch_ref import TorchBackend
-
-        return cls(TorchBackend(core), model, preprocess, score_threshold=score_threshold)
-
-    @classmethod
-    def from_checkpoint(
-        cls, path: str | os.PathLike[str], *, score_threshold: float | None = None, **overrides: Any
-    ) -> Detector:
-        """The PyTorch reference: the checkpoint's core model run eagerly (needs the export extra)."""
-        from .._lazy import require
-
-        require("torchvision", "The PyTorch reference backend")
-        from ..export.core import CoreMaskRCNN
-        from ..export.models import load_checkpoint
-
-        loaded = load_checkpoint(path, **overrides)
-        core = CoreMaskRCNN.for_recipe(loaded.model, loaded.preprocess, loaded.model_spec.max_detections)
-        return cls.from_core(core, loaded.model_spec, loaded.preprocess, score_threshold=score_threshold)
 
     # --- running ----------------------------------------------------------------------------
     def detect(
@@ -259,7 +227,7 @@ def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
                 path=manifest.path,
             )
     elif manifest.backend in ("onnxruntime-cuda", "onnxruntime-trt"):
-        from .ort_gpu_build import check_ort_gpu_manifest, open_ort_gpu
+        from .backends.ort_gpu import check_ort_gpu_manifest, open_ort_gpu
 
         check_ort_gpu_manifest(manifest)
         _check_engine_file(manifest, Path(engine))

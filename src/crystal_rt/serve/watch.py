@@ -48,7 +48,7 @@ with a per-file back-off (``poll_seconds`` doubling up to ``retry_max_seconds``)
 keeps going on every error, whatever it is.
 
 When the model has a class named ``drop``, the JSON also holds ``dispense_target``
-(``runtime/dispense.py``, as CHiMP computes it): in pixels and, given ``um_per_px``, micrometres
+(``results/dispense.py``, as CHiMP computes it): in pixels and, given ``um_per_px``, micrometres
 from the image centre (``null`` when no drop was found). Without a ``drop`` class the key is omitted.
 """
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .data import CachedImage
 
 NORMS = ("auto", "frozen", "batch")
-# The demo model's shape (see export.models.SLIM_OPTIONS): ResNet stages 1-3 into a 128-wide FPN,
+# The demo model's shape (see models.maskrcnn.SLIM_OPTIONS): ResNet stages 1-3 into a 128-wide FPN,
 # small heads and 16..128 px anchors; about 5.8 M parameters with a ResNet-18.
 SLIM = {
     "returned_layers": [1, 2, 3],
@@ -161,7 +161,7 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
 
 
 def build_model(config: TrainConfig, num_classes: int, hooks: Hooks) -> tuple[MaskRCNN, str]:
-    from ..export.models import build_maskrcnn
+    from ..models.maskrcnn import build_maskrcnn
     from .weights import load_initial_weights, use_batch_norm
 
     model = build_maskrcnn(
@@ -206,12 +206,12 @@ def validate(
     import copy
 
     from ..evaluate.run import evaluate_detector
-    from ..export.core import CoreMaskRCNN
-    from ..runtime.detector import Detector
+    from ..models.core import CoreMaskRCNN
+    from ..models.reference import torch_detector
 
     snapshot = copy.deepcopy(model).cpu().eval()
     core = CoreMaskRCNN.for_recipe(snapshot, config.preprocess(), config.max_detections)
-    detector = Detector.from_core(core, model_spec, config.preprocess())
+    detector = torch_detector(core, model_spec, config.preprocess())
     report, _ = evaluate_detector(detector, dataset, ids, score_threshold=config.score_threshold)
     return report
 
@@ -223,7 +223,7 @@ def _save(
     model_spec: ModelSpec,
     extra: dict[str, Any],
 ) -> None:
-    from ..export.models import save_checkpoint
+    from ..models.maskrcnn import save_checkpoint
 
     tmp = path.with_name(path.name + ".tmp")
     save_checkpoint(
@@ -254,7 +254,7 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
     if resume:
         if not last_path.is_file():
             raise CrystalRtError("nothing to resume: no last.pt", path=out)
-        from ..export.models import read_torch_file
+        from ..models.maskrcnn import read_torch_file
 
         payload = read_torch_file(last_path, "last.pt")
         start_state = payload.get("train")

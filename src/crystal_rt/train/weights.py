@@ -48,7 +48,7 @@ def load_initial_weights(model: nn.Module, path: str | os.PathLike[str]) -> Init
     """Copy every tensor of ``path`` that fits into ``model``; refuse a file where almost none fit."""
     import torch
 
-    from ..export.models import read_torch_file
+    from ..models.maskrcnn import read_torch_file
 
     path = Path(path)
     source = _state_dict(read_torch_file(path, "initial weights file"), path)

@@ -29,7 +29,7 @@ from ...results.detection import InstanceMask
 from .base import Backend, CoreOutputs, DeviceSession
 
 if TYPE_CHECKING:
-    from ...cuda.launch import DeviceBuffer, PinnedBuffer
+    from ...cuda.memory import DeviceBuffer, PinnedBuffer
     from ...cuda.stages import CudaStages
     from ...geometry import InputMap, Window
     from ...spec import PreprocessSpec
@@ -51,7 +51,7 @@ class DeviceState:
 
     @property
     def stream_handle(self) -> int:
-        from ...cuda.launch import as_stream
+        from ...cuda.driver import as_stream
 
         return as_stream(self.stream)
 
@@ -104,12 +104,14 @@ class DeviceBackend(Backend):
         state: DeviceState | None = getattr(self._local, "state", None)
         if state is not None:
             return state
-        from ...cuda.launch import DeviceBuffer, PinnedBuffer, _driver, check, ensure_context
+        from ...cuda.driver import check, ensure_context
+        from ...cuda.driver import driver as cuda_driver
+        from ...cuda.memory import DeviceBuffer, PinnedBuffer
         from ...cuda.stages import CudaStages
 
         ensure_context(self.device_index)
         self._free_dead_threads()
-        driver = _driver()
+        driver = cuda_driver()
         stream = check(driver.cuStreamCreate(driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
         sizes = {t: max(int(np.prod(s)) * self.dtypes[t].itemsize, 1) for t, s in self.shapes.items()}
         buffers = {t: DeviceBuffer(n) for t, n in sizes.items()}
@@ -132,7 +134,7 @@ class DeviceBackend(Backend):
         return state
 
     def _free(self, state: DeviceState) -> None:
-        from ...cuda.launch import _driver
+        from ...cuda.driver import driver as cuda_driver
 
         state.stages.close()
         self._release(state.handle)
@@ -140,7 +142,7 @@ class DeviceBackend(Backend):
         for buf in state.device.values():
             buf.free()
         state.pinned.free()
-        _driver().cuStreamDestroy(state.stream)
+        cuda_driver().cuStreamDestroy(state.stream)
 
     def _free_dead_threads(self) -> None:
         """Free the state of threads that have ended (a service's pool replaces its threads)."""
@@ -156,9 +158,10 @@ class DeviceBackend(Backend):
             return len(self._states)
 
     def _fetch(self, state: DeviceState, names: Sequence[str]) -> None:
-        from ...cuda.launch import _driver, check
+        from ...cuda.driver import check
+        from ...cuda.driver import driver as cuda_driver
 
-        driver = _driver()
+        driver = cuda_driver()
         stream = driver.CUstream(state.stream_handle)
         for tname in names:
             out = state.host[tname]
@@ -168,10 +171,11 @@ class DeviceBackend(Backend):
 
     # --- Backend --------------------------------------------------------------------------------
     def infer(self, images: np.ndarray) -> CoreOutputs:
-        from ...cuda.launch import _driver, check
+        from ...cuda.driver import check
+        from ...cuda.driver import driver as cuda_driver
 
         state = self._state()
-        driver = _driver()
+        driver = cuda_driver()
         stream = driver.CUstream(state.stream_handle)
         expected = self.shapes[CORE_INPUT]
         if tuple(images.shape) != expected:
@@ -205,7 +209,7 @@ class DeviceBackend(Backend):
 
     def close(self) -> None:
         """Free every thread's stream, buffers and engine object (callable from any thread)."""
-        from ...cuda.launch import ensure_context
+        from ...cuda.driver import ensure_context
 
         with self._lock:
             states, self._states = self._states, []
@@ -258,7 +262,7 @@ class DeviceEngineSession(DeviceSession):
         self.state.stages.upload_input(tensor, self.state.device[CORE_INPUT].ptr)
 
     def run_engine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from ...cuda.launch import synchronize
+        from ...cuda.driver import synchronize
 
         state = self.state
         with self.backend.engine_turn():

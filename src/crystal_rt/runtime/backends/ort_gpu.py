@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import CrystalRtError
+from ...errors import BackendUnavailable, CrystalRtError, EngineIncompatible, InvalidModel
 from .device import DeviceBackend, DeviceState
 from .ort_providers import CUDA_EP, PROVIDER_OF, TRT_EP, probe, session
 
+#: the ONNX Runtime GPU engines (build-engine --backend)
+ORT_GPU_BACKENDS = tuple(PROVIDER_OF)
+
 if TYPE_CHECKING:
-    from ...cuda.launch import DeviceBuffer
+    from ...cuda.memory import DeviceBuffer
     from ..artifacts import Manifest
 
 _NP = {
@@ -62,7 +65,7 @@ class OrtGpuBackend(DeviceBackend):
         manifest: Manifest | None = None,
         device: int = 0,
     ) -> None:
-        from ...cuda.launch import ensure_context
+        from ...cuda.driver import ensure_context
         from .onnxruntime import session_options
 
         self.path = Path(model)
@@ -97,7 +100,7 @@ class OrtGpuBackend(DeviceBackend):
 
     # --- DeviceBackend ------------------------------------------------------------------------
     def _bind(self, buffers: dict[str, DeviceBuffer], stream: Any) -> Any:
-        from ...cuda.launch import as_stream
+        from ...cuda.driver import as_stream
 
         sess = self._session(as_stream(stream))
         binding = sess.io_binding()
@@ -137,3 +140,36 @@ class OrtGpuBackend(DeviceBackend):
             _sess, binding = handle
             binding.clear_binding_inputs()
             binding.clear_binding_outputs()
+
+
+def check_ort_gpu_manifest(manifest: Manifest) -> None:
+    """Refuse, in one sentence with the rebuild command, an engine built for another ONNX Runtime or GPU."""
+    from ...cuda.binding import onnxruntime_gpu
+    from ..tensorrt import device
+
+    ort = onnxruntime_gpu()
+    gpu = device.gpu()
+    if gpu is None:
+        raise BackendUnavailable(
+            f"this {manifest.backend} engine runs on an NVIDIA GPU, and none was found here",
+            path=manifest.path,
+        )
+    where = f"{manifest.gpu_name} (compute {manifest.compute_capability})"
+    built = f"ONNX Runtime {manifest.backend_version} on {where}"
+    here = f"ONNX Runtime {ort.__version__} on {gpu.name} (compute {gpu.compute_capability})"
+    if (manifest.backend_version, manifest.compute_capability) != (ort.__version__, gpu.compute_capability):
+        raise EngineIncompatible(
+            f"this engine was built with {built}, this machine has {here}; {manifest.rebuild_hint()}",
+            path=manifest.path,
+        )
+
+
+def open_ort_gpu(manifest: Manifest) -> Any:
+    if manifest.backend not in ORT_GPU_BACKENDS:
+        raise InvalidModel(f"not an ONNX Runtime GPU engine: {manifest.backend}", path=manifest.path)
+    return OrtGpuBackend(
+        manifest.engine_path,
+        backend=manifest.backend,
+        provider_options=dict(manifest.build_options.get("provider_options", {})),
+        manifest=manifest,
+    )

@@ -26,14 +26,14 @@ import numpy as np
 from ...errors import CrystalRtError, CudaError, EngineIncompatible
 from ..artifacts import Manifest
 from ..backends.device import DeviceBackend, DeviceState
-from .builder import init_plugins
 from .modules import load_tensorrt
+from .plugins import init_plugins
 from .trtlog import create, get_logger, out_of_memory, summarize
 
 if TYPE_CHECKING:
     import tensorrt as trt_types
 
-    from ...cuda.launch import DeviceBuffer
+    from ...cuda.memory import DeviceBuffer
 
 
 class TensorRTBackend(DeviceBackend):
@@ -53,7 +53,8 @@ class TensorRTBackend(DeviceBackend):
         which then run the engine one at a time (TensorRT allows sharing it between contexts that do
         not run concurrently). None: on integrated GPUs (Jetson), where device memory is the
         system's memory."""
-        from ...cuda.launch import DeviceBuffer, ensure_context
+        from ...cuda.driver import ensure_context
+        from ...cuda.memory import DeviceBuffer
 
         self.path = Path(plan)
         self.manifest = manifest
@@ -137,7 +138,7 @@ class TensorRTBackend(DeviceBackend):
 
     def close(self) -> None:
         """Free every thread's context, stream and buffers (callable from any thread)."""
-        from ...cuda.launch import ensure_context
+        from ...cuda.driver import ensure_context
 
         super().close()
         if self._scratch is not None:
@@ -154,9 +155,10 @@ def _user_managed_strategy(trt: Any) -> Any:
 
 def _integrated_gpu(device: int) -> bool:
     """Whether the GPU shares the system's memory (Jetson): CU_DEVICE_ATTRIBUTE_INTEGRATED."""
-    from ...cuda.launch import _driver, check
+    from ...cuda.driver import check
+    from ...cuda.driver import driver as cuda_driver
 
-    driver = _driver()
+    driver = cuda_driver()
     try:
         dev = check(driver.cuDeviceGet(device), "cuDeviceGet")
         attr = driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_INTEGRATED

@@ -154,7 +154,7 @@ class EmulatedModule:
         shared_bytes: int = 0,
     ) -> None:
         """Run ``kernel`` at once with ``args`` packed as ``cuLaunchKernel``'s kernelParams (the same
-        packing as :func:`crystal_rt.cuda.launch.launch`); RuntimeError with the emulator's message."""
+        packing as :func:`crystal_rt.cuda.module.launch`); RuntimeError with the emulator's message."""
         if len(args) != len(argtypes) or len(argtypes) != len(self.kernels[kernel].kinds):
             raise RuntimeError(
                 f"{kernel}: {len(args)} arguments for {len(self.kernels[kernel].kinds)} parameters"

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .base import Backend, CoreOutputs
+from ..runtime.backends.base import Backend, CoreOutputs
 
 if TYPE_CHECKING:
-    from ...export.core import CoreMaskRCNN
+    from .core import CoreMaskRCNN
 
 
 class TorchBackend(Backend):
@@ -25,7 +25,7 @@ class TorchBackend(Backend):
     def infer(self, images: np.ndarray) -> CoreOutputs:
         import torch
 
-        from ...export.core import run_core
+        from .core import run_core
 
         boxes, scores, labels, masks = run_core(self.core, torch.from_numpy(images))
         return CoreOutputs(boxes.numpy(), scores.numpy(), labels.numpy(), masks.numpy())

@@ -19,9 +19,10 @@ from types import ModuleType
 from typing import Any
 
 from ...errors import BackendUnavailable, CrystalRtError, CudaError, InvalidModel
+from ...runtime.tensorrt.plugins import init_plugins
 from .options import HARDWARE_COMPAT_LEVELS, BuildOptions
 from .precision import PrecisionRoute
-from .trtlog import create, get_logger, out_of_memory, summarize
+from ...runtime.tensorrt.trtlog import create, get_logger, out_of_memory, summarize
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,6 @@ def parser_failures(parser: Any) -> list[ParserFailure]:
             )
         )
     return failures
-
-
-def init_plugins(trt: ModuleType, logger: Any) -> None:
-    """Register TensorRT's shipped plugins (ROIAlign_TRT for RoiAlign) before parsing."""
-    init = getattr(trt, "init_libnvinfer_plugins", None)
-    if init is not None:
-        init(logger, "")
 
 
 def parse_onnx(
@@ -273,11 +267,11 @@ def build_plan(
 
 def _free_memory() -> str:
     """'; X MiB of Y MiB of GPU memory free' where the driver says, else ''."""
-    from ...cuda.launch import _driver, check, ensure_context
+    from ...cuda.driver import check, driver as cuda_driver, ensure_context
 
     try:
         ensure_context()
-        free, total = check(_driver().cuMemGetInfo(), "cuMemGetInfo")
+        free, total = check(cuda_driver().cuMemGetInfo(), "cuMemGetInfo")
     except CrystalRtError:
         return ""
     return f"; {int(free) / 2**20:.0f} MiB of {int(total) / 2**20:.0f} MiB of GPU memory are free"

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, CrystalRtError, EngineIncompatible, InvalidModel
-from .artifacts import Manifest
-from .backends.ort_providers import PROVIDER_OF, TRT_EP, probe
+from ..runtime.artifacts import Manifest
+from ..runtime.backends.ort_gpu import ORT_GPU_BACKENDS
+from ..runtime.backends.ort_providers import PROVIDER_OF, TRT_EP, probe
 
-ORT_GPU_BACKENDS = tuple(PROVIDER_OF)
+
 
 
 def provider_options(backend: str, precision: str, name: str) -> dict[str, str]:
@@ -72,8 +73,8 @@ def build_ort_gpu(
     from ..calibration.metadata import read_calibration
     from ..cuda.binding import onnxruntime_gpu
     from ..spec import specs_from_metadata
-    from .backends.ort_gpu import OrtGpuBackend
-    from .tensorrt import device
+    from ..runtime.backends.ort_gpu import OrtGpuBackend
+    from ..runtime.tensorrt import device
 
     provider = PROVIDER_OF[backend]
     ok, why = probe(provider)
@@ -127,42 +128,9 @@ def build_ort_gpu(
 
 def core_metadata(path: Path) -> dict[str, str]:
     """The core ONNX's metadata_props (read on the CPU, without building anything)."""
-    from .backends.onnxruntime import create_session, session_options
+    from ..runtime.backends.onnxruntime import create_session, session_options
 
     cpu = create_session(path, session_options(1, optimization="disable"))
     return dict(cpu.get_modelmeta().custom_metadata_map)
 
 
-def check_ort_gpu_manifest(manifest: Manifest) -> None:
-    """Refuse, in one sentence with the rebuild command, an engine built for another ONNX Runtime or GPU."""
-    from ..cuda.binding import onnxruntime_gpu
-    from .tensorrt import device
-
-    ort = onnxruntime_gpu()
-    gpu = device.gpu()
-    if gpu is None:
-        raise BackendUnavailable(
-            f"this {manifest.backend} engine runs on an NVIDIA GPU, and none was found here",
-            path=manifest.path,
-        )
-    where = f"{manifest.gpu_name} (compute {manifest.compute_capability})"
-    built = f"ONNX Runtime {manifest.backend_version} on {where}"
-    here = f"ONNX Runtime {ort.__version__} on {gpu.name} (compute {gpu.compute_capability})"
-    if (manifest.backend_version, manifest.compute_capability) != (ort.__version__, gpu.compute_capability):
-        raise EngineIncompatible(
-            f"this engine was built with {built}, this machine has {here}; {manifest.rebuild_hint()}",
-            path=manifest.path,
-        )
-
-
-def open_ort_gpu(manifest: Manifest) -> Any:
-    from .backends.ort_gpu import OrtGpuBackend
-
-    if manifest.backend not in ORT_GPU_BACKENDS:
-        raise InvalidModel(f"not an ONNX Runtime GPU engine: {manifest.backend}", path=manifest.path)
-    return OrtGpuBackend(
-        manifest.engine_path,
-        backend=manifest.backend,
-        provider_options=dict(manifest.build_options.get("provider_options", {})),
-        manifest=manifest,
-    )

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BackendUnavailable, CrystalRtError, InvalidModel
-from ..artifacts import Manifest, sha256_file
+from ...runtime.artifacts import Manifest, sha256_file
 from . import cache as engine_cache
-from . import device
+from ...runtime.tensorrt import device
 from .builder import build_plan
-from .modules import TENSORRT, TENSORRT_RTX, load_tensorrt, module_version
+from ...runtime.tensorrt.modules import TENSORRT, TENSORRT_RTX, load_tensorrt, module_version
 from .options import BuildOptions
 from .precision import route_precision
 
@@ -29,7 +29,7 @@ BACKEND_NAMES = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt-rtx"}
 
 def read_graph_info(source: Path) -> tuple[dict[str, str], list[int]]:
     """The ONNX metadata_props and the input shape, read with ONNX Runtime (part of the gpu extra)."""
-    from ..backends.onnxruntime import create_session, session_options
+    from ...runtime.backends.onnxruntime import create_session, session_options
 
     session = create_session(source, session_options(1, optimization="disable"))
     metadata = dict(session.get_modelmeta().custom_metadata_map)

@@ -57,7 +57,7 @@ def _fmt(stats: dict[str, float]) -> str:
 
 
 def _guard(name: str, fn: Callable[[], tuple[bool, str, dict[str, Any]]]) -> Check:
-    from ...errors import CrystalRtError
+    from ..errors import CrystalRtError
 
     try:
         ok, detail, data = fn()
@@ -67,7 +67,7 @@ def _guard(name: str, fn: Callable[[], tuple[bool, str, dict[str, Any]]]) -> Che
 
 
 def synthetic_images(seed: int = 7) -> list[tuple[str, np.ndarray]]:
-    from ...data.synthetic import make_drop
+    from ..data.synthetic import make_drop
 
     images = []
     for i, (h, w, rgb, depth) in enumerate(SYNTHETIC_SHAPES):
@@ -79,7 +79,7 @@ def synthetic_images(seed: int = 7) -> list[tuple[str, np.ndarray]]:
 
 
 def load_images(folder: Path | None, limit: int = 8) -> list[tuple[str, np.ndarray]]:
-    from ...io.decode import list_images, read_image
+    from ..io.decode import list_images, read_image
 
     if folder is None:
         return []
@@ -91,7 +91,7 @@ def load_images(folder: Path | None, limit: int = 8) -> list[tuple[str, np.ndarr
 
 def kernel_build_check() -> Check:
     def run() -> tuple[bool, str, dict[str, Any]]:
-        from ...cuda.build import compile_kernel, device_arch, kernel_names
+        from ..cuda.build import compile_kernel, device_arch, kernel_names
 
         arch = device_arch()
         built = [compile_kernel(name, arch) for name in kernel_names()]
@@ -111,10 +111,12 @@ class _Stages:
     """The device stages driven one by one, for the checks and the timings."""
 
     def __init__(self) -> None:
-        from ...cuda.launch import DeviceBuffer, EventTimer, _driver, check, ensure_context
+        from ..cuda.driver import check, driver as cuda_driver, ensure_context
+        from ..cuda.memory import DeviceBuffer
+        from ..cuda.timing import EventTimer
 
         ensure_context()
-        driver = _driver()
+        driver = cuda_driver()
         self.stream = check(driver.cuStreamCreate(1), "cuStreamCreate")
         self.timer = EventTimer(self.stream)
         self.src, self.out, self.probs = DeviceBuffer(), DeviceBuffer(), DeviceBuffer()
@@ -122,7 +124,7 @@ class _Stages:
         self.paster: Any = None
 
     def preprocessor(self, spec: Any) -> Any:
-        from ...cuda.launch import GpuPreprocessor
+        from ..cuda.preprocessor import GpuPreprocessor
 
         if spec not in self._pre:
             self._pre[spec] = GpuPreprocessor(spec)
@@ -134,7 +136,7 @@ class _Stages:
         return self.src.upload(data, self.stream), data.shape[1] * channels * data.itemsize
 
     def close(self) -> None:
-        from ...cuda.launch import _driver
+        from ..cuda.driver import driver as cuda_driver
 
         for pre in self._pre.values():
             pre.close()
@@ -143,11 +145,11 @@ class _Stages:
         for buf in (self.src, self.out, self.probs):
             buf.free()
         self.timer.close()
-        _driver().cuStreamDestroy(self.stream)
+        cuda_driver().cuStreamDestroy(self.stream)
 
 
 def _download(ptr: int, shape: tuple[int, ...], dtype: Any, stream: Any) -> np.ndarray:
-    from ...cuda.launch import download
+    from ..cuda.memory import download
 
     dt = np.dtype(dtype)
     array: np.ndarray = download(ptr, int(np.prod(shape)) * dt.itemsize, stream).view(dt).reshape(shape)
@@ -156,8 +158,8 @@ def _download(ptr: int, shape: tuple[int, ...], dtype: Any, stream: Any) -> np.n
 
 def stage_checks(images: Iterable[tuple[str, np.ndarray]], stages: _Stages) -> list[Check]:
     """Device CLAHE and letterbox against the CPU on every image; paste against the CPU paste."""
-    from ...runtime.preprocess import apply_clahe, preprocess
-    from ...spec import PreprocessSpec
+    from ..runtime.preprocess import apply_clahe, preprocess
+    from ..spec import PreprocessSpec
 
     spec = PreprocessSpec()
     size = spec.input_size
@@ -218,8 +220,8 @@ def _random_masks(n: int, h: int, w: int, seed: int = 0) -> tuple[np.ndarray, li
 
 
 def _paste_check(stages: _Stages) -> tuple[bool, str, dict[str, Any]]:
-    from ...cuda.launch import GpuMaskPaster
-    from ...runtime.postprocess import paste_mask
+    from ..cuda.preprocessor import GpuMaskPaster
+    from ..runtime.postprocess import paste_mask
 
     h, w = 2028, 2532
     probs, boxes = _random_masks(100, h, w)
@@ -238,14 +240,14 @@ def _paste_check(stages: _Stages) -> tuple[bool, str, dict[str, Any]]:
 
 def kernel_timings(stages: _Stages, runs: int) -> list[Check]:
     """CUDA-event timings of the stages at the sizes the targets name (medians over ``runs``)."""
-    from ...spec import PreprocessSpec
+    from ..spec import PreprocessSpec
 
     rng = np.random.default_rng(1)
     results: list[Check] = []
 
     def time_it(name: str, target_ms: float | None, launch: Callable[[], None]) -> None:
         def run() -> tuple[bool, str, dict[str, Any]]:
-            from ...cuda.launch import synchronize
+            from ..cuda.driver import synchronize
 
             launch()  # warm-up (module load, buffers)
             synchronize(stages.stream)
@@ -288,7 +290,8 @@ def kernel_timings(stages: _Stages, runs: int) -> list[Check]:
             ptr, pitch, 2028, 2532, np.uint8, 1, out, stages.stream
         ),
     )
-    from ...cuda.launch import GpuMaskPaster, paste_layout
+    from ..cuda.launches import paste_layout
+    from ..cuda.preprocessor import GpuMaskPaster
 
     probs, boxes = _random_masks(100, 2028, 2532)
     stages.paster = stages.paster or GpuMaskPaster()
@@ -325,10 +328,10 @@ def engine_checks(
     source: Path | None = None,
     runs: int = 100,
 ) -> list[Check]:
-    from ...assets import demo_model
-    from ...evaluate.parity import Tolerances, compare_detectors
-    from ..build import build_engine
-    from ..detector import Detector
+    from ..assets import demo_model
+    from ..evaluate.parity import Tolerances, compare_detectors
+    from .engine import build_engine
+    from ..runtime.detector import Detector
 
     start = time.perf_counter()
     try:
@@ -396,8 +399,8 @@ def run_gpu_checks(
     int8_graph: Path | None = None,
 ) -> list[Check]:
     """The kernel half, then the TensorRT half where TensorRT is installed."""
-    from .modules import load_tensorrt, tensorrt_installed
-    from .precision import has_fp16_flag
+    from ..runtime.tensorrt.modules import load_tensorrt, tensorrt_installed
+    from .tensorrt.precision import has_fp16_flag
 
     say("checking the CUDA kernels")
     checks = run_kernel_checks(images, runs)
@@ -419,10 +422,10 @@ def run_gpu_checks(
 
 def report(checks: list[Check], seconds: float) -> dict[str, Any]:
     """The JSON report: the machine, every check, and whether all passed."""
-    from ...arith import flavour_name, opencv_fma
-    from ...cuda.build import nvrtc_version
-    from ...cuda.probe import probe
-    from . import device
+    from ..arith import flavour_name, opencv_fma
+    from ..cuda.build import nvrtc_version
+    from ..cuda.probe import probe
+    from ..runtime.tensorrt import device
 
     state = probe()
     gpu = device.gpu()

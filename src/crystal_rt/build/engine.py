@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._lazy import require
 from ..errors import BackendUnavailable, CrystalRtError, InvalidModel
-from .artifacts import Manifest
+from ..runtime.artifacts import Manifest
 
 if TYPE_CHECKING:
     from ..calibration.metadata import CalibrationInfo
@@ -63,7 +63,7 @@ def build_engine(
     force, on_step, on_image).
 
     ``tensorrt_options`` (TensorRT only): workspace, timing_cache, opt_level, hardware_compat,
-    version_compatible, refit (see :class:`crystal_rt.runtime.tensorrt.options.BuildOptions`);
+    version_compatible, refit (see :class:`crystal_rt.build.tensorrt.options.BuildOptions`);
     ``progress`` shows TensorRT's build progress bar.
     """
     say = log or (lambda _msg: None)
@@ -78,7 +78,7 @@ def build_engine(
         backend, reason = choose_backend(backend)
         say(f"--backend auto chose {backend}: {reason}")
     if backend == "tensorrt":
-        from .tensorrt.modules import load_tensorrt
+        from ..runtime.tensorrt.modules import load_tensorrt
 
         load_tensorrt("Building a TensorRT engine")  # fails first, in one sentence, without TensorRT
     out = Path(output_dir)
@@ -115,7 +115,7 @@ def build_engine(
 
             return build_tensorrt(source, out, stem, precision, tensorrt_options, log=say, progress=progress)
         if backend in ("onnxruntime-trt", "onnxruntime-cuda"):
-            from .ort_gpu_build import build_ort_gpu
+            from .ort_gpu import build_ort_gpu
 
             return build_ort_gpu(source, out, stem, backend, precision, say)
         return _build_onnxruntime(source, out, stem, precision, threads, Path(tmp), say)
@@ -129,9 +129,9 @@ def choose_backend(backend: str) -> tuple[str, str]:
     if backend != "auto":
         return backend, "asked for"
     from ..cuda.probe import probe
-    from .backends.ort_providers import CUDA_EP, TRT_EP
-    from .backends.ort_providers import probe as provider_loads
-    from .tensorrt.modules import tensorrt_installed
+    from ..runtime.backends.ort_providers import CUDA_EP, TRT_EP
+    from ..runtime.backends.ort_providers import probe as provider_loads
+    from ..runtime.tensorrt.modules import tensorrt_installed
 
     state = probe()
     if state.present and not state.usable:
@@ -168,7 +168,7 @@ def _build_onnxruntime(
 ) -> Manifest:
     ort = require("onnxruntime", "Building an ONNX Runtime engine", extra="cpu")
     from ..spec import specs_from_metadata
-    from .backends.onnxruntime import create_session, session_options
+    from ..runtime.backends.onnxruntime import create_session, session_options
 
     if precision == "fp16":
         raise BackendUnavailable(

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import sha256_file
+from ...runtime.artifacts import sha256_file
 
 CACHE_FORMAT = "crystal-rt-tensorrt-cache-v1"
 
