@@ -50,8 +50,8 @@ def main() -> None:
     args = parse_args()
     import onnxruntime
 
+    from crystal_rt.assets import demo_model
     from crystal_rt.calibration.api import calibrate
-    from crystal_rt.cli.demo import demo_model
     from crystal_rt.data.synth_writer import SynthOptions, write_synthetic
     from crystal_rt.io.decode import list_images
     from crystal_rt.runtime.build import build_engine

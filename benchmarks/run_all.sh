@@ -19,7 +19,7 @@ run() {  # run NAME ARGS...: print, tee the output to results/NAME.log
 }
 
 # 1. crystal-rt bench on the shipped demo engine (ONNX Runtime FP32), real images
-"$PY" -c "import sys; from crystal_rt.cli.demo import demo_model; from crystal_rt.runtime.build import build_engine; build_engine(demo_model(), sys.argv[1])" "$WORK/demo"
+"$PY" -c "import sys; from crystal_rt.assets import demo_model; from crystal_rt.runtime.build import build_engine; build_engine(demo_model(), sys.argv[1])" "$WORK/demo"
 run bench_demo "$PY" -u -m crystal_rt.cli.main bench "$WORK/demo" --images "$REAL" --runs 5 --warmup 1 \
   --cold-starts 3 --threads-sweep 1,2 --json "$OUT/bench_demo.json" --plot "$OUT/bench_demo.png"
 # 2. torchvision eager vs crystal-rt ORT FP32 vs INT8 (resnet50, random weights)

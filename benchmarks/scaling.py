@@ -54,9 +54,9 @@ def timed(
 
 def main() -> int:
     args = parse_args()
+    from crystal_rt.assets import demo_model
     from crystal_rt.bench.environment import collect_environment
     from crystal_rt.bench.runner import synthetic_images
-    from crystal_rt.cli.demo import demo_model
     from crystal_rt.runtime.build import build_engine
     from crystal_rt.runtime.detector import Detector
 

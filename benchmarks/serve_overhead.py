@@ -105,7 +105,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         engine = args.engine
         if engine is None:
-            from crystal_rt.cli.demo import demo_model
+            from crystal_rt.assets import demo_model
             from crystal_rt.runtime.build import build_engine
 
             engine = Path(tmp) / "engine"

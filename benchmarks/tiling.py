@@ -67,7 +67,7 @@ def score(result: Any, truth: list[tuple[float, float, float, float]]) -> dict[s
 def main() -> None:
     args = parse_args()
     from crystal_rt import Detector
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
     from crystal_rt.data.synthetic import make_drop
     from crystal_rt.io.decode import read_image
     from crystal_rt.runtime.build import build_engine

@@ -139,7 +139,7 @@ def match(reference: Any, candidate: Any, threshold: float) -> dict[str, Any]:
 
 
 def demo_engine(folder: Path) -> Path:
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
     from crystal_rt.runtime.build import build_engine
 
     build_engine(demo_model(), folder, backend="onnxruntime")

@@ -84,7 +84,7 @@ def sim_gpu() -> Iterator[SimulatedGpu]:
 def demo_trt_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped demo model built as a (simulated) TensorRT plan: its engine folder."""
     simulated_gpu_or_skip()
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
     from crystal_rt.runtime.build import build_engine
     from crystal_rt.testing import simulated_gpu
 
@@ -97,7 +97,7 @@ def demo_trt_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_ort_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped demo model built as an ONNX Runtime engine: its engine folder."""
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
     from crystal_rt.runtime.build import build_engine
 
     out = tmp_path_factory.mktemp("demo-ort")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crystal_rt.cli.demo import demo_model
+from crystal_rt.assets import demo_model
 
 
 def test_asset_is_small_and_carries_its_specs() -> None:

@@ -85,7 +85,7 @@ def test_version_1_specs_load_as_the_paper_recipe() -> None:
     assert PreprocessSpec.from_dict({}) == PreprocessSpec()
     # the demo model shipped with crystal-rt carries a version-1 spec
     onnx = pytest.importorskip("onnx")
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
 
     meta = {p.key: p.value for p in onnx.load(str(demo_model())).metadata_props}
     assert PreprocessSpec.from_json(meta["crystal_rt.spec"]).preset_name == "paper"

@@ -32,14 +32,14 @@ from .spec import ModelSpec, PreprocessSpec
 
 if TYPE_CHECKING:
     from .io.decode import DecodedImage, read_image, read_image_info
+    from .results.detection import DetectionResult, Instance
     from .runtime.build import build_engine
     from .runtime.detector import Detector
-    from .runtime.result import DetectionResult, Instance
 
 _LAZY = {
     "Detector": ("crystal_rt.runtime.detector", "Detector"),
-    "DetectionResult": ("crystal_rt.runtime.result", "DetectionResult"),
-    "Instance": ("crystal_rt.runtime.result", "Instance"),
+    "DetectionResult": ("crystal_rt.results.detection", "DetectionResult"),
+    "Instance": ("crystal_rt.results.detection", "Instance"),
     "build_engine": ("crystal_rt.runtime.build", "build_engine"),
     "read_image": ("crystal_rt.io.decode", "read_image"),
     "read_image_info": ("crystal_rt.io.decode", "read_image_info"),

@@ -4,7 +4,8 @@
 * the resize's size and scales (letterbox or stretch), and mapping a network-input box back to the
   image through every resize of the recipe (:class:`InputMap`);
 * the normalisation constants (per-channel float32 gain and bias) the CPU and the letterbox kernel use;
-* the expanded box of mask pasting, which the CPU paste and the paste kernel's layout share.
+* the expanded box of mask pasting, which the CPU paste and the paste kernel's layout share;
+* a window of an image (tiled inference), which the CPU and the device stages crop alike.
 """
 
 from __future__ import annotations
@@ -143,3 +144,31 @@ def expanded_box(box: Sequence[float], m: int) -> tuple[int, int, int, int]:
     cy = (b[3] + b[1]) * np.float32(0.5)
     ex1, ey1, ex2, ey2 = (int(v) for v in (cx - w_half, cy - h_half, cx + w_half, cy + h_half))
     return ex1, ey1, ex2, ey2
+
+
+#: a box within this many pixels of a window edge inside the image touches it (a cut crystal)
+EDGE_PX = 2.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window of the image: (x, y) its top-left, w x h its size; ``inner_*`` whether that edge lies
+    inside the image (a neighbouring window continues there)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    inner_left: bool = False
+    inner_top: bool = False
+    inner_right: bool = False
+    inner_bottom: bool = False
+
+    def touches_inner_edge(self, box: Sequence[float]) -> bool:
+        x1, y1, x2, y2 = box
+        return (
+            (self.inner_left and x1 <= self.x + EDGE_PX)
+            or (self.inner_top and y1 <= self.y + EDGE_PX)
+            or (self.inner_right and x2 >= self.x + self.w - EDGE_PX)
+            or (self.inner_bottom and y2 >= self.y + self.h - EDGE_PX)
+        )

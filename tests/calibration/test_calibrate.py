@@ -14,16 +14,16 @@ from crystal_rt.errors import BackendUnavailable, CalibrationError, MissingDepen
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from crystal_rt.assets import demo_model  # noqa: E402
 from crystal_rt.calibration.accuracy import match_masks  # noqa: E402
 from crystal_rt.calibration.api import CalibrationResult, calibrate  # noqa: E402
 from crystal_rt.calibration.images import CalibrationImages  # noqa: E402
 from crystal_rt.calibration.metadata import CALIBRATION_METADATA_KEY, read_calibration  # noqa: E402
-from crystal_rt.cli.demo import demo_model  # noqa: E402
 from crystal_rt.cli.main import main  # noqa: E402
 from crystal_rt.data.synth_writer import SynthOptions, write_synthetic  # noqa: E402
+from crystal_rt.results.detection import Instance, InstanceMask  # noqa: E402
 from crystal_rt.runtime.build import build_engine  # noqa: E402
 from crystal_rt.runtime.detector import Detector  # noqa: E402
-from crystal_rt.runtime.result import Instance, InstanceMask  # noqa: E402
 from crystal_rt.spec import PreprocessSpec  # noqa: E402
 
 

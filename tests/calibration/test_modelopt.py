@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("modelopt.onnx.quantization")
 onnx = pytest.importorskip("onnx")
 
+from crystal_rt.assets import demo_model  # noqa: E402
 from crystal_rt.calibration.api import calibrate  # noqa: E402
 from crystal_rt.calibration.metadata import read_calibration  # noqa: E402
-from crystal_rt.cli.demo import demo_model  # noqa: E402
 from crystal_rt.data.synth_writer import SynthOptions, write_synthetic  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from crystal_rt.evaluate.metrics import (
     write_pr_curve,
 )
 from crystal_rt.evaluate.parity import mask_iou
-from crystal_rt.runtime.result import DetectionResult, Instance, InstanceMask
+from crystal_rt.results.detection import DetectionResult, Instance, InstanceMask
 
 H, W = 64, 96
 NAMES = ["crystal", "precipitate"]

@@ -14,7 +14,7 @@ from crystal_rt.evaluate.parity import (
     mask_iou,
     worst_failure,
 )
-from crystal_rt.runtime.result import DetectionResult, Instance, InstanceMask
+from crystal_rt.results.detection import DetectionResult, Instance, InstanceMask
 
 H, W = 200, 300
 THRESHOLD = 0.5

@@ -9,7 +9,7 @@ import pytest
 
 from crystal_rt.errors import CrystalRtError, EngineNotFound, InvalidModel
 from crystal_rt.evaluate.run import _relabel, label_map, open_model
-from crystal_rt.runtime.result import DetectionResult, Instance, InstanceMask
+from crystal_rt.results.detection import DetectionResult, Instance, InstanceMask
 
 
 def _result(*labels: int) -> DetectionResult:

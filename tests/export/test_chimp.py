@@ -21,8 +21,8 @@ pytest.importorskip("torchvision")
 pytest.importorskip("onnx")
 
 from crystal_rt.cli.main import main  # noqa: E402
+from crystal_rt.results.detection import DetectionResult  # noqa: E402
 from crystal_rt.runtime.detector import Detector  # noqa: E402
-from crystal_rt.runtime.result import DetectionResult  # noqa: E402
 from crystal_rt.testing.chimp_replica import ChimpResult, chimp_replica, seeded_chimp_model  # noqa: E402
 
 IMAGES = ("97wo_01A_1.jpg", "echo_test_im_1.jpg", "big_crystals_3.jpg")

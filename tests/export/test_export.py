@@ -89,10 +89,10 @@ def test_core_matches_torchvision_eager(tiny):
     own normalisation and paste, must give the same detections as our core + postprocess."""
     from crystal_rt.data.synthetic import make_drop
     from crystal_rt.evaluate.parity import Tolerances, compare_results
+    from crystal_rt.results.detection import DetectionResult, Instance, InstanceMask
     from crystal_rt.runtime.detector import Detector
     from crystal_rt.runtime.postprocess import MASK_THRESHOLD
     from crystal_rt.runtime.preprocess import apply_clahe
-    from crystal_rt.runtime.result import DetectionResult, Instance, InstanceMask
 
     loaded = load_checkpoint(tiny.checkpoint)
     image = make_drop(5, tiny.size, tiny.size).image

@@ -1,4 +1,4 @@
-"""Tests for crystal_rt.io.rle: crop-local RLE equals pycocotools' encoding of the full mask."""
+"""Tests for crystal_rt.results.rle: crop-local RLE equals pycocotools' encoding of the full mask."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from crystal_rt.io.rle import crop_to_rle, rle_to_mask
-from crystal_rt.runtime.result import InstanceMask
+from crystal_rt.results.detection import InstanceMask
+from crystal_rt.results.rle import crop_to_rle, rle_to_mask
 
 # pycocotools' decode trips a NumPy 2 deprecation warning that is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from crystal_rt.io.rle import rle_to_mask
 from crystal_rt.io.writers import (
     POINT_FIELDS,
     atomic_write_bytes,
@@ -25,7 +24,8 @@ from crystal_rt.io.writers import (
     write_overlay,
     write_points_csv,
 )
-from crystal_rt.runtime.result import DetectionResult, Instance, InstanceMask
+from crystal_rt.results.detection import DetectionResult, Instance, InstanceMask
+from crystal_rt.results.rle import rle_to_mask
 
 # pycocotools' decode trips a NumPy 2 deprecation warning that is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

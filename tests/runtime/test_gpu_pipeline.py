@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from crystal_rt.errors import CrystalRtError, CudaError, InvalidImage, InvalidSpec
+from crystal_rt.results.detection import DetectionResult
 from crystal_rt.runtime.detector import Detector
-from crystal_rt.runtime.result import DetectionResult
 
 GPU = "cuda:0"
 

@@ -28,7 +28,7 @@ def _skip_without_simulation() -> None:
 
 @pytest.fixture(scope="module")
 def ort_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
 
     _skip_without_simulation()
     out = tmp_path_factory.mktemp("ort-gpu")
@@ -84,7 +84,7 @@ def test_engine_from_another_gpu_is_refused_with_the_rebuild_command(ort_engines
 
 def test_a_provider_that_cannot_load_is_named(ort_engines: dict[str, Path], tmp_path: Path) -> None:
     """ONNX Runtime logs the loader's error and falls back to the CPU quietly; crystal-rt says so."""
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
 
     broken = {
         "CUDAExecutionProvider": "[E:onnxruntime:Default, provider_bridge_ort.cc:2195 "
@@ -116,7 +116,7 @@ def test_auto_prefers_tensorrt_then_its_provider_then_cuda_then_cpu() -> None:
 
 
 def test_precision_routes_are_refused_in_one_sentence(tmp_path: Path) -> None:
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
 
     _skip_without_simulation()
     with simulated_gpu(tensorrt=False):

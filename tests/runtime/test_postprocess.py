@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from crystal_rt.results.detection import InstanceMask
 from crystal_rt.runtime.backends.base import CoreOutputs
 from crystal_rt.runtime.postprocess import paste_mask, postprocess, select
-from crystal_rt.runtime.result import InstanceMask
 
 M = 28
 H, W = 150, 190  # paste target for the torchvision comparison
@@ -298,8 +298,8 @@ def test_nearest_to_image_equals_cv2_nearest_of_the_full_mask(
     equals cv2.resize(full mask, INTER_NEAREST) (what CHiMP's coordinates amount to)."""
     import cv2
 
+    from crystal_rt.results.detection import InstanceMask
     from crystal_rt.runtime.postprocess import nearest_to_image
-    from crystal_rt.runtime.result import InstanceMask
 
     rng = np.random.default_rng(sum(src) + sum(dst))
     for _ in range(20):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from crystal_rt.errors import InvalidSpec
+from crystal_rt.results.detection import Instance, InstanceMask
 from crystal_rt.runtime.detector import Detector
-from crystal_rt.runtime.result import Instance, InstanceMask
 from crystal_rt.runtime.tiling import Tiling, WindowDetection, merge_windows, plan_windows
 from crystal_rt.spec import PreprocessSpec
 

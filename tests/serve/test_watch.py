@@ -18,8 +18,8 @@ import pytest
 from serve_helpers import CLI_SCRIPT, LOW_THRESHOLD, cli_namespace
 
 from crystal_rt.errors import EngineNotFound, InvalidImage
-from crystal_rt.runtime.dispense import dispense_target
-from crystal_rt.runtime.result import Instance, InstanceMask
+from crystal_rt.results.detection import Instance, InstanceMask
+from crystal_rt.results.dispense import dispense_target
 from crystal_rt.serve.watch import JOURNAL_NAME, Watcher, WatchOptions
 
 

@@ -20,7 +20,7 @@ pytest.importorskip("pytriton.triton")
 pytest.importorskip("onnxruntime")
 httpclient = pytest.importorskip("tritonclient.http")
 
-from crystal_rt.cli.demo import demo_model  # noqa: E402
+from crystal_rt.assets import demo_model  # noqa: E402
 from crystal_rt.runtime.build import build_engine  # noqa: E402
 from crystal_rt.runtime.detector import Detector  # noqa: E402
 from crystal_rt.serve.pytriton import TritonPorts, bind_triton  # noqa: E402

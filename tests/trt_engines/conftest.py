@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from trt_subgraph import cut_backbone_fpn
 
-from crystal_rt.cli.demo import demo_model
+from crystal_rt.assets import demo_model
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ if not tensorrt_installed(TENSORRT_RTX):
 
 from trt_subgraph import cut_backbone_fpn
 
-from crystal_rt.cli.demo import demo_model
+from crystal_rt.assets import demo_model
 from crystal_rt.runtime.artifacts import Manifest
 from crystal_rt.runtime.tensorrt.build import build_tensorrt
 from crystal_rt.runtime.tensorrt.builder import (

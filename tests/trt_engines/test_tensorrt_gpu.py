@@ -29,7 +29,7 @@ def drops(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, np.ndarra
 def test_demo_engine_matches_onnxruntime(
     precision: str, box_iou: float, mask_iou: float, drops: list[tuple[str, np.ndarray]], tmp_path: Path
 ) -> None:
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
     from crystal_rt.evaluate.parity import Tolerances, compare_detectors
     from crystal_rt.runtime.build import build_engine
     from crystal_rt.runtime.detector import Detector
@@ -64,7 +64,7 @@ def test_demo_engine_matches_onnxruntime(
 
 
 def test_second_identical_build_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
     from crystal_rt.runtime.build import build_engine
 
     monkeypatch.setenv("CRYSTAL_RT_CACHE", str(tmp_path / "cache"))

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from crystal_rt.assets import demo_model
 from crystal_rt.calibration.metadata import CalibrationInfo
-from crystal_rt.cli.demo import demo_model
 from crystal_rt.cli.main import build_parser, main
 from crystal_rt.errors import BackendUnavailable, CrystalRtError, EngineIncompatible, EngineNotFound
 from crystal_rt.runtime import detector as detector_module

@@ -18,7 +18,7 @@ from crystal_rt.testing.sim_tensorrt import read_plan
 
 @pytest.fixture
 def demo_onnx() -> Path:
-    from crystal_rt.cli.demo import demo_model
+    from crystal_rt.assets import demo_model
 
     return demo_model()
 

@@ -17,7 +17,7 @@ STAT_ROWS = ("p50", "p90", "p99", "min", "max")
 
 def latency_tables(report: dict[str, Any]) -> Group:
     """Stage percentiles (reusing console.latency_table), engine only, throughput, cold start, memory."""
-    from ..cli.console import latency_table
+    from ..console import latency_table
 
     stages = report["stages"]
     shown = [s for s in BENCH_STAGES if s != "total"]  # end_to_end = total + encode, measured around

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..evaluate.metrics import ImageTruth, TruthInstance, evaluate, mask_iou_matrix
 from ..evaluate.run import AP_SCORE_THRESHOLD, evaluate_detector
-from ..runtime.result import DetectionResult, Instance
+from ..results.detection import DetectionResult, Instance
 
 if TYPE_CHECKING:
     from ..data.coco import CocoDataset

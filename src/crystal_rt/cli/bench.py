@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.environment import usable_cores
     from ..bench.report import latency_tables, write_json, write_plot
     from ..bench.runner import BenchConfig, load_images, run_bench, synthetic_images
+    from ..console import console, info
     from ..errors import CrystalRtError
-    from .console import console, info
 
     if args.runs < 1 or args.warmup < 0 or args.cold_starts < 0:
         raise CrystalRtError("--runs must be >= 1, --warmup and --cold-starts >= 0")
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.markup import escape
 
+    from ..console import err_console, show_library_warnings
     from ..errors import CrystalRtError
-    from .console import err_console, show_library_warnings
 
     show_library_warnings()
     parser = argparse.ArgumentParser(prog="crystal-rt")

@@ -86,9 +86,9 @@ def tensorrt_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..console import console, err_console, info
     from ..errors import CrystalRtError
     from ..runtime.build import build_engine, choose_backend
-    from .console import console, err_console, info
 
     calib_options = {
         "num_images": args.num_images,

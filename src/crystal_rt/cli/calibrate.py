@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..calibration.api import calibrate
+    from ..console import console, info, progress
     from ..io.writers import atomic_write_bytes
-    from .console import console, info, progress
 
     with progress() as bar:
         state: dict[str, Any] = {}

@@ -42,11 +42,11 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from ..console import console, progress
     from ..errors import ParityError
     from ..evaluate.parity import Tolerances, compare_detectors, worst_failure
     from ..io.decode import list_images, read_image
     from ..runtime.detector import Detector
-    from .console import console, progress
 
     engine = Detector.load(args.engine, score_threshold=args.score_threshold, stages=args.stages)
     reference = Detector.from_checkpoint(

@@ -50,8 +50,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
+    from ..console import console
     from ..data.convert import convert
-    from .console import console
 
     dataset = convert(args.inputs, args.output, args.format, args.images_out, args.class_name)
     instances = sum(len(dataset.annotations(record.id)) for record in dataset.images)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return _build(args)
     if command == "info":
         return _info()
-    from .console import err_console
+    from ..console import err_console
 
     err_console.print("usage: crystal-rt cuda {build,info} (see crystal-rt cuda --help)", highlight=False)
     return 2
@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from ..console import console, err_console
     from ..cuda import build
     from ..errors import BackendUnavailable
-    from .console import console, err_console
 
     if args.arch:
         archs = build.parse_arch_list(args.arch)
@@ -126,9 +126,9 @@ def _build(args: argparse.Namespace) -> int:
 def _info() -> int:
     from rich.table import Table
 
+    from ..console import console
     from ..cuda import build
     from ..errors import CrystalRtError
-    from .console import console
 
     table = Table(show_header=False, title="CUDA", title_justify="left")
     table.add_column("what")

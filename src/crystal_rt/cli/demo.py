@@ -9,27 +9,15 @@ install and ONNX Runtime (the ``cpu`` extra): no PyTorch.
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..assets import demo_model
 from ..errors import CrystalRtError
 from .options import output_dir
 
-DEMO_MODEL = "crystals.onnx"
 # (height, width, rgb, bit depth) of the generated drops, in turn: imager sizes and formats.
 DEMO_IMAGES = ((1024, 1224, True, 8), (2028, 2532, False, 8), (768, 1024, False, 16), (600, 800, True, 8))
-
-
-def demo_model() -> Path:
-    """The shipped demo model's core ONNX (with its PreprocessSpec and ModelSpec in the metadata)."""
-    path = Path(str(resources.files("crystal_rt") / "assets" / DEMO_MODEL))
-    if not path.is_file():
-        raise CrystalRtError(
-            "the demo model is missing from this install; rebuild it with scripts/make_demo_model.sh",
-            path=path,
-        )
-    return path
 
 
 def add_parser(sub: Any) -> None:
@@ -70,13 +58,13 @@ def _write_drops(folder: Path, count: int, seed: int) -> tuple[list[Path], list[
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from ..console import console, info, latency_table
     from ..evaluate.metrics import evaluate
     from ..evaluate.run import AP_SCORE_THRESHOLD
     from ..io.decode import read_image
     from ..io.writers import write_coco, write_json, write_overlay, write_points_csv
     from ..runtime.build import build_engine
     from ..runtime.detector import STAGES, Detector
-    from .console import console, info, latency_table
 
     if args.images < 1:
         raise CrystalRtError("--images must be at least 1")

@@ -156,12 +156,12 @@ def _detect_one(detector: Any, path: Path, name: str, out: Path, formats: list[s
 def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
+    from ..console import console, err_console, info, latency_table, progress
     from ..errors import CrystalRtError
     from ..io.decode import list_images
     from ..io.writers import point_rows
+    from ..results.detection import DetectionResult
     from ..runtime.detector import STAGES, Detector
-    from ..runtime.result import DetectionResult
-    from .console import console, err_console, info, latency_table, progress
 
     detector = Detector.load(
         args.engine,

@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from .console import console, err_console, info
+    from ..console import console, err_console, info
 
     table = Table(title="this machine", show_header=False)
     for key, value in machine_rows():

@@ -40,11 +40,11 @@ def _fmt(value: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from ..console import console, info, progress
     from ..data.coco import load_coco
     from ..evaluate.metrics import write_pr_curve
     from ..evaluate.run import evaluate_detector, open_model
     from ..io.writers import atomic_write_bytes
-    from .console import console, info, progress
 
     dataset = load_coco(args.data, args.images)
     with open_model(args.model, threads=args.threads, stages=args.stages) as detector, progress() as bar:

@@ -108,8 +108,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..console import console, err_console
     from ..export.api import export_checkpoint
-    from .console import console, err_console
 
     with err_console.status(f"exporting {args.checkpoint} ..."):
         result = export_checkpoint(args.checkpoint, args.output, **checkpoint_options(args))

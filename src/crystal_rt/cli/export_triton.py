@@ -27,8 +27,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..console import info
     from ..serve.triton import export_triton
-    from .console import info
 
     out = export_triton(
         args.engine,

@@ -17,9 +17,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..console import console
     from ..errors import EngineNotFound
     from ..runtime.artifacts import Manifest, resolve_manifest
-    from .console import console
 
     target = Path(args.target)
     try:

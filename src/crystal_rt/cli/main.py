@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from .console import err_console, show_library_warnings
+    from ..console import err_console, show_library_warnings
 
     show_library_warnings()
     try:

@@ -116,16 +116,16 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._lazy import require
+    from ..console import info
     from ..errors import BackendUnavailable
     from ..runtime.detector import Detector
-    from .console import info
 
     if args.triton:
         return _run_triton(args)
     from rich.markup import escape
 
+    from ..console import err_console
     from ..serve.http import create_app, server_config
-    from .console import err_console
 
     uvicorn = require("uvicorn", "crystal-rt serve", extra="serve")
     require("fastapi", "crystal-rt serve", extra="serve")
@@ -180,9 +180,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_triton(args: argparse.Namespace) -> int:
+    from ..console import info
     from ..runtime.detector import Detector
     from ..serve.pytriton import TritonPorts, bind_triton
-    from .console import info
 
     detector = Detector.load(
         args.engine,

@@ -38,8 +38,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..console import info, progress
     from ..data.synth_writer import SynthOptions, write_synthetic
-    from .console import info, progress
 
     options = SynthOptions(
         count=args.count,

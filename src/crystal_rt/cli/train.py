@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     require("torchvision", "Training", extra="train")
     from rich.markup import escape
 
+    from ..console import err_console, info, progress
     from ..train.loop import Hooks, TrainConfig, train
-    from .console import err_console, info, progress
 
     config = TrainConfig(
         data=args.data,

@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.markup import escape
 
+    from ..console import err_console, info
     from ..runtime.detector import Detector
     from ..serve.watch import Outcome, Watcher, WatchOptions, display_name
-    from .console import err_console, info
 
     detector = Detector.load(
         args.engine,

@@ -17,7 +17,7 @@ from ..geometry import InputMap
 from ..spec import PreprocessSpec
 
 if TYPE_CHECKING:
-    from ..runtime.tiling import Window
+    from ..geometry import Window
 from .launch import (
     DeviceBuffer,
     EventTimer,

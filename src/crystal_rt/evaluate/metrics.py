@@ -1,7 +1,7 @@
 """Accuracy against ground truth: the paper's mAP@0.50 / mAP@0.65, COCO AP, precision and recall.
 
 Ground truth is a list of :class:`ImageTruth` (crop-local masks, labels, crowd flags); predictions
-are :class:`~crystal_rt.runtime.result.DetectionResult` in the same order. Labels are contiguous
+are :class:`~crystal_rt.results.detection.DetectionResult` in the same order. Labels are contiguous
 and start at 1: ``class_names[label - 1]`` names label ``label``. Every IoU below is a *mask* IoU
 (except COCO's bbox AP), computed on the overlap of the two masks' crops, never at full size.
 
@@ -54,7 +54,7 @@ import numpy as np
 
 from ..errors import CrystalRtError
 from ..io.writers import atomic_write_bytes, coco_results
-from ..runtime.result import DetectionResult, InstanceMask
+from ..results.detection import DetectionResult, InstanceMask
 
 OPERATING_IOU = 0.5
 ALL = "all"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..runtime.result import DetectionResult, Instance, InstanceMask
+from ..results.detection import DetectionResult, Instance, InstanceMask
 
 if TYPE_CHECKING:
     from ..runtime.detector import Detector

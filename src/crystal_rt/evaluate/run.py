@@ -13,9 +13,9 @@ from ..runtime.artifacts import MANIFEST_SUFFIX
 
 if TYPE_CHECKING:
     from ..data.coco import CocoDataset
+    from ..results.detection import DetectionResult
     from ..runtime.detector import Detector
     from ..runtime.pipeline import StagePolicy
-    from ..runtime.result import DetectionResult
     from .metrics import EvaluationReport
 
 # Detections down to this score are kept for the AP metrics (the operating threshold is separate).

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..runtime.result import DetectionResult, Instance
+from ..results.detection import DetectionResult, Instance
 
 POINT_FIELDS = ("image", "x", "y", "score", "label", "index")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -19,12 +19,12 @@ import numpy as np
 
 from ..errors import EngineIncompatible, InvalidOption
 from ..io.decode import DEFAULT_MAX_PIXELS, DecodedImage, read_image_info
+from ..results.detection import DetectionResult
 from ..spec import ModelSpec, PreprocessSpec, specs_from_metadata
 from .artifacts import Manifest, resolve_manifest, sha256_file
 from .backends.base import Backend
 from .bit_depth import OnceWarnings, check_bit_depth, resolve_bit_depth
 from .pipeline import STAGES, StagePolicy, check_stages, check_threshold, check_um_per_px, run_pipeline
-from .result import DetectionResult
 from .tiling import Tiling
 
 if TYPE_CHECKING:

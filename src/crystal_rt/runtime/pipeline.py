@@ -22,14 +22,15 @@ from typing import Literal
 import numpy as np
 
 from ..errors import InvalidSpec
+from ..geometry import Window
+from ..results.detection import DetectionResult, Instance, InstanceMask
+from ..results.dispense import dispense_target, has_drop_class
 from ..spec import ModelSpec, PreprocessSpec
 from .backends.base import Backend, DeviceSession
 from .bit_depth import OnceWarnings, fit_bit_depth
-from .dispense import dispense_target, has_drop_class
 from .postprocess import Kept, make_instances, paste_masks, paste_stage, select_detections
 from .preprocess import Preprocessed, apply_clahe, check_image, preprocess, recipe_color
-from .result import DetectionResult, Instance, InstanceMask
-from .tiling import Tiling, Window, WindowDetection, merge_windows, plan_windows, shift_instance
+from .tiling import Tiling, WindowDetection, merge_windows, plan_windows, shift_instance
 
 #: the stages every result reports (timings_ms adds "total")
 STAGES = ("decode", "clahe", "letterbox", "engine", "paste")

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..geometry import Box, InputMap, expanded_box, map_box, map_box_to_resized, nearest_source
+from ..results.detection import Instance, InstanceMask
 from .backends.base import CoreOutputs
 from .preprocess import resize_linear
-from .result import Instance, InstanceMask
 
 MASK_THRESHOLD = 0.5
 

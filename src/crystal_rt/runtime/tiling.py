@@ -31,15 +31,14 @@ from typing import Literal
 import numpy as np
 
 from ..errors import InvalidSpec
+from ..geometry import Window
+from ..results.detection import Instance, InstanceMask
 from ..spec import PreprocessSpec
-from .result import Instance, InstanceMask
 
 TileMode = Literal["off", "auto", "on"]
 TILE_MODES: tuple[str, ...] = ("off", "auto", "on")
 AUTO_SHRINK = 1.5
 DEFAULT_OVERLAP = 0.25
-#: a box within this many pixels of a window edge inside the image touches it (a cut crystal)
-EDGE_PX = 2.0
 NMS_IOU = 0.5
 CONTAINED = 0.6
 
@@ -61,30 +60,6 @@ class Tiling:
             raise InvalidSpec(f"tile_size must be in 32..16384 pixels, got {self.tile_size}")
         if not 0.0 <= float(self.overlap) <= 0.5:  # also rejects NaN
             raise InvalidSpec(f"overlap must be in [0, 0.5], got {self.overlap}")
-
-
-@dataclass(frozen=True)
-class Window:
-    """A window of the image: (x, y) its top-left, w x h its size; ``inner_*`` whether that edge lies
-    inside the image (a neighbouring window continues there)."""
-
-    x: int
-    y: int
-    w: int
-    h: int
-    inner_left: bool = False
-    inner_top: bool = False
-    inner_right: bool = False
-    inner_bottom: bool = False
-
-    def touches_inner_edge(self, box: Sequence[float]) -> bool:
-        x1, y1, x2, y2 = box
-        return (
-            (self.inner_left and x1 <= self.x + EDGE_PX)
-            or (self.inner_top and y1 <= self.y + EDGE_PX)
-            or (self.inner_right and x2 >= self.x + self.w - EDGE_PX)
-            or (self.inner_bottom and y2 >= self.y + self.h - EDGE_PX)
-        )
 
 
 def _starts(length: int, tile: int, overlap: float) -> list[int]:

@@ -71,9 +71,9 @@ def result_json(
 ) -> str:
     """The detection result JSON for the core outputs (boxes, scores, labels, masks) and the meta."""
     from ..geometry import InputMap
+    from ..results.detection import DetectionResult
     from ..runtime.backends.base import CoreOutputs
     from ..runtime.postprocess import postprocess
-    from ..runtime.result import DetectionResult
 
     height, width = int(meta[0]), int(meta[1])
     mapping = InputMap(float(meta[2]), float(meta[3]), 0, 0, float(meta[4]), float(meta[5]))

@@ -75,8 +75,8 @@ from typing import IO, TYPE_CHECKING, Any
 from ..errors import CrystalRtError, InvalidImage, InvalidOption, OutputBusy
 
 if TYPE_CHECKING:
+    from ..results.detection import DetectionResult
     from ..runtime.detector import Detector
-    from ..runtime.result import DetectionResult
 
 log = logging.getLogger("crystal_rt.watch")
 

@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
-    from ...geometry import InputMap
+    from ...geometry import InputMap, Window
+    from ...results.detection import InstanceMask
     from ...spec import PreprocessSpec
     from ..postprocess import Kept
-    from ..result import InstanceMask
-    from ..tiling import Window
 
 
 class CoreOutputs(NamedTuple):

@@ -25,16 +25,15 @@ import numpy as np
 
 from ...errors import InvalidModel
 from ...geometry import CORE_INPUT, CORE_OUTPUTS
-from ..result import InstanceMask
+from ...results.detection import InstanceMask
 from .base import Backend, CoreOutputs, DeviceSession
 
 if TYPE_CHECKING:
     from ...cuda.launch import DeviceBuffer, PinnedBuffer
     from ...cuda.stages import CudaStages
-    from ...geometry import InputMap
+    from ...geometry import InputMap, Window
     from ...spec import PreprocessSpec
     from ..postprocess import Kept
-    from ..tiling import Window
 
 
 @dataclass

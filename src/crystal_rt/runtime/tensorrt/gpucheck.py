@@ -325,7 +325,7 @@ def engine_checks(
     source: Path | None = None,
     runs: int = 100,
 ) -> list[Check]:
-    from ...cli.demo import demo_model
+    from ...assets import demo_model
     from ...evaluate.parity import Tolerances, compare_detectors
     from ..build import build_engine
     from ..detector import Detector

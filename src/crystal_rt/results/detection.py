@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..io.rle import crop_to_rle
+from .rle import crop_to_rle
 
 if TYPE_CHECKING:
     from .dispense import DispenseTarget

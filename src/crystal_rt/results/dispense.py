@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .result import Instance
+from .detection import Instance
 
 DROP_CLASS = "drop"
 
