@@ -12,8 +12,22 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 REAL = TESTS / "data" / "real"
 
-#: ``shared/data``, ``../shared``, and the path-joined spellings ``"shared" / ...``
-FORBIDDEN = re.compile(r"""shared/data|\.\./shared|["']shared["']\s*/""")
+#: ``shared/data``, ``shared/docs``, ``../shared``, and the path-joined spellings ``"shared" / ...``
+FORBIDDEN = re.compile(r"""shared/data|shared/docs|\.\./shared|["']shared["']\s*/""")
+ROOT = TESTS.parent
+#: Besides tests/: the docs, the code, the scripts and CI (benchmarks/results/ holds recorded output).
+ELSEWHERE = (
+    "README.md",
+    "CONTRIBUTING.md",
+    "CHANGELOG.md",
+    "Makefile",
+    "pyproject.toml",
+    "docs",
+    "src",
+    "scripts",
+    "benchmarks",
+    ".ci",
+)
 
 
 def test_no_test_reads_the_shared_folder() -> None:
@@ -30,6 +44,27 @@ def test_no_test_reads_the_shared_folder() -> None:
             if FORBIDDEN.search(line):
                 offenders.append(f"{path.relative_to(TESTS.parent)}:{number}: {line.strip()}")
     assert not offenders, "tests must not read ../shared (use tests/data/real):\n" + "\n".join(offenders)
+
+
+def test_nothing_else_points_at_the_shared_folder() -> None:
+    """The docs link the in-repository copies (docs/contract.md, docs/clahe-spec.md, tests/data/real)."""
+    offenders = []
+    for top in ELSEWHERE:
+        base = ROOT / top
+        for path in sorted([base] if base.is_file() else base.rglob("*")):
+            rel = path.relative_to(ROOT)
+            if not path.is_file() or "__pycache__" in rel.parts or rel.parts[:2] == ("benchmarks", "results"):
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue  # the ONNX asset, images
+            offenders += [
+                f"{rel}:{n}: {line.strip()}"
+                for n, line in enumerate(text.splitlines(), 1)
+                if FORBIDDEN.search(line)
+            ]
+    assert not offenders, "point at the copies in the repository:\n" + "\n".join(offenders)
 
 
 def test_the_real_images_are_in_the_repository() -> None:
