@@ -31,7 +31,7 @@ from typing import Any
 from _common import pyplot, save_figure, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "real"
+REAL = REPO / "tests" / "data" / "real"
 THRESHOLD, INPUT_SIZE = 0.5, 512
 CHIMP_SIZE = (1688, 1352)  # (width, height) for cv2.resize
 CHIMP_TILES = (12, 12)

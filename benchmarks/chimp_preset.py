@@ -25,7 +25,7 @@ from pathlib import Path
 from _common import write_json
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "real"
+REAL = REPO / "tests" / "data" / "real"
 sys.path.insert(0, str(REPO / "tests" / "export"))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from _common import pyplot, save_figure, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "real"
+REAL = REPO / "tests" / "data" / "real"
 THRESHOLD, INPUT_SIZE = 0.5, 512
 TARGETS = {"crystal_rt_fp32": 0.40, "crystal_rt_int8": 0.25}
 NAMES = {"torchvision": "torchvision eager", "crystal_rt_fp32": "crystal-rt ORT FP32",
@@ -41,9 +41,7 @@ NAMES = {"torchvision": "torchvision eager", "crystal_rt_fp32": "crystal-rt ORT 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--images", type=Path, default=REAL, help="image file or folder (default ../shared/data/real)"
-    )
+    p.add_argument("--images", type=Path, default=REAL, help="image file or folder (default tests/data/real)")
     p.add_argument("--arch", default="maskrcnn_resnet50_fpn")
     p.add_argument("--runs", type=int, default=3, help="timed passes over the images (default 3)")
     p.add_argument("--warmup", type=int, default=1)

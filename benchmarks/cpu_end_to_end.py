@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "real" / "97wo_01A_1.jpg"
+DEFAULT_IMAGE = REPO / "tests" / "data" / "real" / "97wo_01A_1.jpg"
 ARCH, NUM_CLASSES, INPUT_SIZE, THRESHOLD, TARGET = "maskrcnn_resnet50_fpn", 2, 512, 0.5, 0.40
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from _common import pyplot, save_figure, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "real"
+REAL = REPO / "tests" / "data" / "real"
 THRESHOLD, INPUT_SIZE = 0.5, 512
 
 

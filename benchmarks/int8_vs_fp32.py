@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "real"
+REAL = REPO / "tests" / "data" / "real"
 TARGET_RATIO, TARGET_DROP = 0.6, 0.01
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=Path, default=REAL, help="images to time (default ../shared/data/real)")
+    p.add_argument("--images", type=Path, default=REAL, help="images to time (default tests/data/real)")
     p.add_argument("--runs", type=int, default=5, help="timed passes over the images per engine (default 5)")
     p.add_argument("--calib-images", type=int, default=32, help="calibration images (default 32)")
     p.add_argument("--workdir", type=Path, help="keep data sets and engines here (default: a temp folder)")

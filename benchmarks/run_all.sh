@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 OUT=results
-REAL=../../shared/data/real
+REAL=../tests/data/real
 mkdir -p "$OUT"
 WORK=$(mktemp -d -t crystal-rt-run-all-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_DIR = REPO.parent / "shared" / "data" / "real"
+REAL_DIR = REPO / "tests" / "data" / "real"
 
 SERVER = """
 import sys, uvicorn

@@ -25,7 +25,7 @@ import numpy as np
 from _common import write_json
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "real"
+REAL = REPO / "tests" / "data" / "real"
 
 
 def parse_args() -> argparse.Namespace:

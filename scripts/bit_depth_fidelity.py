@@ -1,7 +1,7 @@
 """One picture in many encodings through the demo engine: how many instances each gives and how
 they match the 8-bit JPEG's and the 16-bit (x257) image's (design notes 27 and 28).
 
-The picture is ``../shared/data/real/97wo_01A_1.jpg`` (8-bit RGB). Each variant is written to a
+The picture is ``tests/data/real/97wo_01A_1.jpg`` (8-bit RGB). Each variant is written to a
 file and read back by ``Detector.detect`` (the real decoder):
 
 * ``x257``: the JPEG's pixels x 257 in a 16-bit TIFF (the same picture at 16 bits);
@@ -33,7 +33,7 @@ import tifffile
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-PICTURE = REPO.parent / "shared" / "data" / "real" / "97wo_01A_1.jpg"
+PICTURE = REPO / "tests" / "data" / "real" / "97wo_01A_1.jpg"
 GREEN_GRAY, GREEN_RGB = "8-bit gray PNG (green channel)", "8-bit RGB PNG (green channel x 3)"
 
 

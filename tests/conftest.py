@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from crystal_rt.testing import SimulatedGpu
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_DIR = REPO.parent / "shared" / "data" / "real"
+REAL_DIR = REPO / "tests" / "data" / "real"
 EMU_CACHE = Path.home() / ".cache" / "crystal-rt" / "emu"
 
 TINY_ARCH = "maskrcnn_resnet18_fpn"
@@ -107,10 +107,10 @@ def demo_ort_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_images() -> list[Path]:
-    """The real drop images in ../shared/data/real (skips when that folder is absent)."""
+    """The three real drop images in tests/data/real (see its README.md for their source and licence)."""
     images = sorted(REAL_DIR.glob("*.jpg")) if REAL_DIR.is_dir() else []
     if not images:
-        pytest.skip(f"real drop images not found in {REAL_DIR} (clone the project beside shared/)")
+        pytest.skip(f"real drop images not found in {REAL_DIR} (they ship with the repository)")
     return images
 
 

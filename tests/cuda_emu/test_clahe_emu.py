@@ -28,7 +28,7 @@ from .harness import build_executable, emulated_module_or_skip
 REPO = Path(__file__).resolve().parents[2]
 KERNELS = REPO / "src" / "crystal_rt" / "cuda" / "kernels"
 CLAHE_CU = KERNELS / "clahe.cu"
-REAL_DIR = REPO.parent / "shared" / "data" / "real"
+REAL_DIR = REPO / "tests" / "data" / "real"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 # Small launch shapes for the emulator (one OS thread per CUDA thread).

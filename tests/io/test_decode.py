@@ -26,7 +26,7 @@ from crystal_rt.io.decode import (
 from crystal_rt.io.tiff import cmyk_to_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REAL_DIR = REPO_ROOT.parent / "shared" / "data" / "real"
+REAL_DIR = REPO_ROOT / "tests" / "data" / "real"
 REAL_SHAPES = {
     "97wo_01A_1.jpg": (1024, 1224, 3),
     "echo_test_im_1.jpg": (1024, 1224, 3),
@@ -724,7 +724,7 @@ def test_list_images(tmp_path: Path) -> None:
 
 def test_real_images() -> None:
     if not REAL_DIR.is_dir():
-        pytest.skip(f"real test images not found at {REAL_DIR} (the repository's sibling ../shared)")
+        pytest.skip(f"real test images not found at {REAL_DIR} (they ship with the repository)")
     files = sorted(REAL_DIR.glob("*.jpg"))
     if not files:
         pytest.skip(f"no *.jpg in {REAL_DIR}")

@@ -25,7 +25,7 @@ from crystal_rt.build.engine import build_engine  # noqa: E402
 from crystal_rt.runtime.detector import Detector  # noqa: E402
 from crystal_rt.serve.pytriton import TritonPorts, bind_triton  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parents[1] / "data" / "real"
 
 
 def _free_ports(n: int) -> list[int]:

@@ -1,6 +1,6 @@
 """Host-side geometry and kernel arguments for ``kernels/clahe.cu`` (pure Python + numpy, no CUDA).
 
-Everything the CLAHE launch needs is computed here, exactly as ``shared/docs/clahe-spec.md`` says
+Everything the CLAHE launch needs is computed here, exactly as ``docs/clahe-spec.md`` says
 (tile sizes with OpenCV's padding quirk, the integer clip limit, float32 LUT scale and inverse tile
 sizes), plus the launch geometry and the buffer sizes. The GPU launcher and the CPU-emulator tests
 both use :class:`ClahePlan`, so the two can never disagree.

@@ -177,7 +177,7 @@ def rle_string_counts(text: str) -> np.ndarray | None:
     raw = np.add.reduceat((chars & 0x1F) << (5 * position), starts)
     negative = (chars[ends] & 0x10) != 0
     raw[negative] |= np.left_shift(np.int64(-1), 5 * lengths[negative])
-    counts = raw.copy()
+    counts: np.ndarray = raw.copy()
     counts[1::2] = np.cumsum(raw[1::2])
     counts[2::2] = np.cumsum(raw[2::2])
     return counts

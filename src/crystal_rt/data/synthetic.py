@@ -1,6 +1,6 @@
 """Synthetic crystallization-drop images with exact instance masks, seeded and reproducible.
 
-What a drop imager photographs, after ``../shared/data/real/``: a bright well (round, or a
+What a drop imager photographs, after ``tests/data/real/``: a bright well (round, or a
 rounded square) in a dark plate, lit unevenly (a tilted backlight, vignetting and a soft blotch:
 strong enough that dark corners lose most of their contrast, which is what CLAHE restores), a
 grey drop inside it with a dark meniscus edge and a bright rim, precipitate speckle, sometimes a

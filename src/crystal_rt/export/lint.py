@@ -1,7 +1,7 @@
 """Check a core ONNX graph against what TensorRT's ONNX parser imports natively.
 
 The op list follows onnx-tensorrt's operator matrix for TensorRT 10 (see
-``../shared/docs/gpu-stack.md``): RoiAlign through the ROIAlign_TRT plugin that
+``docs/gpu-stack.md``): RoiAlign through the ROIAlign_TRT plugin that
 ``trt.init_libnvinfer_plugins`` registers, NonZero and NonMaxSuppression natively. On top of
 that, the core-graph contract forbids ``If`` and ``Loop``, TopK needs a constant K < 3840,
 Resize must be nearest/linear without antialiasing, ScatterElements must not reduce, and the

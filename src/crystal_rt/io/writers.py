@@ -136,7 +136,7 @@ _PALETTE = [(255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (255,
 
 def render_overlay(image: np.ndarray, result: DetectionResult) -> np.ndarray:
     """RGB picture: masks tinted and outlined, boxes, score labels and centroid crosses."""
-    canvas = display_rgb(image).copy()
+    canvas: np.ndarray = display_rgb(image).copy()
     thick = max(1, round(max(canvas.shape[:2]) / 600))
     for k, inst in enumerate(result.instances):
         colour = _PALETTE[k % len(_PALETTE)]

@@ -103,7 +103,8 @@ def _linear_axis(n_dst: int, n_src: int, clamp_frac: bool) -> tuple[np.ndarray, 
 def _fixed_weight(weight: np.ndarray) -> np.ndarray:
     """saturate_cast<short>(w * INTER_RESIZE_COEF_SCALE), INTER_RESIZE_COEF_SCALE = 2048."""
     scaled = (weight.astype(np.float32) * np.float32(2048.0)).astype(np.float32)
-    return np.clip(np.rint(scaled), -32768, 32767).astype(np.int32)
+    fixed: np.ndarray = np.clip(np.rint(scaled), -32768, 32767).astype(np.int32)
+    return fixed
 
 
 def resize_u8_portable(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -113,7 +114,8 @@ def resize_u8_portable(image: np.ndarray, width: int, height: int) -> np.ndarray
     ``(((b0*(h0 >> 4)) >> 16) + ((b1*(h1 >> 4)) >> 16) + 2) >> 2``. Equal to the CUDA kernel."""
     src_h, src_w = image.shape[:2]
     if (width, height) == (src_w, src_h):
-        return image.copy()
+        same: np.ndarray = image.copy()
+        return same
     if src_w == 2 * width and src_h == 2 * height:
         s = image.astype(np.int32)
         return ((s[0::2, 0::2] + s[0::2, 1::2] + s[1::2, 0::2] + s[1::2, 1::2] + 2) >> 2).astype(np.uint8)
@@ -182,7 +184,8 @@ def intensity_minmax(image: np.ndarray) -> np.ndarray:
     planes = _planes(image) - np.float32(low)
     if high == low:
         return np.zeros_like(planes)
-    return planes / np.float32(high - low)
+    scaled: np.ndarray = planes / np.float32(high - low)
+    return scaled
 
 
 def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -211,7 +214,8 @@ def interpolate_bilinear(planes: np.ndarray, out_h: int, out_w: int) -> np.ndarr
     ``fma(scale, d + 0.5, -0.5)``, each row ``fma(x0, w0, x1 * w1)``, then the rows alike."""
     _, in_h, in_w = planes.shape
     if (in_h, in_w) == (out_h, out_w):
-        return planes.copy()
+        same: np.ndarray = planes.copy()
+        return same
     y0, y1, wy0, wy1 = _torch_linear_axis(out_h, in_h)
     x0, x1, wx0, wx1 = _torch_linear_axis(out_w, in_w)
     r0, r1 = planes[:, y0], planes[:, y1]

@@ -48,7 +48,8 @@ def resize_reference(img: np.ndarray, width: int, height: int, *, fma: bool = Fa
     """uint16 or float32, gray (H, W) or (H, W, C)."""
     src_h, src_w = img.shape[:2]
     if (width, height) == (src_w, src_h):
-        return img.copy()
+        same: np.ndarray = img.copy()
+        return same
     data = img.astype(np.float32)
     if src_w == 2 * width and src_h == 2 * height:
         a, b = data[0::2, 0::2], data[0::2, 1::2]

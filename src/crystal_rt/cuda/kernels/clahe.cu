@@ -1,6 +1,6 @@
 // clahe.cu - CLAHE bit-exact with cv2.createCLAHE(clip, grid).apply (x86_64 wheel flavour, no FMA),
 // for uint8 and uint16 single-channel pitched images, plus the 8-bit RGB <-> LAB colour path.
-// Specification: shared/docs/clahe-spec.md. Host-side geometry: crystal_rt/cuda/clahe_plan.py
+// Specification: docs/clahe-spec.md. Host-side geometry: crystal_rt/cuda/clahe_plan.py
 // (ClahePlan computes every argument below; do not recompute them elsewhere).
 //
 // ---- Gray CLAHE: two launches on one stream ------------------------------------------------------
