@@ -12,7 +12,8 @@ import pytest
 from pycocotools.coco import COCO
 
 from crystal_rt.cli.main import main
-from crystal_rt.data.coco import CocoBuilder, load_coco
+from crystal_rt.data.builder import CocoBuilder
+from crystal_rt.data.coco import load_coco
 from crystal_rt.data.convert import convert, detect_format
 from crystal_rt.errors import InvalidDataset
 from crystal_rt.io.decode import read_image

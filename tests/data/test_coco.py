@@ -11,15 +11,10 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from crystal_rt.data.coco import (
-    Category,
-    CocoBuilder,
-    CocoDataset,
-    ImageRecord,
-    load_coco,
-    rle_string_counts,
-)
+from crystal_rt.data.builder import CocoBuilder
+from crystal_rt.data.coco import Category, CocoDataset, ImageRecord, load_coco
 from crystal_rt.errors import InvalidDataset
+from crystal_rt.results.rle import rle_string_counts
 
 # pycocotools' decode trips a NumPy 2 deprecation warning that is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -117,9 +117,9 @@ def test_doctor_gpu_acceptance_run_on_the_simulated_gpu(tmp_path, real_images) -
 def test_doctor_gpu_lists_failing_checks(capsys, monkeypatch, tmp_path) -> None:
     """A kernel that disagrees with the CPU: exit 1 and the failing check named; without TensorRT the
     kernel half still runs."""
+    from crystal_rt.build import gpucheck
     from crystal_rt.cli.main import main
     from crystal_rt.runtime import postprocess
-    from crystal_rt.build import gpucheck
     from crystal_rt.testing import simulated_gpu, unavailable_reason
 
     if unavailable_reason():

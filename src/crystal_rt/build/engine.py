@@ -167,8 +167,8 @@ def _build_onnxruntime(
     say: Callable[[str], None],
 ) -> Manifest:
     ort = require("onnxruntime", "Building an ONNX Runtime engine", extra="cpu")
-    from ..spec import specs_from_metadata
     from ..runtime.backends.onnxruntime import create_session, session_options
+    from ..spec import specs_from_metadata
 
     if precision == "fp16":
         raise BackendUnavailable(

@@ -111,7 +111,8 @@ class _Stages:
     """The device stages driven one by one, for the checks and the timings."""
 
     def __init__(self) -> None:
-        from ..cuda.driver import check, driver as cuda_driver, ensure_context
+        from ..cuda.driver import check, ensure_context
+        from ..cuda.driver import driver as cuda_driver
         from ..cuda.memory import DeviceBuffer
         from ..cuda.timing import EventTimer
 
@@ -330,8 +331,8 @@ def engine_checks(
 ) -> list[Check]:
     from ..assets import demo_model
     from ..evaluate.parity import Tolerances, compare_detectors
-    from .engine import build_engine
     from ..runtime.detector import Detector
+    from .engine import build_engine
 
     start = time.perf_counter()
     try:

@@ -18,12 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, CrystalRtError, EngineIncompatible, InvalidModel
+from ..errors import BackendUnavailable, CrystalRtError
 from ..runtime.artifacts import Manifest
-from ..runtime.backends.ort_gpu import ORT_GPU_BACKENDS
 from ..runtime.backends.ort_providers import PROVIDER_OF, TRT_EP, probe
-
-
 
 
 def provider_options(backend: str, precision: str, name: str) -> dict[str, str]:
@@ -72,9 +69,9 @@ def build_ort_gpu(
 ) -> Manifest:
     from ..calibration.metadata import read_calibration
     from ..cuda.binding import onnxruntime_gpu
-    from ..spec import specs_from_metadata
     from ..runtime.backends.ort_gpu import OrtGpuBackend
     from ..runtime.tensorrt import device
+    from ..spec import specs_from_metadata
 
     provider = PROVIDER_OF[backend]
     ok, why = probe(provider)
@@ -132,5 +129,3 @@ def core_metadata(path: Path) -> dict[str, str]:
 
     cpu = create_session(path, session_options(1, optimization="disable"))
     return dict(cpu.get_modelmeta().custom_metadata_map)
-
-

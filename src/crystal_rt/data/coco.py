@@ -22,23 +22,23 @@ on (:meth:`CocoDataset.label_of`); 0 is the background.
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..errors import InvalidDataset
 from ..io.writers import atomic_write_bytes
+from ..results.rle import counts_to_mask, rle_string_counts
+from .fields import FieldCheck, describe, read_json
+from .segmentation import check_bbox, check_iscrowd, check_segmentation
 
-_MISSING: Any = object()
+__all__ = ["Category", "CocoDataset", "ImageRecord", "load_coco"]
+
 _TOP_KEYS = ("images", "annotations", "categories")
-_MAX_RUN_CHARS = 12  # one run length of a compressed RLE string: 12 x 5 bits is plenty
-_UINT32_LIMIT = 2**32
 
 
 @dataclass(frozen=True)
@@ -59,246 +59,6 @@ class ImageRecord:
 
 
 # ---------------------------------------------------------------------------------------------
-# Field checks shared by the readers
-
-
-class FieldCheck:
-    """Type checks that raise :class:`InvalidDataset` naming ``source`` and the field path."""
-
-    def __init__(self, source: str | os.PathLike[str] | None) -> None:
-        self.source = source
-
-    def fail(self, field: str, message: str) -> NoReturn:
-        raise InvalidDataset(f"{field}: {message}", path=self.source)
-
-    def require(self, obj: dict[str, Any], key: str, field: str) -> Any:
-        value = obj.get(key, _MISSING)
-        if value is _MISSING:
-            self.fail(field, "missing")
-        return value
-
-    def as_dict(self, value: Any, field: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(field, f"expected an object, got {_kind(value)}")
-        return value
-
-    def as_list(self, value: Any, field: str) -> list[Any]:
-        if not isinstance(value, list):
-            self.fail(field, f"expected a list, got {_kind(value)}")
-        return value
-
-    def as_int(self, value: Any, field: str, *, minimum: int | None = None) -> int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(field, f"expected an integer, got {_kind(value)}")
-        if minimum is not None and value < minimum:
-            self.fail(field, f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    def as_number(self, value: Any, field: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(field, f"expected a number, got {_kind(value)}")
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number):
-            self.fail(field, f"expected a finite number, got {value}")
-        return number
-
-    def as_name(self, value: Any, field: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            self.fail(field, f"expected a non-empty string, got {_kind(value)}")
-        return value
-
-
-def _kind(value: Any) -> str:
-    """A short description of a JSON value for error messages."""
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else f"boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"number {value}"
-    if isinstance(value, str):
-        return f"string {value[:40]!r}"
-    names: dict[type, str] = {dict: "an object", list: "a list"}
-    return names.get(type(value), type(value).__name__)
-
-
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Parse a JSON file (UTF-8, an optional BOM); every failure is an InvalidDataset naming it."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise InvalidDataset("file not found", path=path) from exc
-    except IsADirectoryError as exc:
-        raise InvalidDataset("is a folder, not a JSON file", path=path) from exc
-    except OSError as exc:
-        raise InvalidDataset(f"cannot read file: {exc.strerror or exc}", path=path) from exc
-    try:
-        return json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise InvalidDataset("not a UTF-8 JSON file", path=path) from exc
-    except json.JSONDecodeError as exc:
-        raise InvalidDataset(
-            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", path=path
-        ) from exc
-    except RecursionError as exc:
-        raise InvalidDataset("not valid JSON: nested too deeply", path=path) from exc
-
-
-# ---------------------------------------------------------------------------------------------
-# RLE and polygons
-
-
-def rle_string_counts(text: str) -> np.ndarray | None:
-    """The run lengths of a compressed COCO RLE string (int64), or None if it is malformed.
-
-    This is pycocotools' ``rleFrString`` in numpy: each run is a little-endian group of 5-bit
-    chunks (characters ``'0'`` + value, ``0x20`` = more chunks follow, ``0x10`` in the last one =
-    negative), and from the fourth run on each value is a delta to the run two places before.
-    """
-    try:
-        chars = np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
-    except UnicodeEncodeError:
-        return None
-    if chars.size == 0 or chars.min() < 0 or chars.max() > 63:
-        return None
-    more = (chars & 0x20) != 0
-    if more[-1]:
-        return None  # truncated in the middle of a run
-    ends = np.flatnonzero(~more)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > _MAX_RUN_CHARS:
-        return None
-    position = np.arange(chars.size) - np.repeat(starts, lengths)
-    raw = np.add.reduceat((chars & 0x1F) << (5 * position), starts)
-    negative = (chars[ends] & 0x10) != 0
-    raw[negative] |= np.left_shift(np.int64(-1), 5 * lengths[negative])
-    counts: np.ndarray = raw.copy()
-    counts[1::2] = np.cumsum(raw[1::2])
-    counts[2::2] = np.cumsum(raw[2::2])
-    return counts
-
-
-def counts_to_mask(counts: Sequence[int] | np.ndarray, height: int, width: int) -> np.ndarray:
-    """Boolean (height, width) mask from column-major run lengths (zeros first), checked beforehand."""
-    values = np.zeros(len(counts), dtype=bool)
-    values[1::2] = True
-    flat = np.repeat(values, np.asarray(counts, dtype=np.int64))
-    return np.ascontiguousarray(flat.reshape(width, height).T)
-
-
-def _rle_string(rle: dict[str, Any]) -> str:
-    counts = rle["counts"]
-    return counts.decode("ascii") if isinstance(counts, bytes) else str(counts)
-
-
-def _encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    return dict(mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8)))
-
-
-def _polygons_rle(polygons: list[list[float]], height: int, width: int) -> dict[str, Any]:
-    return dict(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
-
-
-def _check_polygons(check: FieldCheck, value: Any, field: str, height: int, width: int) -> list[list[float]]:
-    polygons = check.as_list(value, field)
-    if not polygons:
-        check.fail(field, "expected at least one polygon")
-    out: list[list[float]] = []
-    for k, poly in enumerate(polygons):
-        where = f"{field}[{k}]"
-        if not isinstance(poly, list):
-            check.fail(where, f"expected a flat list [x1, y1, x2, y2, ...] of numbers, got {_kind(poly)}")
-        coords = [check.as_number(v, f"{where}[{j}]") for j, v in enumerate(poly)]
-        if len(coords) < 6 or len(coords) % 2:
-            check.fail(where, f"expected an even number (>= 6) of coordinates, got {len(coords)}")
-        for j, v in enumerate(coords):
-            limit = width if j % 2 == 0 else height
-            if not -limit <= v <= 2 * limit:
-                check.fail(f"{where}[{j}]", f"coordinate {v} is far outside the {width}x{height} image")
-        out.append(coords)
-    return out
-
-
-def _check_rle(
-    check: FieldCheck, value: dict[str, Any], field: str, height: int, width: int
-) -> tuple[dict[str, Any], str]:
-    """The RLE as it is stored (counts str or list) and its compressed counts string."""
-    size = check.require(value, "size", f"{field}.size")
-    if (
-        not isinstance(size, list)
-        or len(size) != 2
-        or [check.as_int(v, f"{field}.size[{i}]") for i, v in enumerate(size)] != [height, width]
-    ):
-        check.fail(
-            f"{field}.size", f"expected the image's [height, width] = [{height}, {width}], got {size!r}"
-        )
-    counts = check.require(value, "counts", f"{field}.counts")
-    total = height * width
-    if isinstance(counts, bytes):
-        try:
-            counts = counts.decode("ascii")
-        except UnicodeDecodeError:
-            check.fail(f"{field}.counts", "compressed RLE bytes are not ASCII")
-    if isinstance(counts, str):
-        runs = rle_string_counts(counts)
-        if runs is None:
-            check.fail(f"{field}.counts", "not a valid compressed RLE string")
-        _check_runs(check, runs, f"{field}.counts", total)
-        return {"size": [height, width], "counts": counts}, counts
-    if isinstance(counts, list):
-        run_list = [check.as_int(v, f"{field}.counts[{i}]", minimum=0) for i, v in enumerate(counts)]
-        _check_runs(check, np.asarray(run_list, dtype=np.int64), f"{field}.counts", total)
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": run_list}, height, width)
-        return {"size": [height, width], "counts": run_list}, _rle_string(rle)
-    check.fail(
-        f"{field}.counts", f"expected a compressed RLE string or a list of run lengths, got {_kind(counts)}"
-    )
-
-
-def _check_runs(check: FieldCheck, runs: np.ndarray, field: str, total: int) -> None:
-    if runs.size and (runs.min() < 0 or runs.max() >= _UINT32_LIMIT):
-        check.fail(field, "run lengths must be between 0 and 2**32 - 1")
-    if int(runs.sum()) != total:
-        check.fail(field, f"run lengths add up to {int(runs.sum())}, not height * width = {total}")
-
-
-def _check_segmentation(
-    check: FieldCheck, value: Any, field: str, height: int, width: int
-) -> tuple[Any, str]:
-    """The segmentation as it is stored (counts as str) and its compressed RLE counts string."""
-    if isinstance(value, list):
-        polygons = _check_polygons(check, value, field, height, width)
-        return polygons, _rle_string(_polygons_rle(polygons, height, width))
-    if isinstance(value, dict):
-        return _check_rle(check, value, field, height, width)
-    check.fail(
-        field,
-        "expected polygons (a list of flat [x1, y1, x2, y2, ...] lists) or an RLE object {size, counts}, "
-        f"got {_kind(value)}",
-    )
-
-
-def _check_bbox(check: FieldCheck, value: Any, field: str) -> list[float]:
-    if not isinstance(value, list) or len(value) != 4:
-        check.fail(field, f"expected [x, y, width, height], got {_kind(value)}")
-    box = [check.as_number(v, f"{field}[{i}]") for i, v in enumerate(value)]
-    if box[2] < 0 or box[3] < 0:
-        check.fail(field, f"width and height must not be negative, got {box}")
-    return box
-
-
-def _check_iscrowd(check: FieldCheck, value: Any, field: str) -> int:
-    if isinstance(value, bool):
-        return int(value)
-    crowd = check.as_int(value, field)
-    if crowd not in (0, 1):
-        check.fail(field, f"expected 0 or 1, got {crowd}")
-    return crowd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +67,7 @@ def _check_iscrowd(check: FieldCheck, value: Any, field: str) -> int:
 
 class CocoDataset:
     """A validated COCO instance dataset. Make one with :meth:`from_dict`, :func:`load_coco` or
-    :class:`CocoBuilder`; it is not meant to be changed after that."""
+    :class:`~crystal_rt.data.builder.CocoBuilder`; it is not meant to be changed after that."""
 
     source: Path | None
     images_dir: Path | None
@@ -346,7 +106,7 @@ class CocoDataset:
         check = FieldCheck(source)
         if not isinstance(data, dict):
             raise InvalidDataset(
-                f"expected a JSON object with images, annotations and categories, got {_kind(data)}",
+                f"expected a JSON object with images, annotations and categories, got {describe(data)}",
                 path=source,
             )
         for key in _TOP_KEYS:
@@ -493,7 +253,7 @@ def _check_annotation(
     if category_id not in category_ids:
         check.fail(f"{field}.category_id", f"no category with id {category_id}")
     image = records[image_id]
-    segmentation, rle = _check_segmentation(
+    segmentation, rle = check_segmentation(
         check,
         check.require(obj, "segmentation", f"{field}.segmentation"),
         f"{field}.segmentation",
@@ -504,14 +264,14 @@ def _check_annotation(
     if obj.get("bbox") is None:
         bbox = [float(v) for v in mask_utils.toBbox(compressed)]
     else:
-        bbox = _check_bbox(check, obj["bbox"], f"{field}.bbox")
+        bbox = check_bbox(check, obj["bbox"], f"{field}.bbox")
     if obj.get("area") is None:
         area = float(mask_utils.area(compressed))
     else:
         area = check.as_number(obj["area"], f"{field}.area")
         if area < 0:
             check.fail(f"{field}.area", f"expected a number >= 0, got {area}")
-    crowd = 0 if obj.get("iscrowd") is None else _check_iscrowd(check, obj["iscrowd"], f"{field}.iscrowd")
+    crowd = 0 if obj.get("iscrowd") is None else check_iscrowd(check, obj["iscrowd"], f"{field}.iscrowd")
     ann = {
         **obj,
         "id": ann_id,
@@ -532,92 +292,3 @@ def load_coco(path: str | os.PathLike[str], images_dir: str | os.PathLike[str] |
     data = read_json(path)
     folder = path.parent if images_dir is None else Path(images_dir)
     return CocoDataset.from_dict(data, source=path, images_dir=folder)
-
-
-# ---------------------------------------------------------------------------------------------
-# Building a dataset
-
-
-class CocoBuilder:
-    """Collect images and instance masks or polygons, then :meth:`build` a validated dataset.
-
-    Category ids are 1..C in the order the names are first given; image and annotation ids are
-    1-based and sequential.
-    """
-
-    def __init__(self, class_names: Sequence[str] = ("crystal",)) -> None:
-        self._categories: dict[str, int] = {}
-        self._images: dict[int, ImageRecord] = {}
-        self._annotations: list[dict[str, Any]] = []
-        for name in class_names:
-            self.category_id(name)
-
-    def category_id(self, name: str) -> int:
-        """The id of a category, added (as the next id) if it is new."""
-        if name not in self._categories:
-            FieldCheck(None).as_name(name, "category name")
-            self._categories[name] = len(self._categories) + 1
-        return self._categories[name]
-
-    def add_image(self, file_name: str, width: int, height: int) -> int:
-        check = FieldCheck(None)
-        check.as_name(file_name, "file_name")
-        check.as_int(width, "width", minimum=1)
-        check.as_int(height, "height", minimum=1)
-        image_id = len(self._images) + 1
-        self._images[image_id] = ImageRecord(image_id, file_name, int(width), int(height))
-        return image_id
-
-    def _record(self, image_id: int) -> ImageRecord:
-        try:
-            return self._images[image_id]
-        except KeyError:
-            raise KeyError(f"no image with id {image_id}") from None
-
-    def add_mask(self, image_id: int, mask: np.ndarray, category: str = "crystal") -> int | None:
-        """Add a bool (H, W) instance mask as compressed RLE; an empty mask is skipped (None)."""
-        record = self._record(image_id)
-        if mask.shape != (record.height, record.width):
-            raise ValueError(
-                f"mask shape {mask.shape} differs from image {image_id}'s ({record.height}, {record.width})"
-            )
-        if not mask.any():
-            return None
-        rle = _encode_mask(np.asarray(mask, dtype=bool))
-        segmentation = {"size": [record.height, record.width], "counts": _rle_string(rle)}
-        return self._add(image_id, category, segmentation, rle)
-
-    def add_polygons(self, image_id: int, polygons: list[list[float]], category: str) -> int | None:
-        """Add COCO polygons (flat [x1, y1, x2, y2, ...] lists); one with no area is skipped (None)."""
-        record = self._record(image_id)
-        checked = _check_polygons(FieldCheck(None), polygons, "polygons", record.height, record.width)
-        rle = _polygons_rle(checked, record.height, record.width)
-        return self._add(image_id, category, checked, rle)
-
-    def _add(self, image_id: int, category: str, segmentation: Any, rle: dict[str, Any]) -> int | None:
-        area = int(mask_utils.area(rle))
-        if area == 0:
-            return None
-        ann_id = len(self._annotations) + 1
-        self._annotations.append(
-            {
-                "id": ann_id,
-                "image_id": image_id,
-                "category_id": self.category_id(category),
-                "segmentation": segmentation,
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "area": float(area),
-                "iscrowd": 0,
-            }
-        )
-        return ann_id
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "images": [im.to_dict() for im in self._images.values()],
-            "annotations": list(self._annotations),
-            "categories": [{"id": cat_id, "name": name} for name, cat_id in self._categories.items()],
-        }
-
-    def build(self, *, images_dir: Path | None = None) -> CocoDataset:
-        return CocoDataset.from_dict(self.to_dict(), images_dir=images_dir)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidDataset
-from .coco import CocoDataset, load_coco, read_json
+from .coco import CocoDataset, load_coco
+from .fields import read_json
 from .labelme import labelme_to_coco
 from .mask_folders import read_mask_folders
 

@@ -38,7 +38,9 @@ import numpy as np
 from ..errors import InvalidDataset, InvalidImage
 from ..io.decode import read_image
 from ..io.writers import atomic_write_bytes
-from .coco import CocoBuilder, CocoDataset, FieldCheck, read_json
+from .builder import CocoBuilder
+from .coco import CocoDataset
+from .fields import FieldCheck, read_json
 
 AREA_SHAPES = frozenset({"polygon", "rectangle", "circle", "mask"})
 NO_AREA_SHAPES = frozenset({"line", "linestrip", "point", "points"})

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import InvalidDataset, InvalidImage
 from ..io.decode import list_images, read_image
-from .coco import CocoBuilder, CocoDataset
+from .builder import CocoBuilder
+from .coco import CocoDataset
 
 _LAYOUT = "expected NAME/images/NAME.png and NAME/masks/*.png"
 

@@ -51,7 +51,7 @@ def write_synthetic(
 ) -> Path:
     """Generate ``options.count`` drops into ``output/images`` and ``output/annotations.json``."""
     from ..io.writers import atomic_write_bytes
-    from .coco import CocoBuilder
+    from .builder import CocoBuilder
 
     options.validate()
     out = Path(output)

@@ -17,10 +17,10 @@ from typing import Any
 
 from ...errors import BackendUnavailable, CrystalRtError, InvalidModel
 from ...runtime.artifacts import Manifest, sha256_file
-from . import cache as engine_cache
 from ...runtime.tensorrt import device
-from .builder import build_plan
 from ...runtime.tensorrt.modules import TENSORRT, TENSORRT_RTX, load_tensorrt, module_version
+from . import cache as engine_cache
+from .builder import build_plan
 from .options import BuildOptions
 from .precision import route_precision
 

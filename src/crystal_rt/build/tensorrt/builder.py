@@ -20,9 +20,9 @@ from typing import Any
 
 from ...errors import BackendUnavailable, CrystalRtError, CudaError, InvalidModel
 from ...runtime.tensorrt.plugins import init_plugins
+from ...runtime.tensorrt.trtlog import create, get_logger, out_of_memory, summarize
 from .options import HARDWARE_COMPAT_LEVELS, BuildOptions
 from .precision import PrecisionRoute
-from ...runtime.tensorrt.trtlog import create, get_logger, out_of_memory, summarize
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,8 @@ def build_plan(
 
 def _free_memory() -> str:
     """'; X MiB of Y MiB of GPU memory free' where the driver says, else ''."""
-    from ...cuda.driver import check, driver as cuda_driver, ensure_context
+    from ...cuda.driver import check, ensure_context
+    from ...cuda.driver import driver as cuda_driver
 
     try:
         ensure_context()
