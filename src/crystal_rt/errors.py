@@ -25,9 +25,8 @@ class MissingDependency(CrystalRtError):
     def __init__(self, package: str, extra: str, purpose: str, hint: str = "") -> None:
         self.package = package
         self.extra = extra
-        super().__init__(
-            f'{purpose} needs {package}, which is not installed: pip install "crystal-rt[{extra}]"{hint}'
-        )
+        install = f'"crystal-rt[{extra}]"' if extra else package  # no extra: a base dependency
+        super().__init__(f"{purpose} needs {package}, which is not installed: pip install {install}{hint}")
 
 
 class InvalidImage(CrystalRtError):
