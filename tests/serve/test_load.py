@@ -22,7 +22,8 @@ from serve_helpers import LOW_THRESHOLD, png_bytes, start_serve_process, wait_re
 from test_bad_inputs import png_claiming
 
 from crystal_rt.data.synthetic import make_drop
-from crystal_rt.serve.watch import JOURNAL_NAME, Watcher, WatchOptions
+from crystal_rt.serve.journal import JOURNAL_NAME
+from crystal_rt.serve.watch import Watcher, WatchOptions
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,8 @@ from serve_helpers import CLI_SCRIPT, LOW_THRESHOLD, cli_namespace
 from crystal_rt.errors import EngineNotFound, InvalidImage
 from crystal_rt.results.detection import Instance, InstanceMask
 from crystal_rt.results.dispense import dispense_target
-from crystal_rt.serve.watch import JOURNAL_NAME, Watcher, WatchOptions
+from crystal_rt.serve.journal import JOURNAL_NAME
+from crystal_rt.serve.watch import Watcher, WatchOptions
 
 
 def _options(in_dir: Path, out_dir: Path, **kw: Any) -> WatchOptions:

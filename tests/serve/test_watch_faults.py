@@ -24,7 +24,9 @@ from serve_helpers import CLI_SCRIPT
 import crystal_rt.io.writers as writers_module
 import crystal_rt.serve.watch as watch_module
 from crystal_rt.errors import InvalidOption, OutputBusy
-from crystal_rt.serve.watch import JOURNAL_NAME, LOCK_NAME, Watcher, WatchOptions
+from crystal_rt.serve.journal import JOURNAL_NAME
+from crystal_rt.serve.outlock import LOCK_NAME
+from crystal_rt.serve.watch import Watcher, WatchOptions
 
 
 def _options(in_dir: Path, out_dir: Path, **kw: Any) -> WatchOptions:
@@ -235,8 +237,8 @@ def test_lock_held_by_another_process_and_stale_after_kill(
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from crystal_rt.serve.watch import _OutLock\n"
-            "lock = _OutLock(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
+            "import sys; from pathlib import Path; from crystal_rt.serve.outlock import OutputLock\n"
+            "lock = OutputLock(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
             str(out),
         ],
         stdin=subprocess.PIPE,

@@ -61,18 +61,17 @@ import json
 import logging
 import os
 import shutil
-import socket
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 from time import perf_counter, time
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import CrystalRtError, InvalidImage, InvalidOption, OutputBusy
+from ..errors import CrystalRtError, InvalidImage, InvalidOption
+from .journal import JOURNAL_NAME, FileState, Journal, append_durably, journal_key
+from .outlock import OutputLock
 
 if TYPE_CHECKING:
     from ..results.detection import DetectionResult
@@ -80,8 +79,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("crystal_rt.watch")
 
-JOURNAL_NAME = ".crystal-rt-journal.jsonl"
-LOCK_NAME = ".crystal-rt-watch.lock"
 POINTS_NAME = "points.csv"
 QUARANTINE_DIR = "quarantine"
 DEFAULT_PATTERNS = ("*.png", "*.tif", "*.tiff", "*.jpg", "*.jpeg", "*.bmp")
@@ -104,16 +101,6 @@ class WatchOptions:
     max_bytes: int = DEFAULT_MAX_BYTES
     empty_grace_seconds: float = 60.0
     retry_max_seconds: float = 300.0
-
-
-@dataclass(frozen=True)
-class FileState:
-    size: int
-    mtime_ns: int
-
-    @property
-    def mtime(self) -> float:
-        return self.mtime_ns / 1e9
 
 
 @dataclass(frozen=True)
@@ -150,62 +137,9 @@ class _Failure:
     next_try: float
 
 
-def journal_key(rel: str, state: FileState) -> str:
-    return f"{rel}\0{state.size}\0{state.mtime_ns}"
-
-
 def display_name(rel: str) -> str:
     """``rel`` printable and encodable anywhere: bytes that are not UTF-8 become ``\\xNN``."""
     return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _append_durably(path: Path, data: bytes) -> int:
-    """Append ``data`` to ``path`` and fsync; a failed or partial write is truncated away (so a
-    retry never follows a torn line). Returns the new size."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        before = os.fstat(fd).st_size
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, before)
-            raise
-        return before + len(data)
-    finally:
-        os.close(fd)
-
-
-def _cut_torn_tail(path: Path) -> int:
-    """Cut a last line without its newline (a crash mid-append); returns the bytes removed."""
-    try:
-        with path.open("r+b") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size == 0:
-                return 0
-            fh.seek(size - 1)
-            if fh.read(1) == b"\n":
-                return 0
-            keep = 0
-            block = 1 << 16
-            pos = size
-            while pos > 0:  # the last newline, read backwards in blocks
-                start = max(0, pos - block)
-                fh.seek(start)
-                found = fh.read(pos - start).rfind(b"\n")
-                if found >= 0:
-                    keep = start + found + 1
-                    break
-                pos = start
-            fh.truncate(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
-            return size - keep
-    except FileNotFoundError:
-        return 0
 
 
 def fit_name(name: str, limit: int = 255) -> str:
@@ -224,131 +158,6 @@ def _name_max(folder: Path) -> int:
         return int(os.pathconf(folder, "PC_NAME_MAX"))
     except (AttributeError, OSError, ValueError):
         return 255
-
-
-class _OutLock:
-    """An exclusive, non-blocking lock on OUT_DIR's lock file, released when the process ends."""
-
-    def __init__(self, folder: Path) -> None:
-        self._fh: IO[bytes] | None = None
-        path = folder / LOCK_NAME
-        try:
-            fh = path.open("a+b")
-        except OSError as exc:
-            raise InvalidOption(
-                f"cannot write to the output folder: {exc.strerror or exc}", path=folder
-            ) from exc
-        try:
-            fh.seek(0)
-            _lock_file(fh)
-        except OSError:
-            try:
-                fh.seek(0)
-                holder = fh.read(200).decode("utf-8", "replace").strip()
-            except OSError:
-                holder = ""
-            fh.close()
-            raise OutputBusy(
-                f"another crystal-rt watch ({holder or 'another process'}) is writing to this output "
-                "folder, and two would process every image twice: let it finish (from cron, run "
-                "`--once` less often) or stop it",
-                path=folder,
-            ) from None
-        fh.truncate(0)
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        fh, self._fh = self._fh, None
-        if fh is not None:
-            try:
-                _unlock_file(fh)
-            finally:
-                fh.close()
-
-
-if sys.platform == "win32":
-    import msvcrt
-
-    def _lock_file(fh: IO[bytes]) -> None:
-        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-
-    def _unlock_file(fh: IO[bytes]) -> None:
-        fh.seek(0)
-        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _lock_file(fh: IO[bytes]) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # per open file: also within a process
-
-    def _unlock_file(fh: IO[bytes]) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _parse_entry(line: bytes) -> dict[str, Any] | None:
-    """A journal entry, or None; a line glued to a torn one (older versions) gives its second part."""
-    glued = line.rfind(b'{"path"')
-    for start in dict.fromkeys((0, glued)):
-        if start < 0:
-            continue
-        try:
-            entry = json.loads(line[start:])
-            if isinstance(entry, dict):
-                FileState(int(entry["size"]), int(entry["mtime_ns"]))
-                if isinstance(entry["path"], str):
-                    return entry
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
-class Journal:
-    """Append-only JSON lines, one per finished file; a torn last line (a crash) is cut off on load,
-    a failed append is undone."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.entries: dict[str, dict[str, Any]] = {}
-        #: each image's latest "ok" entry, oldest first (a re-processed image moves to the end)
-        self.latest_ok: dict[str, dict[str, Any]] = {}
-        self.repaired = 0
-        if path.is_file():
-            self.repaired = _cut_torn_tail(path)
-            with path.open("rb") as fh:
-                for line in fh:
-                    entry = _parse_entry(line)
-                    if entry is None:
-                        continue
-                    self._add(entry)
-
-    def _add(self, entry: dict[str, Any]) -> None:
-        rel = str(entry["path"])
-        self.entries[journal_key(rel, FileState(int(entry["size"]), int(entry["mtime_ns"])))] = entry
-        if entry.get("status") == "ok":
-            self.latest_ok.pop(rel, None)
-            self.latest_ok[rel] = entry
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.entries
-
-    def ok_images(self) -> set[str]:
-        return set(self.latest_ok)
-
-    def append(self, rel: str, state: FileState, status: str, **extra: Any) -> None:
-        entry = {
-            "path": rel,
-            "size": state.size,
-            "mtime_ns": state.mtime_ns,
-            "status": status,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **extra,
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _append_durably(self.path, (json.dumps(entry) + "\n").encode())
-        self._add(entry)
 
 
 class Watcher:
@@ -395,7 +204,7 @@ class Watcher:
         self._seen: dict[str, FileState] = {}
         self._failures: dict[str, _Failure] = {}
         self._closed = False
-        self._lock: _OutLock | None = None
+        self._lock: OutputLock | None = None
         self._hold()
 
     def _hold(self) -> None:
@@ -405,7 +214,7 @@ class Watcher:
             return
         if self._closed:
             raise InvalidOption("this watcher was closed; make a new Watcher")
-        self._lock = _OutLock(self.out_dir)
+        self._lock = OutputLock(self.out_dir)
         try:
             self.journal = Journal(self.out_dir / JOURNAL_NAME)
             if self.journal.repaired:
@@ -734,7 +543,7 @@ class Watcher:
                         data = points_csv_bytes(rows)
                         if size >= 0:
                             data = data[data.index(b"\n") + 1 :]  # no second header
-                        self._points_size = _append_durably(self.points_path, data)
+                        self._points_size = append_durably(self.points_path, data)
                     return None
             except OSError:
                 pass
