@@ -8,6 +8,34 @@ traceback and carry on.
 from __future__ import annotations
 
 import os
+from typing import Any
+
+__all__ = [
+    "BackendUnavailable",
+    "BuildError",
+    "CalibrationError",
+    "CrystalRtError",
+    "CudaError",
+    "EngineIncompatible",
+    "EngineNotFound",
+    "ExportError",
+    "ImageTooLarge",
+    "InferenceError",
+    "InvalidDataset",
+    "InvalidImage",
+    "InvalidModel",
+    "InvalidOption",
+    "InvalidSpec",
+    "KernelBuildError",
+    "LintError",
+    "MissingDependency",
+    "OutputBusy",
+    "OutputNotWritten",
+    "ParityError",
+    "ServiceError",
+    "TrainingError",
+    "ValidationFailed",
+]
 
 
 class CrystalRtError(Exception):
@@ -33,6 +61,10 @@ class InvalidImage(CrystalRtError):
     """An image file or array that cannot be used (missing, empty, corrupt, too large, ...)."""
 
 
+class ImageTooLarge(InvalidImage):
+    """An image over the pixel or memory limits (the service answers it with HTTP 413)."""
+
+
 class InvalidModel(CrystalRtError):
     """A checkpoint or ONNX model that cannot be read or does not follow the contract."""
 
@@ -50,6 +82,10 @@ class OutputBusy(CrystalRtError):
     """Another process holds the output folder (e.g. a second ``crystal-rt watch`` on it)."""
 
 
+class OutputNotWritten(CrystalRtError):
+    """A result, table or artifact could not be written (disk full, permissions, a vanished share)."""
+
+
 class ExportError(CrystalRtError):
     """Export to the core ONNX failed."""
 
@@ -58,12 +94,20 @@ class LintError(ExportError):
     """The exported graph uses an operator or attribute TensorRT's ONNX parser cannot import."""
 
 
-class ValidationFailed(ExportError):
-    """The exported ONNX does not reproduce the PyTorch model within tolerance."""
-
-
 class ParityError(CrystalRtError):
-    """Two backends disagree beyond the parity tolerances."""
+    """Two implementations disagree beyond the parity tolerances: the exported ONNX against PyTorch
+    (export's validation) or two engines (``crystal-rt compare``). ``report`` is the
+    :class:`~crystal_rt.evaluate.parity.ParityReport` behind it, when one was computed."""
+
+    def __init__(
+        self, message: str, *, report: Any | None = None, path: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.report = report
+        super().__init__(message, path=path)
+
+
+#: The name export's validation failure had before it became :class:`ParityError` (same class).
+ValidationFailed = ParityError
 
 
 class EngineNotFound(CrystalRtError):
@@ -76,6 +120,22 @@ class EngineIncompatible(CrystalRtError):
 
 class BackendUnavailable(CrystalRtError):
     """The requested backend cannot run on this machine."""
+
+
+class InferenceError(CrystalRtError):
+    """A backend failed while running a model it had loaded (ONNX Runtime, TensorRT)."""
+
+
+class BuildError(CrystalRtError):
+    """Building an engine failed: TensorRT could not build the graph, or built an empty plan."""
+
+
+class TrainingError(CrystalRtError):
+    """Training cannot go on (the loss diverged, nothing to resume from)."""
+
+
+class ServiceError(CrystalRtError):
+    """The HTTP service failed on its side (a 5xx), or answered with an error the client cannot map."""
 
 
 class InvalidDataset(CrystalRtError):

@@ -10,7 +10,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
-from crystal_rt.errors import InvalidModel, LintError, ValidationFailed  # noqa: E402
+from crystal_rt.errors import InvalidModel, LintError, ParityError  # noqa: E402
 from crystal_rt.export.lint import lint_model, lint_onnx  # noqa: E402
 from crystal_rt.models.maskrcnn import build_maskrcnn, load_checkpoint  # noqa: E402
 from crystal_rt.models.reference import detector_from_checkpoint  # noqa: E402
@@ -69,7 +69,7 @@ def test_zero_detections_run_on_both(tiny, tmp_path):
     loaded = load_checkpoint(tiny.checkpoint)
     core = CoreMaskRCNN(loaded.model, tiny.size, tiny.k)
     tensor = np.random.default_rng(0).standard_normal((1, 3, tiny.size, tiny.size)).astype(np.float32)
-    check_empty_path(core, tensor, tmp_path / "m.onnx")  # raises ValidationFailed on any difference
+    check_empty_path(core, tensor, tmp_path / "m.onnx")  # raises ParityError on any difference
     assert core.roi_heads.score_thresh == pytest.approx(0.05)  # restored afterwards
 
 
@@ -79,9 +79,11 @@ def test_failed_validation_names_worst_detection(tiny, tmp_path):
 
     loaded = load_checkpoint(tiny.checkpoint)
     impossible = Tolerances(box_iou=1.01, mask_iou=0.98, score=1e-3)
-    with pytest.raises(ValidationFailed) as err:
+    with pytest.raises(ParityError) as err:
         export_core_onnx(loaded, tmp_path / "strict.onnx", tolerances=impossible)
     assert "worst: synthetic-drop" in str(err.value)
+    report = err.value.report  # the ParityReport behind the message
+    assert report is not None and not report.ok and report.failures
     assert "box IoU" in str(err.value) and "score" in str(err.value)
 
 

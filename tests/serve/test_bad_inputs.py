@@ -214,7 +214,8 @@ def test_http(case: Case, http: Any) -> None:
     else:
         assert answer.status_code == case.status, answer.text
         error = answer.json()["error"]
-        assert error["type"] == "InvalidImage" and case.error in error["message"]
+        expected = "ImageTooLarge" if case.status == 413 else "InvalidImage"  # ImageTooLarge(InvalidImage)
+        assert error["type"] == expected and case.error in error["message"]
         assert error["input"] == case.filename
 
 
@@ -263,7 +264,8 @@ def test_watcher(case: Case, watched: tuple[Path, Path, Any]) -> None:
     else:  # recorded and copied; the input folder is never changed
         assert (in_dir / case.filename).exists() and (out / "quarantine" / case.filename).is_file()
         reason = (out / "quarantine" / f"{case.filename}.reason.txt").read_text()
-        assert reason.startswith("InvalidImage: ") and case.error in reason and case.filename in reason
+        kind = "ImageTooLarge" if case.status == 413 else "InvalidImage"
+        assert reason.startswith(f"{kind}: ") and case.error in reason and case.filename in reason
     assert (out / "good.png.json").is_file()
 
 

@@ -86,7 +86,7 @@ def test_bad_image_is_422_with_error_json_and_service_keeps_going(
 def test_body_limit(client: Any, drop_pngs: list[bytes]) -> None:
     big = b"\x89PNG" + b"\0" * (2 * 2**20 + 10)
     declared = client.post("/v1/detect", content=big)
-    assert declared.status_code == 413 and declared.json()["error"]["type"] == "InvalidImage"
+    assert declared.status_code == 413 and declared.json()["error"]["type"] == "ImageTooLarge"
 
     def chunks() -> Any:  # no Content-Length: counted while reading
         for _ in range(40):

@@ -164,9 +164,9 @@ def test_memory_failures_are_413_and_500s_expose_no_source_paths(
         "Failed to allocate 3221225472 bytes in function 'OutOfMemoryError'"
     )
     cases = [
-        (opencv_oom, 413, "InvalidImage"),
-        (MemoryError(), 413, "InvalidImage"),
-        (RuntimeError("/home/build/src/pipeline.py:12: boom"), 500, "CrystalRtError"),
+        (opencv_oom, 413, "ImageTooLarge"),
+        (MemoryError(), 413, "ImageTooLarge"),
+        (RuntimeError("/home/build/src/pipeline.py:12: boom"), 500, "ServiceError"),
     ]
     for error, status, kind in cases:
         with TestClient(create_app(_Failing(detector, error)), raise_server_exceptions=False) as c:  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InferenceError, InvalidOption, OutputNotWritten
 from . import BENCH_SCHEMA, BENCH_STAGES
 from .environment import collect_environment, gpu_memory_mb, usable_cores
 from .stats import summarize
@@ -123,14 +124,13 @@ def synthetic_images(count: int, height: int = 1024, width: int = 1224, seed: in
     import cv2
 
     from ..data.synthetic import make_drop
-    from ..errors import CrystalRtError
 
     images = []
     for i in range(count):
         drop = make_drop(seed + i, height, width, 12, rgb=True, bit_depth=8)
         ok, buf = cv2.imencode(".png", cv2.cvtColor(drop.image, cv2.COLOR_RGB2BGR))
         if not ok:
-            raise CrystalRtError("could not encode a synthetic drop as PNG")
+            raise OutputNotWritten("could not encode a synthetic drop as PNG")
         images.append(BenchImage(f"synthetic-{seed + i}.png", buf.tobytes(), width, height))
     return images
 
@@ -260,7 +260,6 @@ def cold_start(
 
     ``spawn_to_result_s`` runs from just before the spawn to the arrival of the child's result line.
     """
-    from ..errors import CrystalRtError
 
     env = _child_env()
     argv = [sys.executable, "-c", COLD_START_CODE, str(engine), str(image), str(threads or 0), stages]
@@ -284,7 +283,7 @@ def cold_start(
         if not line:
             err.seek(0)
             tail = err.read().strip().splitlines()[-3:]
-            raise CrystalRtError(f"the cold-start child failed (exit {proc.returncode}): {' | '.join(tail)}")
+            raise InferenceError(f"the cold-start child failed (exit {proc.returncode}): {' | '.join(tail)}")
     child: dict[str, Any] = json.loads(line[len(COLD_MARK) :])
     return {"spawn_to_result_s": elapsed, **child}
 
@@ -298,9 +297,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
     say = config.log or (lambda _msg: None)
     if not config.images:
-        from ..errors import CrystalRtError
-
-        raise CrystalRtError("no images to benchmark")
+        raise InvalidOption("no images to benchmark")
     manifest = Manifest.read(resolve_manifest(config.engine))
     cores = usable_cores()
     report: dict[str, Any] = {

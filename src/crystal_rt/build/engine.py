@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import require
-from ..errors import BackendUnavailable, CrystalRtError, InvalidModel
+from ..errors import BackendUnavailable, InvalidModel, InvalidOption
 from ..runtime.artifacts import Manifest
 
 if TYPE_CHECKING:
@@ -71,9 +71,9 @@ def build_engine(
     if not src.is_file():
         raise InvalidModel("model file not found", path=src)
     if backend not in BACKENDS:
-        raise CrystalRtError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise InvalidOption(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
-        raise CrystalRtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise InvalidOption(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if backend == "auto":
         backend, reason = choose_backend(backend)
         say(f"--backend auto chose {backend}: {reason}")
@@ -188,7 +188,7 @@ def _build_onnxruntime(
         raise InvalidModel("ONNX Runtime wrote no optimised model", path=source)
     engine = out / f"{name}.onnx"
     if engine.resolve() == source.resolve():
-        raise CrystalRtError(
+        raise InvalidOption(
             f"the engine would overwrite its source; choose another -o than {out}", path=source
         )
     shutil.move(str(staged), engine)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CrystalRtError
+
 #: synthetic drops checked besides the given images: (height, width, rgb, bit depth)
 SYNTHETIC_SHAPES = [
     (1024, 1224, False, 8),
@@ -57,7 +59,6 @@ def _fmt(stats: dict[str, float]) -> str:
 
 
 def _guard(name: str, fn: Callable[[], tuple[bool, str, dict[str, Any]]]) -> Check:
-    from ..errors import CrystalRtError
 
     try:
         ok, detail, data = fn()

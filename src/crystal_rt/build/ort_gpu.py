@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, CrystalRtError
+from ..errors import BackendUnavailable, InvalidOption
 from ..runtime.artifacts import Manifest
 from ..runtime.backends.ort_providers import PROVIDER_OF, TRT_EP, probe
 
@@ -88,7 +88,7 @@ def build_ort_gpu(
     _check_precision(backend, precision, read_calibration(metadata, source), source)
     engine = out / f"{name}.onnx"
     if engine.resolve() == source.resolve():
-        raise CrystalRtError(
+        raise InvalidOption(
             f"the engine would overwrite its source; choose another -o than {out}", path=source
         )
     shutil.copyfile(source, engine)

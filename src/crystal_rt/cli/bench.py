@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import CrystalRtError, InvalidOption
 from .options import add_bit_depth, add_score_threshold, add_stages, add_tiling, report_file, tiling_from_args
 
 
@@ -96,18 +97,17 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.report import latency_tables, write_json, write_plot
     from ..bench.runner import BenchConfig, load_images, run_bench, synthetic_images
     from ..console import console, info
-    from ..errors import CrystalRtError
 
     if args.runs < 1 or args.warmup < 0 or args.cold_starts < 0:
-        raise CrystalRtError("--runs must be >= 1, --warmup and --cold-starts >= 0")
+        raise InvalidOption("--runs must be >= 1, --warmup and --cold-starts >= 0")
     if args.images:
         images = load_images(args.images)
         if not images:
-            raise CrystalRtError("no images found in " + ", ".join(map(str, args.images)))
+            raise InvalidOption("no images found in " + ", ".join(map(str, args.images)))
     else:
         count = 4 if args.synthetic is None else args.synthetic
         if count < 1:
-            raise CrystalRtError("--synthetic must be >= 1")
+            raise InvalidOption("--synthetic must be >= 1")
         height, width = args.synthetic_size
         info(f"generating {count} synthetic drop(s) of {height}x{width}")
         images = synthetic_images(count, height, width, seed=args.seed)
@@ -143,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
     from ..console import err_console, show_library_warnings
-    from ..errors import CrystalRtError
 
     show_library_warnings()
     parser = argparse.ArgumentParser(prog="crystal-rt")

@@ -7,6 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidOption
 from .calibrate import add_calibration_options
 from .export import add_checkpoint_options, checkpoint_options
 from .options import output_dir
@@ -88,7 +89,6 @@ def tensorrt_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from ..build.engine import build_engine, choose_backend
     from ..console import console, err_console, info
-    from ..errors import CrystalRtError
 
     calib_options = {
         "num_images": args.num_images,
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "recursive": args.recursive,
     }
     if args.calib is not None and args.precision != "int8":
-        raise CrystalRtError(f"--calib calibrates for --precision int8, not {args.precision}")
+        raise InvalidOption(f"--calib calibrates for --precision int8, not {args.precision}")
     backend, reason = choose_backend(args.backend)
     if args.backend == "auto":
         info(f"--backend auto chose {backend}: {reason}")

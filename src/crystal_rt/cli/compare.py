@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ParityError
 from .options import add_stages
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..console import console, progress
-    from ..errors import ParityError
     from ..evaluate.parity import Tolerances, compare_detectors, worst_failure
     from ..io.decode import list_images, read_image
     from ..models.reference import detector_from_checkpoint
@@ -86,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
         )
     console.print(table)
     if not report.ok:
-        raise ParityError(f"{len(report.failures)} problem(s); worst: {worst_failure(report)}")
+        raise ParityError(f"{len(report.failures)} problem(s); worst: {worst_failure(report)}", report=report)
     console.print("[green]parity within tolerances[/]")
     return 0

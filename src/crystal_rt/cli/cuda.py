@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import BackendUnavailable, CrystalRtError
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -52,7 +54,6 @@ def _build(args: argparse.Namespace) -> int:
 
     from ..console import console, err_console
     from ..cuda import build
-    from ..errors import BackendUnavailable
 
     if args.arch:
         archs = build.parse_arch_list(args.arch)
@@ -128,7 +129,6 @@ def _info() -> int:
 
     from ..console import console
     from ..cuda import build
-    from ..errors import CrystalRtError
 
     table = Table(show_header=False, title="CUDA", title_justify="left")
     table.add_column("what")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..assets import demo_model
-from ..errors import CrystalRtError
+from ..errors import InvalidOption
 from .options import output_dir
 
 # (height, width, rgb, bit depth) of the generated drops, in turn: imager sizes and formats.
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.detector import STAGES, Detector
 
     if args.images < 1:
-        raise CrystalRtError("--images must be at least 1")
+        raise InvalidOption("--images must be at least 1")
     out: Path = args.output
     images_dir, results_dir = out / "images", out / "results"
     for d in (images_dir, results_dir):

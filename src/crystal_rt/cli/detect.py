@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import CrystalRtError, InvalidOption, OutputNotWritten
 from ..io import RESULT_FORMATS as FORMATS
 from .options import (
     add_bit_depth,
@@ -130,7 +131,6 @@ def _detect_one(detector: Any, path: Path, name: str, out: Path, formats: list[s
     """Detect in one image and write its files (a format not asked for is removed for it)."""
     from time import perf_counter
 
-    from ..errors import CrystalRtError
     from ..io.decode import read_image_info
     from ..io.writers import write_json, write_overlay
 
@@ -148,7 +148,7 @@ def _detect_one(detector: Any, path: Path, name: str, out: Path, formats: list[s
             else:
                 write_overlay(image.pixels, result, target)
     except OSError as exc:
-        raise CrystalRtError(f"cannot write its results: {exc.strerror or exc}", path=name) from exc
+        raise OutputNotWritten(f"cannot write its results: {exc.strerror or exc}", path=name) from exc
     result.timings_ms["encode"] = (perf_counter() - t1) * 1e3
     return result
 
@@ -157,7 +157,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from ..console import console, err_console, info, latency_table, progress
-    from ..errors import CrystalRtError
     from ..io.decode import list_images
     from ..io.writers import point_rows
     from ..results.detection import DetectionResult
@@ -186,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
             below = sum(images_below(p)[0] for p in args.inputs if p.is_dir())
             hint = f"; {below} image(s) in sub-folders: add --recursive" if below else ""
-        raise CrystalRtError("no images found in " + ", ".join(map(str, args.inputs)) + hint)
+        raise InvalidOption("no images found in " + ", ".join(map(str, args.inputs)) + hint)
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     results: list[DetectionResult] = []
@@ -214,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
             rows = [row for r in results for row in point_rows(r)] if "csv" in args.format else []
             _merge_points(out / "points.csv", done, rows)
     except OSError as exc:
-        raise CrystalRtError(f"cannot write the results table: {exc.strerror or exc}", path=out) from exc
+        raise OutputNotWritten(f"cannot write the results table: {exc.strerror or exc}", path=out) from exc
 
     table = [(r.image or "", str(len(r.instances)), r.timings_ms) for r in results]
     console.print(

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import EngineNotFound
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -18,7 +20,6 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..console import console
-    from ..errors import EngineNotFound
     from ..runtime.artifacts import Manifest, resolve_manifest
 
     target = Path(args.target)

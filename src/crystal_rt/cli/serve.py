@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import BackendUnavailable
 from .options import (
     add_bit_depth,
     add_score_threshold,
@@ -117,7 +118,6 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._lazy import require
     from ..console import info
-    from ..errors import BackendUnavailable
     from ..runtime.detector import Detector
 
     if args.triton:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from types import ModuleType
 
 from .._lazy import require
-from ..errors import CrystalRtError
+from ..errors import InvalidOption
 
 _LOCK = threading.Lock()
 _OVERRIDES: dict[str, ModuleType] = {}
@@ -67,7 +67,7 @@ def overridden(modules: dict[str, ModuleType]) -> Iterator[None]:
         raise ValueError(f"cannot stand in for {', '.join(sorted(unknown))}")
     with _LOCK:
         if _OVERRIDES:
-            raise CrystalRtError("a simulated GPU is already in use in this process")
+            raise InvalidOption("a simulated GPU is already in use in this process")
         _OVERRIDES.update(modules)
     try:
         yield

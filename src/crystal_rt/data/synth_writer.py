@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import CrystalRtError
+from ..errors import InvalidOption, OutputNotWritten
 from .synthetic import make_drop, random_size
 
 COLOURS = ("gray", "rgb", "mixed")
@@ -28,15 +28,15 @@ class SynthOptions:
 
     def validate(self) -> None:
         if self.count < 1:
-            raise CrystalRtError("-n must be at least 1")
+            raise InvalidOption("-n must be at least 1")
         if self.colour not in COLOURS:
-            raise CrystalRtError(f"--colour must be one of {', '.join(COLOURS)}")
+            raise InvalidOption(f"--colour must be one of {', '.join(COLOURS)}")
         if self.bit_depth not in DEPTHS:
-            raise CrystalRtError(f"--bit-depth must be one of {', '.join(DEPTHS)}")
+            raise InvalidOption(f"--bit-depth must be one of {', '.join(DEPTHS)}")
         if self.size is not None and min(self.size) < 64:
-            raise CrystalRtError("--size must be at least 64x64")
+            raise InvalidOption("--size must be at least 64x64")
         if self.max_crystals < 1:
-            raise CrystalRtError("--max-crystals must be at least 1")
+            raise InvalidOption("--max-crystals must be at least 1")
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -68,7 +68,7 @@ def write_synthetic(
         pixels = cv2.cvtColor(drop.image, cv2.COLOR_RGB2BGR) if rgb else drop.image
         ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
-            raise CrystalRtError("could not encode a PNG", path=images)
+            raise OutputNotWritten("could not encode a PNG", path=images)
         name = f"drop_{index:05d}.png"
         atomic_write_bytes(images / name, encoded.tobytes())
         image_id = builder.add_image(f"images/{name}", width, height)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CrystalRtError, InvalidModel
+from ..errors import InvalidDataset, InvalidModel
 from ..runtime.artifacts import MANIFEST_SUFFIX
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def label_map(model_names: Sequence[str], dataset_names: Sequence[str]) -> dict[
     known = set(model_names[1:])
     missing = [name for name in dataset_names if name not in known]
     if missing:
-        raise CrystalRtError(
+        raise InvalidDataset(
             f"the model has no class {missing[0]!r} (model classes: {', '.join(model_names[1:])}; "
             f"dataset classes: {', '.join(dataset_names)})"
         )

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._lazy import require
 from .._version import __version__
-from ..errors import ExportError, ValidationFailed
+from ..errors import ExportError, ParityError
 from ..evaluate.parity import ParityReport, Tolerances, compare_detectors, worst_failure
 from ..models.core import INPUT_NAME, OUTPUT_NAMES, CoreMaskRCNN, export_friendly_nms
 from ..models.maskrcnn import LoadedModel
@@ -94,12 +94,12 @@ def check_empty_path(core: CoreMaskRCNN, tensor: np.ndarray, output: Path) -> No
             backend = OnnxRuntimeBackend(probe)
             ort_out = backend.infer(tensor)
         except Exception as exc:
-            raise ValidationFailed(f"with zero detections ONNX Runtime fails: {exc}", path=output) from exc
+            raise ParityError(f"with zero detections ONNX Runtime fails: {exc}", path=output) from exc
     finally:
         core.roi_heads.score_thresh = saved
         probe.unlink(missing_ok=True)
     if np.any(torch_scores) or np.any(ort_out.scores) or np.any(ort_out.boxes) or np.any(ort_out.masks):
-        raise ValidationFailed("with zero detections the outputs are not all-zero padding", path=output)
+        raise ParityError("with zero detections the outputs are not all-zero padding", path=output)
 
 
 def export_core_onnx(
@@ -114,8 +114,8 @@ def export_core_onnx(
 ) -> ExportResult:
     """Write the core ONNX for ``loaded`` to ``output`` and (by default) check it against PyTorch.
 
-    Raises LintError for an op TensorRT cannot import and ValidationFailed, naming the worst
-    detection, when ONNX Runtime does not reproduce the PyTorch model.
+    Raises LintError for an op TensorRT cannot import and ParityError (carrying the ParityReport),
+    naming the worst detection, when ONNX Runtime does not reproduce the PyTorch model.
     """
     require("torch", "Exporting a model")
     onnx = require("onnx", "Exporting a model")
@@ -171,9 +171,10 @@ def export_core_onnx(
         candidate.close()
         check_empty_path(core, trace_input, output)
         if not parity.ok:
-            raise ValidationFailed(
+            raise ParityError(
                 f"ONNX Runtime does not reproduce PyTorch ({len(parity.failures)} problem(s)); worst: "
                 f"{worst_failure(parity)}",
+                report=parity,
                 path=output,
             )
     return ExportResult(output, spec, pre, len(model.graph.node), parity)

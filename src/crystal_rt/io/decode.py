@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InvalidImage
+from ..errors import ImageTooLarge, InvalidImage
 from .tiff import decode_tiff, is_8_or_16_bit, unsupported_pixel_type
 
 DEFAULT_MAX_PIXELS: int = 80_000_000
@@ -184,12 +184,12 @@ def _check_size(
     if cost <= max_pixels:
         return
     if pixel_bytes <= 4:
-        raise InvalidImage(
+        raise ImageTooLarge(
             f"image too large: {width}x{height} = {width * height} pixels, more than the limit of "
             f"{max_pixels}; refused before decoding",
             path=label,
         )
-    raise InvalidImage(
+    raise ImageTooLarge(
         f"image too large: {width}x{height} pixels of {samples} sample(s) x {sample_bytes} byte(s) count as "
         f"{int(cost)} pixels (a pixel of more than 4 bytes counts bytes / 4), more than the limit of "
         f"{max_pixels}; refused before decoding",
@@ -280,7 +280,7 @@ def _open_pillow(data: bytes, label: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         match = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = match.group(1) if match else "too many"
-        raise InvalidImage(
+        raise ImageTooLarge(
             f"image too large: {pixels} pixels, more than the limit of {max_pixels}; refused before decoding",
             path=label,
         ) from exc

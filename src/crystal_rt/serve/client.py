@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
-from ..errors import BackendUnavailable, CrystalRtError, InvalidImage
+from ..errors import BackendUnavailable, CrystalRtError, InvalidImage, ServiceError
 
 
 def error_from_response(status: int, body: bytes, url: str) -> CrystalRtError:
@@ -36,7 +36,7 @@ def error_from_response(status: int, body: bytes, url: str) -> CrystalRtError:
         kind, message, source = str(info["type"]), str(info["message"]), info.get("input")
     except (ValueError, KeyError, TypeError):
         text = body[:200].decode("utf-8", "replace").strip()
-        return CrystalRtError(f"HTTP {status} from {url}: {text or 'no body'}")
+        return ServiceError(f"HTTP {status} from {url}: {text or 'no body'}")
     cls = getattr(errors, kind, None)
     if not (isinstance(cls, type) and issubclass(cls, CrystalRtError)) or cls is errors.MissingDependency:
         cls = CrystalRtError

@@ -14,11 +14,11 @@ than ``max_pixels`` pixels is refused with 413 before it is decoded. Every failu
     {"error": {"type": "InvalidImage", "message": "truncated or corrupt JPEG: ...", "input": "a.jpg"}}
 
 where ``type`` is the name of a :class:`~crystal_rt.errors.CrystalRtError` class: bad input is
-4xx (InvalidImage 413/422, InvalidSpec 422 for bad query options), a busy service 503
+4xx (ImageTooLarge 413, InvalidImage 422, InvalidSpec 422 for bad query options), a busy service 503
 (BackendUnavailable), only a fault of the service itself is 500. A request uvicorn cannot parse
 (garbage bytes, two Content-Length headers) is a JSON 400 too (:func:`server_config`). An image
 the service runs out of memory on (``MemoryError``, OpenCV's "Insufficient memory") is 413
-``InvalidImage: image too large to process here``; a 500's message names the exception type only
+``ImageTooLarge: image too large to process here``; a 500's message names the exception type only
 (details go to the log, never OpenCV's or Python's source paths).
 
 A body must keep arriving: ``body_timeout`` seconds after the request started, and from then on
@@ -46,7 +46,14 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import require
-from ..errors import BackendUnavailable, CrystalRtError, InvalidImage, InvalidSpec
+from ..errors import (
+    BackendUnavailable,
+    CrystalRtError,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidSpec,
+    ServiceError,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,8 +85,10 @@ class RequestError(Exception):
 
 def status_for(error: CrystalRtError) -> int:
     """The HTTP status for an error: 4xx for the caller's input, 503 busy, 500 for the service."""
+    if isinstance(error, ImageTooLarge):
+        return 413
     if isinstance(error, InvalidImage):
-        return 413 if error.message.startswith("image too large") else 422
+        return 422
     if isinstance(error, InvalidSpec):
         return 422
     if isinstance(error, BackendUnavailable):
@@ -138,7 +147,7 @@ async def read_body(
     drain = drain_limit(limit)
     if declared is not None and declared.isdigit() and int(declared) > drain:
         raise RequestError(
-            413, InvalidImage(f"request body of {declared} bytes is larger than {limit} bytes")
+            413, ImageTooLarge(f"request body of {declared} bytes is larger than {limit} bytes")
         )
     chunks: list[bytes] = []
     total = 0
@@ -165,7 +174,7 @@ async def read_body(
         elif total > drain:
             break
     if total > limit:
-        raise RequestError(413, InvalidImage(f"request body is larger than {limit} bytes"))
+        raise RequestError(413, ImageTooLarge(f"request body is larger than {limit} bytes"))
     return b"".join(chunks)
 
 
@@ -215,8 +224,8 @@ def sanitised(exc: BaseException) -> CrystalRtError:
     out, else an internal error naming the exception's type only (no source paths)."""
     text = str(exc)
     if isinstance(exc, MemoryError) or "Insufficient memory" in text or "Failed to allocate" in text:
-        return InvalidImage("image too large to process here: not enough memory")
-    return CrystalRtError(f"internal error ({type(exc).__name__}); see the service log")
+        return ImageTooLarge("image too large to process here: not enough memory")
+    return ServiceError(f"internal error ({type(exc).__name__}); see the service log")
 
 
 def server_config(app: "FastAPI", **kwargs: Any) -> Any:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CrystalRtError, InvalidSpec
+from ..errors import EngineNotFound, InvalidOption, InvalidSpec
 from ..runtime.artifacts import Manifest, resolve_manifest
 from ..spec import ModelSpec, PreprocessSpec
 
@@ -251,12 +251,12 @@ def export_triton(
         raise InvalidSpec(f"instances must be >= 1, got {instances}")
     source = manifest.engine_path
     if not source.is_file():
-        raise CrystalRtError("the engine's model file is missing", path=source)
+        raise EngineNotFound("the engine's model file is missing", path=source)
     out = Path(output)
     configs = repository_configs(manifest, name, instances=instances, gpu=gpu)
     taken = [folder for folder in configs if (out / folder).exists()]
     if taken and not overwrite:
-        raise CrystalRtError(f"already holds {', '.join(taken)}; pass --overwrite to replace", path=out)
+        raise InvalidOption(f"already holds {', '.join(taken)}; pass --overwrite to replace", path=out)
     spec = {
         "model": manifest.model.to_dict(),
         "preprocess": manifest.preprocess.to_dict(),

@@ -69,7 +69,7 @@ from pathlib import Path, PurePosixPath
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CrystalRtError, InvalidImage, InvalidOption
+from ..errors import CrystalRtError, ImageTooLarge, InvalidImage, InvalidOption
 from .journal import JOURNAL_NAME, FileState, Journal, append_durably, journal_key
 from .outlock import OutputLock
 
@@ -409,7 +409,7 @@ class Watcher:
 
         path = self.in_dir / rel
         if state.size > self.options.max_bytes:
-            too_large = InvalidImage(
+            too_large = ImageTooLarge(
                 f"file too large: {state.size} bytes, more than the limit of {self.options.max_bytes}"
                 " (--max-file-mb); not read"
             )
@@ -419,7 +419,7 @@ class Watcher:
             image = read_image_info(path, max_pixels=self.detector.max_pixels, name=display_name(rel))
             decode_ms = (perf_counter() - t0) * 1e3
         except MemoryError:
-            error: CrystalRtError = InvalidImage("not enough memory to decode this image")
+            error: CrystalRtError = ImageTooLarge("not enough memory to decode this image")
             return self._quarantine(rel, state, error, copy=False)
         except Exception as exc:  # InvalidImage, or a decoder fault: the file's problem, not ours
             if self._state(path) != state:  # vanished or rewritten: not the file's fault

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CrystalRtError, InvalidDataset
+from ..errors import (
+    BackendUnavailable,
+    InvalidDataset,
+    InvalidModel,
+    InvalidOption,
+    TrainingError,
+)
 from ..spec import ModelSpec, PreprocessSpec
 
 if TYPE_CHECKING:
@@ -103,7 +109,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise CrystalRtError(message)
+                raise TrainingError(message)
 
 
 @dataclass
@@ -146,7 +152,7 @@ def _device(name: str) -> Any:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CrystalRtError(f"--device {name}: no CUDA device is available to PyTorch here")
+        raise BackendUnavailable(f"--device {name}: no CUDA device is available to PyTorch here")
     return torch.device(name)
 
 
@@ -253,13 +259,13 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
     start_state: dict[str, Any] | None = None
     if resume:
         if not last_path.is_file():
-            raise CrystalRtError("nothing to resume: no last.pt", path=out)
+            raise InvalidOption("nothing to resume: no last.pt", path=out)
         from ..models.maskrcnn import read_torch_file
 
         payload = read_torch_file(last_path, "last.pt")
         start_state = payload.get("train")
         if not isinstance(start_state, dict):
-            raise CrystalRtError("last.pt has no training state to resume from", path=last_path)
+            raise InvalidModel("last.pt has no training state to resume from", path=last_path)
         saved = dict(start_state["config"])
         saved["tile_grid"] = tuple(saved["tile_grid"])
         saved["iterations"] = config.iterations  # resuming may extend the run
@@ -349,7 +355,7 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
             values["loss"] = float(total.detach())  # type: ignore[union-attr]
             values["lr"] = float(optimizer.param_groups[0]["lr"])
             if not all(math.isfinite(v) for v in values.values()):
-                raise CrystalRtError(
+                raise TrainingError(
                     f"the loss became {values['loss']} at iteration {iteration}; lower --lr and --resume"
                 )
             hooks.on_step(iteration, values)

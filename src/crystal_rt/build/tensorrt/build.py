@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ...errors import BackendUnavailable, CrystalRtError, InvalidModel
+from ...errors import BackendUnavailable, InvalidModel, InvalidOption
 from ...runtime.artifacts import Manifest, sha256_file
 from ...runtime.tensorrt import device
 from ...runtime.tensorrt.modules import TENSORRT, TENSORRT_RTX, load_tensorrt, module_version
@@ -74,7 +74,7 @@ def build_tensorrt(
     out.mkdir(parents=True, exist_ok=True)
     plan_path = out / f"{name}.plan"
     if plan_path.resolve() == source.resolve():
-        raise CrystalRtError(f"the engine would overwrite its source; use another -o than {out}", path=source)
+        raise InvalidOption(f"the engine would overwrite its source; use another -o than {out}", path=source)
     version = module_version(trt)
     onnx_sha = sha256_file(source)
     key_fields = {

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ...errors import BackendUnavailable, CrystalRtError, CudaError, InvalidModel
+from ...errors import BackendUnavailable, BuildError, CrystalRtError, CudaError, InvalidModel
 from ...runtime.tensorrt.plugins import init_plugins
 from ...runtime.tensorrt.trtlog import create, get_logger, out_of_memory, summarize
 from .options import HARDWARE_COMPAT_LEVELS, BuildOptions
@@ -256,11 +256,11 @@ def build_plan(
                 code="CUDA_ERROR_OUT_OF_MEMORY",
                 path=onnx_path,
             )
-        raise CrystalRtError(f"TensorRT could not build this graph: {summarize(said)}", path=onnx_path)
+        raise BuildError(f"TensorRT could not build this graph: {summarize(said)}", path=onnx_path)
     save_timing_cache(config, options.timing_cache)
     plan = bytes(memoryview(serialized))
     if not plan:
-        raise CrystalRtError("TensorRT built an empty plan", path=onnx_path)
+        raise BuildError("TensorRT built an empty plan", path=onnx_path)
     warnings = [ln for ln in logger.since(mark) if ln.startswith("[WARNING]")]
     return BuildResult(plan, seconds, warnings, plugin_libraries)
 

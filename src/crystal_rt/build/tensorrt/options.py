@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import CrystalRtError
+from ...errors import InvalidOption
 
 HARDWARE_COMPAT = ("none", "ampere+", "same-cc")
 #: --hardware-compat name -> ``trt.HardwareCompatibilityLevel`` member name
@@ -25,10 +25,10 @@ def parse_size(text: str | int) -> int:
     else:
         match = _SIZE_RE.match(text)
         if match is None:
-            raise CrystalRtError(f"cannot read the size {text!r}; write e.g. 512M or 4G")
+            raise InvalidOption(f"cannot read the size {text!r}; write e.g. 512M or 4G")
         value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if value <= 0:
-        raise CrystalRtError(f"the workspace must be more than 0 bytes, got {text!r}")
+        raise InvalidOption(f"the workspace must be more than 0 bytes, got {text!r}")
     return value
 
 
@@ -46,11 +46,11 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         if self.workspace is not None and self.workspace <= 0:
-            raise CrystalRtError(f"the workspace must be more than 0 bytes, got {self.workspace}")
+            raise InvalidOption(f"the workspace must be more than 0 bytes, got {self.workspace}")
         if self.opt_level is not None and self.opt_level not in OPT_LEVELS:
-            raise CrystalRtError(f"the builder optimization level is 0..5, got {self.opt_level}")
+            raise InvalidOption(f"the builder optimization level is 0..5, got {self.opt_level}")
         if self.hardware_compat not in HARDWARE_COMPAT:
-            raise CrystalRtError(
+            raise InvalidOption(
                 f"unknown hardware compatibility {self.hardware_compat!r}; choose one of "
                 f"{', '.join(HARDWARE_COMPAT)}"
             )
@@ -82,7 +82,7 @@ class BuildOptions:
         known = {"workspace", "timing_cache", "opt_level", "hardware_compat", "version_compatible", "refit"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise CrystalRtError(f"unknown TensorRT build option(s): {', '.join(unknown)}")
+            raise InvalidOption(f"unknown TensorRT build option(s): {', '.join(unknown)}")
         return cls.from_args(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..._lazy import require
-from ...errors import CrystalRtError, InvalidModel
+from ...errors import InferenceError, InvalidModel
 from .base import Backend, CoreOutputs
 
 OUTPUT_NAMES = ("boxes", "scores", "labels", "masks")
@@ -81,7 +81,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             boxes, scores, labels, masks = self.session.run(list(OUTPUT_NAMES), {self.input_name: images})
         except Exception as exc:
-            raise CrystalRtError(f"ONNX Runtime failed: {str(exc).strip()[:300]}", path=self.path) from exc
+            raise InferenceError(f"ONNX Runtime failed: {str(exc).strip()[:300]}", path=self.path) from exc
         return CoreOutputs(boxes, scores, labels, masks)
 
     def close(self) -> None:

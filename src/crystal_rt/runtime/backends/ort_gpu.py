@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import BackendUnavailable, CrystalRtError, EngineIncompatible, InvalidModel
+from ...errors import BackendUnavailable, EngineIncompatible, InferenceError, InvalidModel
 from .device import DeviceBackend, DeviceState
 from .ort_providers import CUDA_EP, PROVIDER_OF, TRT_EP, probe, session
 
@@ -80,8 +80,6 @@ class OrtGpuBackend(DeviceBackend):
         self._init_state(device)
         ok, why = probe(self.provider)
         if not ok:
-            from ...errors import BackendUnavailable
-
             raise BackendUnavailable(f"this engine runs on {self.provider}, and {why}", path=self.path)
         ensure_context(device)
         self._options = session_options(1)
@@ -131,7 +129,7 @@ class OrtGpuBackend(DeviceBackend):
         try:
             sess.run_with_iobinding(binding)
         except Exception as exc:  # ONNX Runtime raises its own pybind types
-            raise CrystalRtError(
+            raise InferenceError(
                 f"ONNX Runtime ({self.provider}) failed: {str(exc).strip()[:300]}", path=self.path
             ) from exc
 

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import BackendUnavailable
+from ...errors import BackendUnavailable, InvalidModel
 
 CUDA_EP = "CUDAExecutionProvider"
 TRT_EP = "TensorrtExecutionProvider"
@@ -144,7 +144,6 @@ def session(
     path: str | os.PathLike[str], options: Any, providers: Sequence[tuple[str, dict[str, str]]], what: str
 ) -> Any:
     """An InferenceSession that really runs on ``providers[0]``, else one sentence saying why not."""
-    from ...errors import InvalidModel
 
     ort = _ort()
     wanted = providers[0][0]

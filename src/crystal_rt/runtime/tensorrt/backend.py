@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import CrystalRtError, CudaError, EngineIncompatible
+from ...errors import CrystalRtError, CudaError, EngineIncompatible, InferenceError
 from ..artifacts import Manifest
 from ..backends.device import DeviceBackend, DeviceState
 from .modules import load_tensorrt
@@ -118,16 +118,16 @@ class TensorRTBackend(DeviceBackend):
                 else:
                     context.device_memory = self._scratch.ptr
         if context is None:
-            raise CrystalRtError("TensorRT could not create an execution context", path=self.path)
+            raise InferenceError("TensorRT could not create an execution context", path=self.path)
         for tname, buf in buffers.items():
             if not context.set_tensor_address(tname, buf.ptr):
-                raise CrystalRtError(f"TensorRT refused the address of {tname}", path=self.path)
+                raise InferenceError(f"TensorRT refused the address of {tname}", path=self.path)
         return context
 
     def _enqueue(self, state: DeviceState) -> None:
         if not state.handle.execute_async_v3(state.stream_handle):
             logger = get_logger(self._trt)
-            raise CrystalRtError(
+            raise InferenceError(
                 f"TensorRT failed to enqueue the engine ({summarize(list(logger.lines)[-3:])})",
                 path=self.path,
             )

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from ...errors import BackendUnavailable
+
 KEPT_SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING")
 _LOGGERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -69,7 +71,6 @@ def create(factory: Callable[[Any], Any], logger: Any, what: str) -> Any:
     """``trt.Builder(logger)`` / ``trt.Runtime(logger)``, or one sentence where TensorRT cannot start:
     pybind raises "factory function returned nullptr" when TensorRT's CUDA initialisation fails
     (error 35: the driver is older than TensorRT's CUDA)."""
-    from ...errors import BackendUnavailable
 
     mark = logger.mark()
     try:
