@@ -91,7 +91,7 @@ def main() -> int:
     import torch
 
     from crystal_rt.bench.environment import collect_environment
-    from crystal_rt.build.engine import build_engine
+    from crystal_rt.build.engine import ExportOptions, build_engine
     from crystal_rt.io.decode import list_images
     from crystal_rt.models.maskrcnn import build_maskrcnn, save_checkpoint
     from crystal_rt.runtime.detector import Detector
@@ -112,7 +112,7 @@ def main() -> int:
     counts: dict[str, dict[str, int]] = {"chimp": {}, "crystal_rt": {}}
     with tempfile.TemporaryDirectory(prefix="crystal-rt-chimp-") as tmp:
         checkpoint = save_checkpoint(Path(tmp) / "model.pt", model, model_spec, spec)
-        build_engine(checkpoint, Path(tmp) / "engine", export_options={"validate": False})
+        build_engine(checkpoint, Path(tmp) / "engine", export=ExportOptions(validate=False))
         with Detector.load(Path(tmp) / "engine", score_threshold=THRESHOLD) as det:
             for i in range(args.warmup + args.runs):
                 for image in images:

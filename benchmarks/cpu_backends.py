@@ -58,7 +58,7 @@ def main() -> int:
 
     from cpu_end_to_end import make_torchvision
     from crystal_rt.bench.environment import collect_environment
-    from crystal_rt.build.engine import build_engine
+    from crystal_rt.build.engine import ExportOptions, build_engine
     from crystal_rt.calibration.api import calibrate
     from crystal_rt.data.synth_writer import SynthOptions, write_synthetic
     from crystal_rt.io.decode import list_images
@@ -79,7 +79,7 @@ def main() -> int:
         work = Path(tmp)
         t0 = time.perf_counter()
         checkpoint = save_checkpoint(work / "model.pt", model, model_spec, spec)
-        fp32 = build_engine(checkpoint, work / "fp32", export_options={"validate": False})
+        fp32 = build_engine(checkpoint, work / "fp32", export=ExportOptions(validate=False))
         build_s = time.perf_counter() - t0
         print(f"exported + built FP32 in {build_s:.1f} s")
         write_synthetic(work / "calib", SynthOptions(count=args.calib_images + 4, seed=1))

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from crystal_rt.build.engine import build_engine
+    from crystal_rt.build.engine import ExportOptions, build_engine
     from crystal_rt.io.decode import read_image
     from crystal_rt.models.maskrcnn import build_maskrcnn, save_checkpoint
     from crystal_rt.runtime.detector import STAGES, Detector
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="crystal-rt-bench-") as tmp:
         checkpoint = save_checkpoint(Path(tmp) / "model.pt", model, model_spec, spec)
         t0 = time.perf_counter()
-        build_engine(checkpoint, Path(tmp) / "engine", export_options={"validate": False})
+        build_engine(checkpoint, Path(tmp) / "engine", export=ExportOptions(validate=False))
         build_s = time.perf_counter() - t0
         det = Detector.load(Path(tmp) / "engine", score_threshold=THRESHOLD)
         tv_run = make_torchvision(model, spec, args.image)

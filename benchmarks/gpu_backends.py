@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, base: dict[str, Any], gpu: str) -> dict[str, A
     import torch
 
     from crystal_rt.bench.environment import collect_environment, gpu_memory_mb
-    from crystal_rt.build.engine import build_engine
+    from crystal_rt.build.engine import CalibrationOptions, ExportOptions, build_engine
     from crystal_rt.errors import CrystalRtError
     from crystal_rt.io.decode import list_images, read_image
     from crystal_rt.models.maskrcnn import build_maskrcnn, save_checkpoint
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, base: dict[str, Any], gpu: str) -> dict[str, A
     closers: list[Callable[[], None]] = []
     tmp = Path(tempfile.mkdtemp(prefix="crystal-rt-gpu-"))
     checkpoint = save_checkpoint(tmp / "model.pt", model, model_spec, spec)
-    fp32 = build_engine(checkpoint, tmp / "fp32", export_options={"validate": False})
+    fp32 = build_engine(checkpoint, tmp / "fp32", export=ExportOptions(validate=False))
     core = tmp / "fp32" / f"{fp32.name}.core.onnx"
 
     cuda_model = model.to("cuda").eval()
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace, base: dict[str, Any], gpu: str) -> dict[str, A
                 write_synthetic(tmp / "calib", SynthOptions(count=20, seed=1))
                 calib = tmp / "calib" / "images"
             build_engine(core, tmp / key, backend="tensorrt", precision=precision, calib=calib,
-                         calib_options={"force": True, "num_images": 16})  # fmt: skip
+                         calibration=CalibrationOptions(force=True, num_images=16))  # fmt: skip
             det = Detector.load(tmp / key, score_threshold=THRESHOLD)
         except CrystalRtError as exc:
             skipped[key] = str(exc)

@@ -215,13 +215,11 @@ def test_cli_options_become_build_options(tmp_path: Path) -> None:
          "--timing-cache", str(tmp_path / "t.cache"), "--opt-level", "5", "--hardware-compat", "same-cc",
          "--version-compatible", "--refit"]
     )  # fmt: skip
-    opts = BuildOptions.from_dict(tensorrt_options(args))
+    opts = tensorrt_options(args)
     assert opts == BuildOptions(2 << 30, tmp_path / "t.cache", 5, "same-cc", True, True)
     assert opts.to_dict()["timing_cache"] == str(tmp_path / "t.cache")
     assert "timing_cache" not in opts.cache_key_dict()
-    defaults = BuildOptions.from_dict(
-        tensorrt_options(build_parser().parse_args(["build-engine", "m", "-o", "d"]))
-    )
+    defaults = tensorrt_options(build_parser().parse_args(["build-engine", "m", "-o", "d"]))
     assert defaults == BuildOptions()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["build-engine", "m", "-o", "d", "--opt-level", "7"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from crystal_rt.build.engine import build_engine
+from crystal_rt.build.engine import BuildOptions, build_engine
 from crystal_rt.errors import BackendUnavailable, CudaError
 from crystal_rt.runtime.detector import Detector
 from crystal_rt.testing import simulated_gpu
@@ -44,9 +44,9 @@ def test_version_compatible_plan_carries_roialign(
     registry, so the RoiAlign plugin library must be serialized into it (as trtexec does)."""
     from crystal_rt.build.tensorrt import builder
 
-    vc = {"version_compatible": True}
+    vc = BuildOptions(version_compatible=True)
     with simulated_gpu():
-        manifest = build_engine(demo_onnx, tmp_path / "vc", backend="tensorrt", tensorrt_options=vc)
+        manifest = build_engine(demo_onnx, tmp_path / "vc", backend="tensorrt", tensorrt=vc)
     assert manifest.build_options["serialized_plugins"] == ["libnvinfer_vc_plugin.so"]
     assert _header(tmp_path / "vc")["plugins_serialized"] == ["libnvinfer_vc_plugin.so"]
     # it loads on its own TensorRT and on TensorRT 11 (10 -> 11 is allowed for version-compatible plans)
@@ -57,7 +57,7 @@ def test_version_compatible_plan_carries_roialign(
     monkeypatch.setattr(builder, "serialize_vc_plugins", lambda config, parser: [])
     monkeypatch.setenv("CRYSTAL_RT_CACHE", str(tmp_path / "other-cache"))  # not the cached good plan
     with simulated_gpu():
-        build_engine(demo_onnx, tmp_path / "bare", backend="tensorrt", tensorrt_options=vc)
+        build_engine(demo_onnx, tmp_path / "bare", backend="tensorrt", tensorrt=vc)
     from crystal_rt.errors import EngineIncompatible
 
     with simulated_gpu(), pytest.raises(EngineIncompatible, match="IPluginCreator not found"):

@@ -12,17 +12,54 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal, get_args
 
 from .._lazy import require
+from ..calibration.options import CalibrationOptions
 from ..errors import BackendUnavailable, InvalidModel, InvalidOption
+from ..export.options import ExportOptions
 from ..runtime.artifacts import Manifest
+from .tensorrt.options import BuildOptions
 
 if TYPE_CHECKING:
     from ..calibration.metadata import CalibrationInfo
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "onnxruntime-trt", "onnxruntime-cuda")
-PRECISIONS = ("fp32", "fp16", "int8")
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "Backend",
+    "BuildOptions",
+    "CalibrationOptions",
+    "ExportOptions",
+    "Precision",
+    "build_engine",
+    "check_backend",
+    "check_precision",
+    "choose_backend",
+    "is_checkpoint",
+    "resolve_backend",
+]
+
+Backend = Literal["auto", "onnxruntime", "tensorrt", "onnxruntime-trt", "onnxruntime-cuda"]
+Precision = Literal["fp32", "fp16", "int8"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+
+def check_backend(value: str) -> Backend:
+    """``value`` as a :data:`Backend`, or InvalidOption naming the choices."""
+    for backend in BACKENDS:
+        if value == backend:
+            return backend
+    raise InvalidOption(f"unknown backend {value!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def check_precision(value: str) -> Precision:
+    """``value`` as a :data:`Precision`, or InvalidOption naming the choices."""
+    for precision in PRECISIONS:
+        if value == precision:
+            return precision
+    raise InvalidOption(f"unknown precision {value!r}; choose one of {', '.join(PRECISIONS)}")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
@@ -40,40 +77,35 @@ def build_engine(
     model: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
     *,
-    backend: str = "auto",
-    precision: str = "fp32",
+    backend: Backend = "auto",
+    precision: Precision = "fp32",
     name: str | None = None,
     threads: int | None = None,
-    export_options: dict[str, Any] | None = None,
+    export: ExportOptions | None = None,
     calib: str | os.PathLike[str] | None = None,
-    calib_options: dict[str, Any] | None = None,
+    calibration: CalibrationOptions | None = None,
+    tensorrt: BuildOptions | None = None,
     log: Callable[[str], None] | None = None,
-    tensorrt_options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> Manifest:
     """Build an engine for this machine and return its manifest (already written to ``output_dir``).
 
     ``model`` is a core ONNX (no torch needed) or a checkpoint, exported first (needs the export
-    extra; ``export_options`` go to ``crystal-rt export``'s options: arch, num_classes, input_size,
-    max_detections, validate).
+    extra; ``export``: what the export may override, :class:`~crystal_rt.export.options.ExportOptions`).
 
     ``precision="int8"`` on ONNX Runtime needs a graph from ``crystal-rt calibrate`` (target
-    onnxruntime), or ``calib``, a folder of images to calibrate on first (``calib_options`` go to
-    :func:`crystal_rt.calibration.api.calibrate`: num_images, seed, val, held_out, max_map_drop,
-    force, on_step, on_image).
+    onnxruntime), or ``calib``, a folder of images to calibrate on first (``calibration``: how,
+    :class:`~crystal_rt.calibration.options.CalibrationOptions`).
 
-    ``tensorrt_options`` (TensorRT only): workspace, timing_cache, opt_level, hardware_compat,
-    version_compatible, refit (see :class:`crystal_rt.build.tensorrt.options.BuildOptions`);
-    ``progress`` shows TensorRT's build progress bar.
+    ``tensorrt`` (TensorRT only): workspace, timing cache, optimisation level, hardware and version
+    compatibility, refit (:class:`~crystal_rt.build.tensorrt.options.BuildOptions`); ``progress``
+    shows TensorRT's build progress bar.
     """
     say = log or (lambda _msg: None)
     src = Path(model)
     if not src.is_file():
         raise InvalidModel("model file not found", path=src)
-    if backend not in BACKENDS:
-        raise InvalidOption(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise InvalidOption(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    backend, precision = check_backend(backend), check_precision(precision)  # callers without mypy
     if backend == "auto":
         backend, reason = choose_backend(backend)
         say(f"--backend auto chose {backend}: {reason}")
@@ -92,7 +124,7 @@ def build_engine(
 
             say(f"exporting {src} to the core ONNX")
             source = out / f"{stem}.core.onnx"
-            export_checkpoint(src, source, **(export_options or {}))
+            export_checkpoint(src, source, **(export or ExportOptions()).kwargs())
         if precision == "int8" and calib is not None:
             from ..calibration.api import calibrate
 
@@ -101,7 +133,7 @@ def build_engine(
             say(f"calibrating {source.name} for {target} INT8 on {calib}")
             result = calibrate(
                 source, calib, calibrated, precision="int8", target=target, threads=threads,
-                log=say, **(calib_options or {}),
+                log=say, **(calibration or CalibrationOptions()).kwargs(),
             )  # fmt: skip
             acc = result.accuracy
             say(
@@ -113,7 +145,7 @@ def build_engine(
         if backend == "tensorrt":
             from .tensorrt.build import build_tensorrt
 
-            return build_tensorrt(source, out, stem, precision, tensorrt_options, log=say, progress=progress)
+            return build_tensorrt(source, out, stem, precision, tensorrt, log=say, progress=progress)
         if backend in ("onnxruntime-trt", "onnxruntime-cuda"):
             from .ort_gpu import build_ort_gpu
 
@@ -121,13 +153,13 @@ def build_engine(
         return _build_onnxruntime(source, out, stem, precision, threads, Path(tmp), say)
 
 
-def choose_backend(backend: str) -> tuple[str, str]:
+def choose_backend(backend: str) -> tuple[Backend, str]:
     """The backend to build for and why. ``auto``, in this order: TensorRT (installed, GPU usable),
     ONNX Runtime's TensorRT provider, its CUDA provider (where they really load), the CPU. A GPU that
     is present and unusable (driver trouble) is refused in one sentence rather than silently built
     for the CPU."""
     if backend != "auto":
-        return backend, "asked for"
+        return check_backend(backend), "asked for"
     from ..cuda.probe import probe
     from ..runtime.backends.ort_providers import CUDA_EP, TRT_EP
     from ..runtime.backends.ort_providers import probe as provider_loads
@@ -152,7 +184,7 @@ def choose_backend(backend: str) -> tuple[str, str]:
     return "onnxruntime", f"a GPU is usable but TensorRT is not installed, and {cuda_why}"
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str) -> Backend:
     """The backend ``auto`` resolves to (see :func:`choose_backend`)."""
     return choose_backend(backend)[0]
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CrystalRtError
+from .engine import Precision
 
 #: synthetic drops checked besides the given images: (height, width, rgb, bit depth)
 SYNTHETIC_SHAPES = [
@@ -322,7 +323,7 @@ def run_kernel_checks(images: list[tuple[str, np.ndarray]], runs: int = 20) -> l
 
 
 def engine_checks(
-    precision: str,
+    precision: Precision,
     images: list[tuple[str, np.ndarray]],
     workdir: Path,
     say: Callable[[str], None],
@@ -410,7 +411,7 @@ def run_gpu_checks(
         checks.append(Check("TensorRT", True, "not installed: the engine checks are skipped"))
         return checks
     trt = load_tensorrt("crystal-rt doctor --gpu")
-    precisions = ["fp32", "fp16"] if has_fp16_flag(trt) else ["fp32"]
+    precisions: list[Precision] = ["fp32", "fp16"] if has_fp16_flag(trt) else ["fp32"]
     with tempfile.TemporaryDirectory(prefix="crystal-rt-doctor-") as tmp:
         for precision in precisions:
             say(f"building and checking the demo engine ({precision})")

@@ -15,12 +15,11 @@ from ..io.decode import list_images
 from ..runtime.artifacts import sha256_file
 from ..spec import specs_from_metadata
 from .accuracy import AccuracyReport, compare_accuracy
-from .images import DEFAULT_NUM_IMAGES, CalibrationImages, held_out_sample
+from .images import CalibrationImages, held_out_sample
 from .metadata import TARGETS, CalibrationInfo, copy_metadata, read_calibration
+from .options import DEFAULT_HELD_OUT, DEFAULT_MAX_MAP_DROP, DEFAULT_NUM_IMAGES
 
 PRECISIONS = ("int8", "fp16")
-DEFAULT_MAX_MAP_DROP = 0.01
-DEFAULT_HELD_OUT = 16
 
 
 @dataclass

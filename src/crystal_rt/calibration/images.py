@@ -15,8 +15,8 @@ from ..io.decode import images_below, list_images, read_image_info
 from ..runtime.bit_depth import full_range
 from ..runtime.preprocess import preprocess
 from ..spec import PreprocessSpec
+from .options import DEFAULT_NUM_IMAGES
 
-DEFAULT_NUM_IMAGES = 32
 MIN_IMAGES = 4
 
 

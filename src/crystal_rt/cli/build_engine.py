@@ -7,6 +7,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from ..build.tensorrt.options import BuildOptions
+from ..calibration.options import CalibrationOptions
 from ..errors import InvalidOption
 from .calibrate import add_calibration_options
 from .export import add_checkpoint_options, checkpoint_options
@@ -75,30 +77,30 @@ def add_tensorrt_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def tensorrt_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "workspace": args.workspace,
-        "timing_cache": args.timing_cache,
-        "opt_level": args.opt_level,
-        "hardware_compat": args.hardware_compat,
-        "version_compatible": args.version_compatible,
-        "refit": args.refit,
-    }
+def tensorrt_options(args: argparse.Namespace) -> BuildOptions:
+    return BuildOptions.from_args(
+        workspace=args.workspace,
+        timing_cache=args.timing_cache,
+        opt_level=args.opt_level,
+        hardware_compat=args.hardware_compat,
+        version_compatible=args.version_compatible,
+        refit=args.refit,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build.engine import build_engine, choose_backend
+    from ..build.engine import build_engine, check_precision, choose_backend
     from ..console import console, err_console, info
 
-    calib_options = {
-        "num_images": args.num_images,
-        "seed": args.seed,
-        "val": args.val,
-        "held_out": args.held_out,
-        "max_map_drop": args.max_map_drop,
-        "force": args.force,
-        "recursive": args.recursive,
-    }
+    calibration = CalibrationOptions(
+        num_images=args.num_images,
+        seed=args.seed,
+        val=args.val,
+        held_out=args.held_out,
+        max_map_drop=args.max_map_drop,
+        force=args.force,
+        recursive=args.recursive,
+    )
     if args.calib is not None and args.precision != "int8":
         raise InvalidOption(f"--calib calibrates for --precision int8, not {args.precision}")
     backend, reason = choose_backend(args.backend)
@@ -116,14 +118,14 @@ def run(args: argparse.Namespace) -> int:
             args.model,
             args.output,
             backend=backend,
-            precision=args.precision,
+            precision=check_precision(args.precision),
             name=args.name,
             threads=args.threads,
-            export_options=checkpoint_options(args),
+            export=checkpoint_options(args),
             calib=args.calib,
-            calib_options=calib_options,
+            calibration=calibration,
+            tensorrt=tensorrt_options(args),
             log=info,
-            tensorrt_options=tensorrt_options(args),
             progress=tensorrt,
         )
     console.print(

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..export.options import ExportOptions
 from .options import output_file
 
 
@@ -81,20 +82,20 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
 
 
-def checkpoint_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "arch": args.arch,
-        "num_classes": args.num_classes,
-        "class_names": [s.strip() for s in args.class_names.split(",")] if args.class_names else None,
-        "preset": args.preset,
-        "input_size": args.input_size,
-        "clahe": False if args.no_clahe else None,
-        "clip_limit": args.clip_limit,
-        "tile_grid": args.tile_grid,
-        "max_detections": args.max_detections,
-        "score_threshold": args.score_threshold,
-        "validate": not args.no_validate,
-    }
+def checkpoint_options(args: argparse.Namespace) -> ExportOptions:
+    return ExportOptions(
+        arch=args.arch,
+        num_classes=args.num_classes,
+        class_names=tuple(s.strip() for s in args.class_names.split(",")) if args.class_names else None,
+        preset=args.preset,
+        input_size=args.input_size,
+        clahe=False if args.no_clahe else None,
+        clip_limit=args.clip_limit,
+        tile_grid=args.tile_grid,
+        max_detections=args.max_detections,
+        score_threshold=args.score_threshold,
+        validate=not args.no_validate,
+    )
 
 
 def add_parser(sub: Any) -> None:
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export.api import export_checkpoint
 
     with err_console.status(f"exporting {args.checkpoint} ..."):
-        result = export_checkpoint(args.checkpoint, args.output, **checkpoint_options(args))
+        result = export_checkpoint(args.checkpoint, args.output, **checkpoint_options(args).kwargs())
     h, w = result.preprocess.input_hw
     recipe = result.preprocess.preset_name or "custom"
     clahe = "on" if result.preprocess.clahe else "off"

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from ...errors import BackendUnavailable, InvalidModel, InvalidOption
 from ...runtime.artifacts import Manifest, sha256_file
@@ -46,7 +45,7 @@ def build_tensorrt(
     out_dir: str | os.PathLike[str],
     name: str,
     precision: str = "fp32",
-    options: BuildOptions | dict[str, Any] | None = None,
+    options: BuildOptions | None = None,
     *,
     module: str = TENSORRT,
     target_cc: str | None = None,
@@ -57,7 +56,7 @@ def build_tensorrt(
     """Build ``NAME.plan`` for this GPU (or ``target_cc`` ahead of time on TensorRT-RTX), write its
     manifest and return it. An identical earlier build (same cache key) is copied from the cache."""
     say = log or (lambda _msg: None)
-    opts = options if isinstance(options, BuildOptions) else BuildOptions.from_dict(options)
+    opts = options or BuildOptions()
     source = Path(source_onnx)
     if not source.is_file():
         raise InvalidModel("model file not found", path=source)
