@@ -40,6 +40,14 @@ if TYPE_CHECKING:
     from ..runtime.pipeline import StagePolicy
     from ..runtime.tiling import Tiling
 
+from .._lazy import lazy_import
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_import("cv2", "Image processing")
+
+
 COLD_MARK = "CRYSTAL_RT_COLD "
 
 # Runs in the cold-start child: imports, load, first detection, then one line of JSON.
@@ -121,7 +129,6 @@ def load_images(paths: Sequence[str | os.PathLike[str]]) -> list[BenchImage]:
 
 def synthetic_images(count: int, height: int = 1024, width: int = 1224, seed: int = 0) -> list[BenchImage]:
     """``count`` synthetic RGB 8-bit drops (up to 12 crystals each), PNG-encoded in memory."""
-    import cv2
 
     from ..data.synthetic import make_drop
 

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_import
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_import("numpy", "Array processing")
+
 
 PERCENTILES = (50, 90, 99)
 
@@ -12,7 +21,6 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
 
     An empty sequence gives ``{"n": 0}`` only.
     """
-    import numpy as np
 
     if len(samples) == 0:
         return {"n": 0}

@@ -60,6 +60,8 @@ def check_precision(value: str) -> Precision:
         if value == precision:
             return precision
     raise InvalidOption(f"unknown precision {value!r}; choose one of {', '.join(PRECISIONS)}")
+
+
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 

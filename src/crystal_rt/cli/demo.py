@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_import
 from ..assets import demo_model
 from ..errors import InvalidOption
 from .options import output_dir
+
+if TYPE_CHECKING:
+    import cv2
+    import numpy as np
+else:
+    cv2 = lazy_import("cv2", "Image processing")
+    np = lazy_import("numpy", "Array processing")
+
 
 # (height, width, rgb, bit depth) of the generated drops, in turn: imager sizes and formats.
 DEMO_IMAGES = ((1024, 1224, True, 8), (2028, 2532, False, 8), (768, 1024, False, 16), (600, 800, True, 8))
@@ -36,8 +45,6 @@ def add_parser(sub: Any) -> None:
 
 
 def _write_drops(folder: Path, count: int, seed: int) -> tuple[list[Path], list[Any]]:
-    import cv2
-    import numpy as np
 
     from ..data.synthetic import make_drop
     from ..evaluate.metrics import truth_from_masks

@@ -18,9 +18,16 @@ import argparse
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_import
 from .options import report_file
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+else:
+    ort = lazy_import("onnxruntime", "ONNX Runtime", extra="cpu")
+
 
 NO_GPU_EXIT = 2
 
@@ -65,7 +72,6 @@ def _onnxruntime() -> str | None:
 
     if importlib.util.find_spec("onnxruntime") is None:
         return None
-    import onnxruntime as ort
 
     return f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
 

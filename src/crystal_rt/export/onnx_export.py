@@ -12,10 +12,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._lazy import require
+from .._lazy import lazy_import, require
 from .._version import __version__
 from ..errors import ExportError, ParityError
 from ..evaluate.parity import ParityReport, Tolerances, compare_detectors, worst_failure
@@ -23,6 +24,12 @@ from ..models.core import INPUT_NAME, OUTPUT_NAMES, CoreMaskRCNN, export_friendl
 from ..models.maskrcnn import LoadedModel
 from ..spec import MODEL_METADATA_KEY, SPEC_METADATA_KEY, ModelSpec, PreprocessSpec
 from .lint import lint_onnx
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch", "PyTorch models", extra="export")
+
 
 OPSET = 17
 # The in-graph score threshold (torchvision's box_score_thresh); the runtime threshold is applied after.
@@ -57,7 +64,6 @@ def validation_images(size: int) -> list[tuple[str, np.ndarray]]:
 
 def trace_to_onnx(core: CoreMaskRCNN, tensor: np.ndarray, path: Path) -> None:
     """``torch.onnx.export`` of the core module: TorchScript tracing (dynamo=False), opset 17."""
-    import torch
 
     with warnings.catch_warnings(), torch.no_grad(), export_friendly_nms():
         warnings.simplefilter("ignore")  # TracerWarnings about constant shapes are expected here
@@ -79,7 +85,6 @@ def check_empty_path(core: CoreMaskRCNN, tensor: np.ndarray, output: Path) -> No
     Zero detections means empty tensors through RoiAlign, the mask head and the padding; both
     PyTorch and ONNX Runtime must return K all-zero rows without error.
     """
-    import torch
 
     from ..models.core import run_core
     from ..runtime.backends.onnxruntime import OnnxRuntimeBackend

@@ -19,6 +19,16 @@ from ..spec import ModelSpec, PreprocessSpec
 if TYPE_CHECKING:
     from torchvision.models.detection import MaskRCNN
 
+from .._lazy import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:
+    nn = lazy_import("torch.nn", "PyTorch models", extra="export")
+    torch = lazy_import("torch", "PyTorch models", extra="export")
+
+
 CHECKPOINT_FORMAT = "crystal-rt-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -55,7 +65,6 @@ def build_maskrcnn(
     **kwargs: Any,
 ) -> MaskRCNN:
     """A Mask R-CNN with random weights; its own transform set to the spec's size and normalisation."""
-    from torch import nn
     from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
@@ -163,7 +172,6 @@ def save_checkpoint(
     ``model_kwargs`` are the extra ``build_maskrcnn`` options the model was built with (e.g.
     ``rpn_post_nms_top_n_test``), so that loading rebuilds exactly the same model.
     """
-    import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +194,6 @@ def save_checkpoint(
 
 def read_torch_file(path: Path, what: str) -> Any:
     """``torch.load`` with ``weights_only=True`` (no pickled code), with one clear error."""
-    import torch
 
     if not path.is_file():
         raise InvalidModel(f"{what} not found", path=path)

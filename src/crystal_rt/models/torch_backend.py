@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from .core import CoreMaskRCNN
 
 
+from .._lazy import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch", "PyTorch models", extra="export")
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -23,7 +31,6 @@ class TorchBackend(Backend):
         self.core = core.eval()
 
     def infer(self, images: np.ndarray) -> CoreOutputs:
-        import torch
 
         from .core import run_core
 

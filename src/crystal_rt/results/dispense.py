@@ -12,11 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .._lazy import lazy_import
 from .detection import Instance
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_import("cv2", "Image processing")
+
 
 DROP_CLASS = "drop"
 
@@ -62,7 +69,6 @@ def dispense_target(
     instances: Sequence[Instance], height: int, width: int, um_per_px: float | None = None
 ) -> DispenseTarget | None:
     """The dispense target of one image's instances (None without a drop, or for an empty drop mask)."""
-    import cv2
 
     drops = [inst for inst in instances if inst.label_name == DROP_CLASS]
     if not drops:

@@ -26,14 +26,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .._lazy import lazy_import
 from ..errors import InvalidSpec
 from ..geometry import Window
 from ..results.detection import Instance, InstanceMask
 from ..spec import PreprocessSpec
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_import("cv2", "Image processing")
+
 
 TileMode = Literal["off", "auto", "on"]
 TILE_MODES: tuple[str, ...] = ("off", "auto", "on")
@@ -123,8 +130,6 @@ def _overlap_pixels(a: InstanceMask, b: InstanceMask, grow: int = 0) -> int:
             sy0 - b.y0 : sy1 - b.y0, sx0 - b.x0 : sx1 - b.x0
         ]
     if grow:
-        import cv2
-
         theirs = cv2.dilate(theirs.astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) > 0
     return int(np.count_nonzero(mine & theirs))
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from .._lazy import require
+from .._lazy import lazy_import, require
 from ..errors import (
     BackendUnavailable,
     CrystalRtError,
@@ -56,10 +56,18 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
-    import numpy as np
     from fastapi import FastAPI, Request
 
     from ..runtime.detector import Detector
+
+
+if TYPE_CHECKING:
+    import numpy as np
+    import uvicorn
+else:
+    np = lazy_import("numpy", "Array processing")
+    uvicorn = lazy_import("uvicorn", "crystal-rt serve", extra="serve")
+
 
 log = logging.getLogger("crystal_rt.serve")
 
@@ -102,7 +110,6 @@ def error_body(kind: str, message: str, source: str | None) -> dict[str, Any]:
 
 def warmup_image(size: int) -> "np.ndarray":
     """A synthetic gray drop (a bright disk with a few dark rectangles) of ``size`` x ``size``."""
-    import numpy as np
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     centre = size / 2.0
@@ -230,7 +237,6 @@ def sanitised(exc: BaseException) -> CrystalRtError:
 
 def server_config(app: "FastAPI", **kwargs: Any) -> Any:
     """A ``uvicorn.Config`` for ``app`` whose 400 for an unparsable request is the JSON error shape."""
-    import uvicorn
 
     try:
         from uvicorn.protocols.http.h11_impl import H11Protocol

@@ -12,10 +12,17 @@ CLAHE(tile_grid_size=(12, 12)) on L of LAB (clip drawn in [1, 4] by CHiMP; fixed
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+
+from .._lazy import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch", "PyTorch models", extra="export")
 
 
 def seeded_chimp_model(seed: int = 0) -> Any:
@@ -23,7 +30,6 @@ def seeded_chimp_model(seed: int = 0) -> Any:
     and ``MaskRCNNPredictor(256, 256, 3)``), seeded, no weights downloaded. Its box regressions (RPN
     and box head) are scaled down 10x so that boxes stay near their anchors, sized as a trained
     model's are, instead of random-weight slivers under a pixel wide; everything else is random."""
-    import torch
     import torchvision
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
     from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
@@ -54,7 +60,6 @@ class ChimpResult:
 
 
 def chimp_replica(model: Any, path: str, clip_limit: float = 2.5, prob_threshold: float = 0.6) -> ChimpResult:
-    import torch
 
     bgr = cv2.imread(str(path))
     if bgr is None:

@@ -12,7 +12,16 @@ Test support (also used by ``crystal-rt doctor``); not fast.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from .._lazy import lazy_import
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_import("cv2", "Image processing")
 
 
 def fma32(
@@ -116,7 +125,6 @@ def clahe_reference(
 def opencv_clahe_flavour(samples: int = 3, seed: int = 0) -> str:
     """``"plain"``, ``"fma"`` or ``"unknown"``: which arithmetic the installed cv2's CLAHE matches, on a
     few random 16-bit images with non-power-of-two tiles (where the two differ most)."""
-    import cv2
 
     rng = np.random.default_rng(seed)
     plain = fused = True

@@ -37,6 +37,14 @@ if TYPE_CHECKING:
     from ..evaluate.metrics import EvaluationReport
     from .data import CachedImage
 
+from .._lazy import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch", "PyTorch models", extra="export")
+
+
 NORMS = ("auto", "frozen", "batch")
 # The demo model's shape (see models.maskrcnn.SLIM_OPTIONS): ResNet stages 1-3 into a 128-wide FPN,
 # small heads and 16..128 px anchors; about 5.8 M parameters with a ResNet-18.
@@ -147,7 +155,6 @@ def split_ids(dataset: CocoDataset, fraction: float, seed: int) -> tuple[list[in
 
 
 def _device(name: str) -> Any:
-    import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -191,7 +198,6 @@ def build_model(config: TrainConfig, num_classes: int, hooks: Hooks) -> tuple[Ma
 
 
 def _to_targets(samples: list[Any], device: Any) -> tuple[list[Any], list[dict[str, Any]]]:
-    import torch
 
     images = [torch.from_numpy(s.image).to(device) for s in samples]
     targets = [
@@ -245,7 +251,6 @@ def _save(
 
 def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = None) -> TrainResult:
     """Fine-tune a Mask R-CNN as ``config`` says; returns where the checkpoints are."""
-    import torch
 
     from ..data.coco import load_coco
     from .augment import AugmentConfig, sample_crop

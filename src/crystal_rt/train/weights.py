@@ -11,10 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_import
 from ..errors import InvalidModel
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+else:
+    nn = lazy_import("torch.nn", "PyTorch models", extra="export")
+    torch = lazy_import("torch", "PyTorch models", extra="export")
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,6 @@ def _state_dict(payload: Any, path: Path) -> dict[str, Any]:
 
 def load_initial_weights(model: nn.Module, path: str | os.PathLike[str]) -> InitReport:
     """Copy every tensor of ``path`` that fits into ``model``; refuse a file where almost none fit."""
-    import torch
 
     from ..models.maskrcnn import read_torch_file
 
@@ -83,8 +87,6 @@ def use_batch_norm(model: nn.Module) -> int:
     The buffers keep their names, so the trained state_dict loads back into the standard
     (frozen) architecture for export. Returns the number of layers swapped.
     """
-    import torch
-    from torch import nn
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     swapped = 0
