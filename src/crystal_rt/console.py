@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -54,7 +55,6 @@ WARNING_LOGGERS = ("crystal_rt.bit_depth",)
 
 class _WarningLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        from rich.markup import escape
 
         err_console.print(
             f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True

@@ -18,7 +18,7 @@ import numpy as np
 
 from .spec import PreprocessSpec, Resize
 
-#: the core ONNX graph's input and its four fixed-size outputs (DESIGN.md, "Core ONNX contract")
+#: the core ONNX graph's input and its four fixed-size outputs (docs/contract.md, "Core ONNX contract")
 CORE_INPUT = "images"
 CORE_OUTPUTS: tuple[str, str, str, str] = ("boxes", "scores", "labels", "masks")
 

@@ -1,7 +1,7 @@
 """PreprocessSpec (the preprocessing recipe) and ModelSpec: what every artifact carries and every
 backend obeys.
 
-A :class:`PreprocessSpec` is an ordered, versioned recipe of steps (DESIGN.md "Preprocessing
+A :class:`PreprocessSpec` is an ordered, versioned recipe of steps (docs/contract.md "Preprocessing
 contract", design note 26):
 
 * :class:`Clahe` - CLAHE (gray directly, 8-bit RGB on L of LAB), before or after the resize;

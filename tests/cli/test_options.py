@@ -157,7 +157,7 @@ def test_bit_depth_reaches_the_detector(command: str, paths: dict[str, Path], mo
         raise CrystalRtError("stopped before benchmarking")
 
     monkeypatch.setattr(Detector, "load", classmethod(load))
-    monkeypatch.setattr("crystal_rt.bench.runner.run_bench", run_bench)
+    monkeypatch.setattr("crystal_rt.cli.bench.run_bench", run_bench)  # where the command looks it up
     image = paths["root"] / "drop.png"
     image.write_bytes(_png())
     argv = {

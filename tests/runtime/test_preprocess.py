@@ -1,4 +1,4 @@
-"""Tests for crystal_rt.runtime.preprocess against OpenCV and a float64 reference (DESIGN.md step 2-4)."""
+"""Tests for crystal_rt.runtime.preprocess against OpenCV and a float64 reference (contract steps 2-4)."""
 
 from __future__ import annotations
 

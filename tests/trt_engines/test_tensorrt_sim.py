@@ -94,11 +94,11 @@ def test_nvrtc_newer_than_the_driver_names_the_extra(demo_trt_engine: Path, real
 def test_ptx_the_driver_cannot_load_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU newer than NVRTC knows gets PTX (compute_121 for a "12.2"); a CUDA 12.6 driver cannot JIT
     NVRTC 13's PTX, and the error says which versions disagree."""
-    from crystal_rt.cuda import build, probe
+    from crystal_rt.cuda import build, module
     from crystal_rt.cuda.module import Module
 
     monkeypatch.setattr(
-        probe, "nvrtc_mismatch", lambda driver, nvrtc, ptx=False: None
+        module, "nvrtc_mismatch", lambda driver, nvrtc, ptx=False: None
     )  # get past the early check
     with simulated_gpu(compute_capability="12.2", driver_version=12060):
         assert build.target_for(build.device_arch()) == "compute_121"

@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..cuda.binding import DRIVER, override
+
 # distribution names to report; the first installed name of each group wins
 _PACKAGES: dict[str, tuple[str, ...]] = {
     "numpy": ("numpy",),
@@ -97,7 +99,6 @@ def gpu_memory_mb(pid: int) -> float | None:
 def _simulated_gpu() -> str | None:
     """The simulated GPU's name while crystal_rt.testing.simulated_gpu is active (timings are then
     the CPU emulator's wall times), else None."""
-    from ..cuda.binding import DRIVER, override
 
     stand_in = override(DRIVER)
     return str(getattr(stand_in, "name", "simulated")) if stand_in is not None else None

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from ..console import latency_table
 from . import BENCH_STAGES
 
 STAT_ROWS = ("p50", "p90", "p99", "min", "max")
@@ -17,7 +18,6 @@ STAT_ROWS = ("p50", "p90", "p99", "min", "max")
 
 def latency_tables(report: dict[str, Any]) -> Group:
     """Stage percentiles (reusing console.latency_table), engine only, throughput, cold start, memory."""
-    from ..console import latency_table
 
     stages = report["stages"]
     shown = [s for s in BENCH_STAGES if s != "total"]  # end_to_end = total + encode, measured around

@@ -40,7 +40,14 @@ if TYPE_CHECKING:
     from ..runtime.pipeline import StagePolicy
     from ..runtime.tiling import Tiling
 
+import datetime as dt
+import resource
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
+
 from .._lazy import lazy_import
+from ..runtime.artifacts import Manifest, resolve_manifest
 
 if TYPE_CHECKING:
     import cv2
@@ -144,7 +151,6 @@ def synthetic_images(count: int, height: int = 1024, width: int = 1224, seed: in
 
 def peak_rss_mb() -> float:
     """This process's peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``), MiB."""
-    import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(rss) / (1024 * 1024) if sys.platform == "darwin" else float(rss) / 1024
@@ -152,7 +158,6 @@ def peak_rss_mb() -> float:
 
 def measure_latency(det: Any, images: Sequence[BenchImage], runs: int, warmup: int) -> dict[str, Any]:
     """Per-stage samples (ms) over ``runs`` passes after ``warmup`` passes; detections per image."""
-    from time import perf_counter
 
     samples: dict[str, list[float]] = {stage: [] for stage in BENCH_STAGES}
     detections: dict[str, int] = {}
@@ -178,7 +183,6 @@ def measure_latency(det: Any, images: Sequence[BenchImage], runs: int, warmup: i
 
 def measure_engine_only(det: Any, image: BenchImage, iterations: int, warmup: int) -> list[float]:
     """``backend.infer`` on one fixed preprocessed tensor (no decode/pre/post-processing), ms."""
-    from time import perf_counter
 
     from ..io.decode import read_image
     from ..runtime.preprocess import preprocess
@@ -206,8 +210,6 @@ def measure_throughput(
     bit_depth: int | None = None,
 ) -> dict[str, Any]:
     """``workers`` threads calling one Detector (intra-op threads = max(1, cores // workers))."""
-    from concurrent.futures import ThreadPoolExecutor
-    from time import perf_counter
 
     from ..runtime.detector import Detector
 
@@ -249,7 +251,6 @@ def _child_env() -> dict[str, str]:
 
 
 def collect_gpus_present() -> bool:
-    import shutil
 
     return shutil.which("nvidia-smi") is not None
 
@@ -297,9 +298,7 @@ def cold_start(
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """All measurements for one engine; returns the JSON-ready report."""
-    import datetime as dt
 
-    from ..runtime.artifacts import Manifest, resolve_manifest
     from ..runtime.detector import Detector
 
     say = config.log or (lambda _msg: None)

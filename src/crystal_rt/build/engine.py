@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from .._lazy import require
+from ..calibration.metadata import read_calibration
 from ..calibration.options import CalibrationOptions
+from ..cuda.probe import probe
 from ..errors import BackendUnavailable, InvalidModel, InvalidOption
 from ..export.options import ExportOptions
 from ..runtime.artifacts import Manifest
+from ..runtime.backends.ort_providers import CUDA_EP, TRT_EP
+from ..runtime.backends.ort_providers import probe as provider_loads
+from ..runtime.tensorrt.modules import tensorrt_installed
+from ..spec import specs_from_metadata
 from .tensorrt.options import BuildOptions
 
 if TYPE_CHECKING:
@@ -162,10 +168,6 @@ def choose_backend(backend: str) -> tuple[Backend, str]:
     for the CPU."""
     if backend != "auto":
         return check_backend(backend), "asked for"
-    from ..cuda.probe import probe
-    from ..runtime.backends.ort_providers import CUDA_EP, TRT_EP
-    from ..runtime.backends.ort_providers import probe as provider_loads
-    from ..runtime.tensorrt.modules import tensorrt_installed
 
     state = probe()
     if state.present and not state.usable:
@@ -202,7 +204,6 @@ def _build_onnxruntime(
 ) -> Manifest:
     ort = require("onnxruntime", "Building an ONNX Runtime engine", extra="cpu")
     from ..runtime.backends.onnxruntime import create_session, session_options
-    from ..spec import specs_from_metadata
 
     if precision == "fp16":
         raise BackendUnavailable(
@@ -249,7 +250,6 @@ def _build_onnxruntime(
 
 def _check_calibration(metadata: dict[str, str], source: Path, precision: str) -> CalibrationInfo | None:
     """The graph's calibration record, refusing a graph that is not for ONNX Runtime at ``precision``."""
-    from ..calibration.metadata import read_calibration
 
     info = read_calibration(metadata, source)
     if precision == "int8":

@@ -28,8 +28,19 @@ from typing import Any
 
 import numpy as np
 
+from ..arith import flavour_name, opencv_fma
+from ..assets import demo_model
+from ..cuda.build import compile_kernel, device_arch, kernel_names, nvrtc_version
+from ..cuda.driver import check, ensure_context, synchronize
+from ..cuda.driver import driver as cuda_driver
+from ..cuda.probe import probe
+from ..cuda.timing import EventTimer
 from ..errors import CrystalRtError
-from .engine import Precision
+from ..runtime.tensorrt import device
+from ..runtime.tensorrt.modules import load_tensorrt, tensorrt_installed
+from ..spec import PreprocessSpec
+from .engine import Precision, build_engine
+from .tensorrt.precision import has_fp16_flag
 
 #: synthetic drops checked besides the given images: (height, width, rgb, bit depth)
 SYNTHETIC_SHAPES = [
@@ -93,7 +104,6 @@ def load_images(folder: Path | None, limit: int = 8) -> list[tuple[str, np.ndarr
 
 def kernel_build_check() -> Check:
     def run() -> tuple[bool, str, dict[str, Any]]:
-        from ..cuda.build import compile_kernel, device_arch, kernel_names
 
         arch = device_arch()
         built = [compile_kernel(name, arch) for name in kernel_names()]
@@ -113,10 +123,7 @@ class _Stages:
     """The device stages driven one by one, for the checks and the timings."""
 
     def __init__(self) -> None:
-        from ..cuda.driver import check, ensure_context
-        from ..cuda.driver import driver as cuda_driver
         from ..cuda.memory import DeviceBuffer
-        from ..cuda.timing import EventTimer
 
         ensure_context()
         driver = cuda_driver()
@@ -139,7 +146,6 @@ class _Stages:
         return self.src.upload(data, self.stream), data.shape[1] * channels * data.itemsize
 
     def close(self) -> None:
-        from ..cuda.driver import driver as cuda_driver
 
         for pre in self._pre.values():
             pre.close()
@@ -162,7 +168,6 @@ def _download(ptr: int, shape: tuple[int, ...], dtype: Any, stream: Any) -> np.n
 def stage_checks(images: Iterable[tuple[str, np.ndarray]], stages: _Stages) -> list[Check]:
     """Device CLAHE and letterbox against the CPU on every image; paste against the CPU paste."""
     from ..runtime.preprocess import apply_clahe, preprocess
-    from ..spec import PreprocessSpec
 
     spec = PreprocessSpec()
     size = spec.input_size
@@ -243,14 +248,12 @@ def _paste_check(stages: _Stages) -> tuple[bool, str, dict[str, Any]]:
 
 def kernel_timings(stages: _Stages, runs: int) -> list[Check]:
     """CUDA-event timings of the stages at the sizes the targets name (medians over ``runs``)."""
-    from ..spec import PreprocessSpec
 
     rng = np.random.default_rng(1)
     results: list[Check] = []
 
     def time_it(name: str, target_ms: float | None, launch: Callable[[], None]) -> None:
         def run() -> tuple[bool, str, dict[str, Any]]:
-            from ..cuda.driver import synchronize
 
             launch()  # warm-up (module load, buffers)
             synchronize(stages.stream)
@@ -331,10 +334,8 @@ def engine_checks(
     source: Path | None = None,
     runs: int = 100,
 ) -> list[Check]:
-    from ..assets import demo_model
     from ..evaluate.parity import Tolerances, compare_detectors
     from ..runtime.detector import Detector
-    from .engine import build_engine
 
     start = time.perf_counter()
     try:
@@ -402,8 +403,6 @@ def run_gpu_checks(
     int8_graph: Path | None = None,
 ) -> list[Check]:
     """The kernel half, then the TensorRT half where TensorRT is installed."""
-    from ..runtime.tensorrt.modules import load_tensorrt, tensorrt_installed
-    from .tensorrt.precision import has_fp16_flag
 
     say("checking the CUDA kernels")
     checks = run_kernel_checks(images, runs)
@@ -425,10 +424,6 @@ def run_gpu_checks(
 
 def report(checks: list[Check], seconds: float) -> dict[str, Any]:
     """The JSON report: the machine, every check, and whether all passed."""
-    from ..arith import flavour_name, opencv_fma
-    from ..cuda.build import nvrtc_version
-    from ..cuda.probe import probe
-    from ..runtime.tensorrt import device
 
     state = probe()
     gpu = device.gpu()

@@ -18,9 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from ..calibration.metadata import read_calibration
+from ..cuda.binding import onnxruntime_gpu
 from ..errors import BackendUnavailable, InvalidOption
 from ..runtime.artifacts import Manifest
 from ..runtime.backends.ort_providers import PROVIDER_OF, TRT_EP, probe
+from ..runtime.tensorrt import device
+from ..spec import specs_from_metadata
 
 
 def provider_options(backend: str, precision: str, name: str) -> dict[str, str]:
@@ -67,11 +71,7 @@ def _check_precision(backend: str, precision: str, calibration: Any, source: Pat
 def build_ort_gpu(
     source: Path, out: Path, name: str, backend: str, precision: str, say: Callable[[str], None]
 ) -> Manifest:
-    from ..calibration.metadata import read_calibration
-    from ..cuda.binding import onnxruntime_gpu
     from ..runtime.backends.ort_gpu import OrtGpuBackend
-    from ..runtime.tensorrt import device
-    from ..spec import specs_from_metadata
 
     provider = PROVIDER_OF[backend]
     ok, why = probe(provider)

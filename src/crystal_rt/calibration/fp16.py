@@ -2,7 +2,7 @@
 
 The convolutional parts (backbone, FPN, RPN head, box and mask heads) go to FP16; everything
 else — anchors, box decoding, RoiAlign, NMS, TopK, the mask sigmoid and the outputs — stays FP32,
-as DESIGN.md's precision routes ask. Input and output types are kept (``keep_io_types``), so the
+as docs/contract.md's precision routes ask. Input and output types are kept (``keep_io_types``), so the
 engine's buffers are the FP32 graph's.
 """
 

@@ -8,9 +8,16 @@ generates N drops instead. Cold start runs in fresh ``python -c`` processes that
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
+from ..bench.environment import usable_cores
+from ..bench.report import latency_tables, write_json, write_plot
+from ..bench.runner import BenchConfig, load_images, run_bench, synthetic_images
+from ..console import console, err_console, info, show_library_warnings
 from ..errors import CrystalRtError, InvalidOption
 from .options import add_bit_depth, add_score_threshold, add_stages, add_tiling, report_file, tiling_from_args
 
@@ -91,12 +98,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from ..bench.environment import usable_cores
-    from ..bench.report import latency_tables, write_json, write_plot
-    from ..bench.runner import BenchConfig, load_images, run_bench, synthetic_images
-    from ..console import console, info
 
     if args.runs < 1 or args.warmup < 0 or args.cold_starts < 0:
         raise InvalidOption("--runs must be >= 1, --warmup and --cold-starts >= 0")
@@ -138,11 +139,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m crystal_rt.cli.bench ENGINE ...``: the same command, without the crystal-rt entry point."""
-    import sys
-
-    from rich.markup import escape
-
-    from ..console import err_console, show_library_warnings
 
     show_library_warnings()
     parser = argparse.ArgumentParser(prog="crystal-rt")

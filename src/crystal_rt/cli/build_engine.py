@@ -7,8 +7,10 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from ..build.engine import build_engine, check_precision, choose_backend
 from ..build.tensorrt.options import BuildOptions
 from ..calibration.options import CalibrationOptions
+from ..console import console, err_console, info
 from ..errors import InvalidOption
 from .calibrate import add_calibration_options
 from .export import add_checkpoint_options, checkpoint_options
@@ -89,8 +91,6 @@ def tensorrt_options(args: argparse.Namespace) -> BuildOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build.engine import build_engine, check_precision, choose_backend
-    from ..console import console, err_console, info
 
     calibration = CalibrationOptions(
         num_images=args.num_images,

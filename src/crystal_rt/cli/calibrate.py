@@ -9,6 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
+from ..console import console, info, progress
 from .options import output_file, report_file
 
 
@@ -63,10 +66,8 @@ def _fmt(value: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.table import Table
 
     from ..calibration.api import calibrate
-    from ..console import console, info, progress
     from ..io.writers import atomic_write_bytes
 
     with progress() as bar:

@@ -12,6 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.table import Table
+
+from ..console import console, progress
 from ..errors import ParityError
 from .options import add_stages
 
@@ -41,9 +44,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.table import Table
 
-    from ..console import console, progress
     from ..evaluate.parity import Tolerances, compare_detectors, worst_failure
     from ..io.decode import list_images, read_image
     from ..models.reference import detector_from_checkpoint

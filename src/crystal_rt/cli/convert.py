@@ -12,6 +12,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
+from ..console import console
 from .options import output_file
 
 FORMAT_CHOICES = ("auto", "coco", "labelme", "masks")
@@ -48,9 +51,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.markup import escape
 
-    from ..console import console
     from ..data.convert import convert
 
     dataset = convert(args.inputs, args.output, args.format, args.images_out, args.class_name)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from rich.table import Table
+
+from ..console import console, err_console
+from ..cuda import binding, build
 from ..errors import BackendUnavailable, CrystalRtError
 
 
@@ -43,17 +47,12 @@ def run(args: argparse.Namespace) -> int:
         return _build(args)
     if command == "info":
         return _info()
-    from ..console import err_console
 
     err_console.print("usage: crystal-rt cuda {build,info} (see crystal-rt cuda --help)", highlight=False)
     return 2
 
 
 def _build(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from ..console import console, err_console
-    from ..cuda import build
 
     if args.arch:
         archs = build.parse_arch_list(args.arch)
@@ -125,10 +124,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _info() -> int:
-    from rich.table import Table
-
-    from ..console import console
-    from ..cuda import build
 
     table = Table(show_header=False, title="CUDA", title_justify="left")
     table.add_column("what")
@@ -150,7 +145,6 @@ def _info() -> int:
 
 
 def _device_line(device: int = 0) -> str:
-    from ..cuda import binding, build
 
     arch = build.device_arch(device)  # raises BackendUnavailable without a driver or GPU
     driver = binding.driver("Querying the CUDA device")

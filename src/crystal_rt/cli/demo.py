@@ -9,12 +9,16 @@ install and ONNX Runtime (the ``cpu`` extra): no PyTorch.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy_import
 from ..assets import demo_model
+from ..build.engine import build_engine
+from ..console import console, info, latency_table
 from ..errors import InvalidOption
+from ..evaluate.run import AP_SCORE_THRESHOLD
 from .options import output_dir
 
 if TYPE_CHECKING:
@@ -63,12 +67,8 @@ def _write_drops(folder: Path, count: int, seed: int) -> tuple[list[Path], list[
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
 
-    from ..build.engine import build_engine
-    from ..console import console, info, latency_table
     from ..evaluate.metrics import evaluate
-    from ..evaluate.run import AP_SCORE_THRESHOLD
     from ..io.decode import read_image
     from ..io.writers import write_coco, write_json, write_overlay, write_points_csv
     from ..runtime.detector import STAGES, Detector

@@ -11,11 +11,19 @@ files (a format not asked for this time is removed for them), the other images' 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
+from rich.markup import escape
+
+from ..console import console, err_console, info, latency_table, progress
 from ..errors import CrystalRtError, InvalidOption, OutputNotWritten
 from ..io import RESULT_FORMATS as FORMATS
+from ..serve.watch import fit_name
 from .options import (
     add_bit_depth,
     add_score_threshold,
@@ -63,7 +71,6 @@ def add_parser(sub: Any) -> None:
 def image_names(paths: list[Path]) -> list[str]:
     """Each image's path relative to the folder all of them share (POSIX separators): unique, and
     the same whenever the same folders are given."""
-    import os
 
     if not paths:
         return []
@@ -73,7 +80,6 @@ def image_names(paths: list[Path]) -> list[str]:
 
 
 def _output_path(out: Path, name: str, suffix: str) -> Path:
-    from ..serve.watch import fit_name
 
     rel = Path(name)
     return out / rel.parent / f"{fit_name(rel.name)}{suffix}"
@@ -81,7 +87,6 @@ def _output_path(out: Path, name: str, suffix: str) -> Path:
 
 def _merge_points(path: Path, done: set[str], new_rows: list[list[str]]) -> None:
     """points.csv: the rows of images not in ``done`` kept, then this run's rows."""
-    import csv
 
     from ..io.writers import POINT_FIELDS, atomic_write_bytes, csv_text, points_csv_bytes
 
@@ -100,7 +105,6 @@ def _merge_points(path: Path, done: set[str], new_rows: list[list[str]]) -> None
 def _merge_coco(path: Path, done: set[str], results: list[Any]) -> None:
     """coco_results.json: the entries of images not in ``done`` kept, then this run's; image ids
     numbered 1.. over the file names in that order."""
-    import json
 
     from ..io.writers import atomic_write_bytes, coco_results
 
@@ -129,7 +133,6 @@ def _merge_coco(path: Path, done: set[str], results: list[Any]) -> None:
 
 def _detect_one(detector: Any, path: Path, name: str, out: Path, formats: list[str]) -> Any:
     """Detect in one image and write its files (a format not asked for is removed for it)."""
-    from time import perf_counter
 
     from ..io.decode import read_image_info
     from ..io.writers import write_json, write_overlay
@@ -154,9 +157,7 @@ def _detect_one(detector: Any, path: Path, name: str, out: Path, formats: list[s
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.markup import escape
 
-    from ..console import console, err_console, info, latency_table, progress
     from ..io.decode import list_images
     from ..io.writers import point_rows
     from ..results.detection import DetectionResult

@@ -11,6 +11,10 @@ import json
 import math
 from typing import Any
 
+from rich.table import Table
+
+from ..console import console, info, progress
+from ..evaluate.run import evaluate_detector, open_model
 from .options import add_score_threshold, add_stages, report_file
 
 
@@ -38,12 +42,9 @@ def _fmt(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.table import Table
 
-    from ..console import console, info, progress
     from ..data.coco import load_coco
     from ..evaluate.metrics import write_pr_curve
-    from ..evaluate.run import evaluate_detector, open_model
     from ..io.writers import atomic_write_bytes
 
     dataset = load_coco(args.data, args.images)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..console import console, err_console
 from ..export.options import ExportOptions
 from .options import output_file
 
@@ -109,7 +110,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..console import console, err_console
     from ..export.api import export_checkpoint
 
     with err_console.status(f"exporting {args.checkpoint} ..."):

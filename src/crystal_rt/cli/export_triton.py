@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..console import info
 from .options import output_dir
 
 
@@ -27,7 +28,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..console import info
     from ..serve.triton import export_triton
 
     out = export_triton(

@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..console import console
 from ..errors import EngineNotFound
+from ..runtime.artifacts import Manifest, resolve_manifest
+from ..spec import PreprocessSpec
 
 
 def add_parser(sub: Any) -> None:
@@ -19,8 +22,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..console import console
-    from ..runtime.artifacts import Manifest, resolve_manifest
 
     target = Path(args.target)
     try:
@@ -49,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _recipe_lines(preprocess: Any) -> list[str]:
     """The recipe, one line per step (what ``describe()`` prints), for people reading the JSON."""
-    from ..spec import PreprocessSpec
 
     if not isinstance(preprocess, dict):
         return []

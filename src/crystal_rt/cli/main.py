@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from .._version import __version__
+from ..console import err_console, show_library_warnings
 from ..errors import CrystalRtError
+from ..testing import ENV_VAR, simulated_gpu_from_env
 
 # subcommand -> module under crystal_rt.cli (each defines add_parser(subparsers) and run(args) -> int)
 COMMANDS = {
@@ -62,7 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from ..console import err_console, show_library_warnings
 
     show_library_warnings()
     try:
@@ -84,9 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 @contextmanager
 def _simulation(requested: bool) -> Iterator[None]:
     """The simulated GPU where asked for (flag or environment), else nothing."""
-    import os
-
-    from ..testing import ENV_VAR, simulated_gpu_from_env
 
     before = os.environ.get(ENV_VAR)
     if requested:

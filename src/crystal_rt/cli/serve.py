@@ -9,7 +9,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from rich.markup import escape
+
+from .._lazy import require
+from ..console import err_console, info
 from ..errors import BackendUnavailable
+from ..serve.http import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_BODY_RATE,
+    DEFAULT_QUEUE_SIZE,
+    create_app,
+    server_config,
+)
 from .options import (
     add_bit_depth,
     add_score_threshold,
@@ -50,13 +63,6 @@ def _positive_float(text: str) -> float:
 
 
 def add_parser(sub: Any) -> None:
-    from ..serve.http import (
-        DEFAULT_BODY_TIMEOUT,
-        DEFAULT_MAX_BODY_BYTES,
-        DEFAULT_MAX_PIXELS,
-        DEFAULT_MIN_BODY_RATE,
-        DEFAULT_QUEUE_SIZE,
-    )
 
     p = sub.add_parser("serve", help="serve an engine over HTTP (POST /v1/detect)", description=__doc__)
     p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
@@ -116,16 +122,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._lazy import require
-    from ..console import info
     from ..runtime.detector import Detector
 
     if args.triton:
         return _run_triton(args)
-    from rich.markup import escape
-
-    from ..console import err_console
-    from ..serve.http import create_app, server_config
 
     uvicorn = require("uvicorn", "crystal-rt serve", extra="serve")
     require("fastapi", "crystal-rt serve", extra="serve")
@@ -180,7 +180,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_triton(args: argparse.Namespace) -> int:
-    from ..console import info
     from ..runtime.detector import Detector
     from ..serve.pytriton import TritonPorts, bind_triton
 

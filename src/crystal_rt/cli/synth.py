@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..console import info, progress
 from .options import output_dir
 
 
@@ -38,7 +39,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..console import info, progress
     from ..data.synth_writer import SynthOptions, write_synthetic
 
     options = SynthOptions(

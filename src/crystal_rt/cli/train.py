@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from rich.markup import escape
+
+from .._lazy import require
+from ..console import err_console, info, progress
 from .options import add_score_threshold, output_dir
 
 
@@ -57,12 +61,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._lazy import require
 
     require("torchvision", "Training", extra="train")
-    from rich.markup import escape
 
-    from ..console import err_console, info, progress
     from ..train.loop import Hooks, TrainConfig, train
 
     config = TrainConfig(

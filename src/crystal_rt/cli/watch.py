@@ -12,13 +12,23 @@ With --once the exit status is 1 when a file failed (error or quarantined), else
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from rich.markup import escape
+
+from ..console import err_console, info
 from ..serve.watch import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PATTERNS,
     WATCH_FORMATS,
+    Outcome,
+    Watcher,
+    WatchOptions,
+    display_name,
 )  # light: no numpy, cv2 or onnxruntime
 from .options import add_bit_depth, add_score_threshold, add_stages, add_tiling, output_dir, tiling_from_args
 
@@ -118,15 +128,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-    from types import FrameType
 
-    from rich.markup import escape
-
-    from ..console import err_console, info
     from ..runtime.detector import Detector
-    from ..serve.watch import Outcome, Watcher, WatchOptions, display_name
 
     detector = Detector.load(
         args.engine,

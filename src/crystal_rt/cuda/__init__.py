@@ -4,3 +4,5 @@
 ``module`` (loaded kernels, launches), ``timing`` (CUDA events), ``launches`` (the launch arithmetic,
 host only), ``clahe_plan``, ``preprocessor`` (the CLAHE/letterbox/paste launchers) and ``stages``
 (the pipeline's device stages on one stream). Importing this package imports no GPU module."""
+
+__all__: list[str] = []

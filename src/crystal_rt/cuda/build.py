@@ -31,9 +31,11 @@ from typing import Any
 
 from .._lazy import require
 from ..errors import BackendUnavailable, KernelBuildError
+from .binding import driver as _driver_module
+from .probe import probe
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
-#: Archs every kernel must compile for without spills (DESIGN.md, "What is checked where").
+#: Archs every kernel must compile for without spills (docs/contract.md, "What is checked where").
 DEFAULT_ARCHS: tuple[str, ...] = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_110", "sm_120")
 BASE_OPTIONS: tuple[str, ...] = ("--std=c++17", "--fmad=false")
 RESOURCE_OPTION = "--ptxas-options=-v"
@@ -155,8 +157,6 @@ def _check_nvrtc(nvrtc: ModuleType, err: Any, what: str) -> None:
 
 def device_arch(device: int = 0) -> str:
     """``sm_XX`` of CUDA device ``device``; BackendUnavailable where there is no driver or GPU."""
-    from .binding import driver as _driver_module
-    from .probe import probe
 
     driver = _driver_module("Finding the CUDA device")
     state = probe()

@@ -8,11 +8,12 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import BackendUnavailable, CudaError
+from .binding import driver as binding_driver
+from .probe import probe
 
 
 def driver() -> ModuleType:
     """The driver module (MissingDependency naming the install when cuda-python is absent)."""
-    from .binding import driver as binding_driver
 
     return binding_driver("Running the CUDA kernels")
 
@@ -33,7 +34,6 @@ def check(result: Any, what: str) -> Any:
 def ensure_context(device: int = 0) -> Any:
     """Make a context current: the calling thread's current one, else the device's primary context
     (the one the CUDA runtime, torch and CuPy use)."""
-    from .probe import probe
 
     drv = driver()
     state = probe()

@@ -6,16 +6,16 @@ import ctypes
 from typing import Any
 
 from ..errors import BackendUnavailable, CudaError
+from .build import compile_kernel, device_arch, nvrtc_version, target_for
 from .driver import as_stream, check, driver, ensure_context
 from .launches import KernelLaunch
+from .probe import nvrtc_mismatch, probe
 
 
 class Module:
     """A compiled kernel file loaded into the current context."""
 
     def __init__(self, name: str, device: int = 0, arch: str | None = None) -> None:
-        from .build import compile_kernel, device_arch, nvrtc_version, target_for
-        from .probe import nvrtc_mismatch, probe
 
         self.context = ensure_context(device)
         target = target_for(arch if arch is not None else device_arch(device))
@@ -61,8 +61,6 @@ def _module_load_error(exc: CudaError, name: str, arch: str) -> CudaError:
     """The driver refused the kernels NVRTC built: say which CUDA versions disagree and the fix."""
     if exc.code not in _PTX_ERRORS:
         return exc
-    from .build import nvrtc_version
-    from .probe import nvrtc_mismatch, probe
 
     nvrtc = nvrtc_version()
     driver_cuda = probe().driver_cuda

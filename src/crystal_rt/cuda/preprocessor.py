@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arith import opencv_fma
 from ..errors import BackendUnavailable
 from ..geometry import InputMap
 from ..spec import PreprocessSpec
@@ -27,7 +28,6 @@ class GpuPreprocessor:
     """
 
     def __init__(self, spec: PreprocessSpec, device: int = 0, *, fma: bool | None = None) -> None:
-        from ..arith import opencv_fma
 
         self.spec = spec
         self.fma = opencv_fma() if fma is None else fma  # match this machine's OpenCV (crystal_rt/arith.py)
@@ -205,7 +205,6 @@ class GpuMaskPaster:
     """Paste the engine's M x M mask probabilities (on the device) into per-instance binary crops."""
 
     def __init__(self, device: int = 0, *, fma: bool | None = None) -> None:
-        from ..arith import opencv_fma
 
         self.fma = opencv_fma() if fma is None else fma
         self.module = Module("paste", device)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .._lazy import require
+from ..models.maskrcnn import load_checkpoint
 from ..spec import PreprocessSpec, default_class_names
 from .onnx_export import ExportResult, export_core_onnx
 
@@ -58,7 +59,6 @@ def export_checkpoint(
     CHiMP's score threshold 0.6, unless they are given.
     """
     require("torchvision", "Exporting a model")
-    from ..models.maskrcnn import load_checkpoint
 
     loaded = load_checkpoint(
         checkpoint,

@@ -1,6 +1,6 @@
 """Export a torchvision Mask R-CNN to the core ONNX, lint it, and validate it on ONNX Runtime.
 
-Contract (DESIGN.md): input ``images`` float32 [1, 3, H, W] (the recipe's ``input_hw``); outputs
+Contract (docs/contract.md): input ``images`` float32 [1, 3, H, W] (the recipe's ``input_hw``); outputs
 ``boxes`` [K, 4], ``scores`` [K], ``labels`` [K] (int64), ``masks`` [K, 28, 28]; opset 17; ``dynamo=False``;
 no If / Loop / input Resize; PreprocessSpec and ModelSpec in ``metadata_props``.
 """

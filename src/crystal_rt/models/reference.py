@@ -9,6 +9,7 @@ from typing import Any
 from ..runtime.detector import Detector
 from ..spec import ModelSpec, PreprocessSpec
 from .core import CoreMaskRCNN
+from .maskrcnn import load_checkpoint
 from .torch_backend import TorchBackend
 
 __all__ = ["detector_from_checkpoint", "torch_detector"]
@@ -25,7 +26,6 @@ def detector_from_checkpoint(
     path: str | os.PathLike[str], *, score_threshold: float | None = None, **overrides: Any
 ) -> Detector:
     """The checkpoint's core model as a Detector (``overrides`` as ``load_checkpoint`` takes them)."""
-    from .maskrcnn import load_checkpoint
 
     loaded = load_checkpoint(path, **overrides)
     core = CoreMaskRCNN.for_recipe(loaded.model, loaded.preprocess, loaded.model_spec.max_detections)

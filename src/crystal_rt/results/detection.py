@@ -96,7 +96,7 @@ class DetectionResult:
     image: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     devices: dict[str, str] = field(default_factory=dict)
-    #: for a model with a ``drop`` class: where to dispense (runtime/dispense.py); None: no drop found
+    #: for a model with a ``drop`` class: where to dispense (results/dispense.py); None: no drop found
     dispense_target: DispenseTarget | None = None
     #: whether the model has a ``drop`` class (the JSON then always holds ``dispense_target``)
     reports_dispense: bool = False

@@ -8,6 +8,7 @@ saying what was built where and how to rebuild.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._version import __version__
 from ..errors import EngineIncompatible, EngineNotFound
 from ..spec import ModelSpec, PreprocessSpec
 
@@ -34,7 +36,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 
 @dataclass
 class Manifest:
-    """What an engine is and where it was built (DESIGN.md, "Engine artifacts")."""
+    """What an engine is and where it was built (docs/contract.md, "Engine artifacts")."""
 
     name: str
     backend: str
@@ -76,9 +78,6 @@ class Manifest:
         """The manifest of a just-built ``engine`` file: hashes, size, versions, machine and time
         are filled in here; backend-specific ``fields`` (cuda_version, gpu_name, build_options, ...)
         are passed through."""
-        import datetime as _dt
-
-        from .._version import __version__
 
         return cls(
             name=name,

@@ -11,11 +11,13 @@ changes).
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from time import perf_counter
 
 import numpy as np
 
+from .._lazy import require
 from ..errors import EngineIncompatible, InvalidOption
 from ..io.decode import DEFAULT_MAX_PIXELS, DecodedImage, read_image_info
 from ..results.detection import DetectionResult
@@ -212,9 +214,6 @@ class Detector:
 
 def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
     """Check the manifest against this machine, then open the engine file."""
-    import platform
-
-    from .._lazy import require
 
     engine = manifest.engine_path
     if manifest.backend == "onnxruntime":

@@ -3,7 +3,7 @@ own transform) in the recipe's order, to the engine input (NCHW float32).
 
 :func:`preprocess` composes the steps; every caller that needs an engine's input (the pipeline's
 CPU stages, export validation, calibration, the Triton pre model, bench) uses it, so an engine
-always sees the input it was trained and exported with (DESIGN.md, "Preprocessing contract";
+always sees the input it was trained and exported with (docs/contract.md, "Preprocessing contract";
 ``crystal_rt.spec`` for the recipe). The CUDA kernels implement the paper-shaped recipes (CLAHE
 first, a resize, bit-depth intensity, normalise) on the device (``crystal_rt.cuda``).
 """

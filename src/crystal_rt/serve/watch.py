@@ -55,6 +55,7 @@ from the image centre (``null`` when no drop was found). Without a ``drop`` clas
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import hashlib
 import json
@@ -470,7 +471,6 @@ class Watcher:
     def _points_from_journal(self) -> dict[str, list[list[str]]]:
         """Each journaled image's rows, in journal order; entries of older versions, which did not
         journal rows, take the image's last run of rows from the existing points.csv."""
-        import csv
 
         from ..io.writers import csv_text
 

@@ -34,10 +34,16 @@ cannot be nested.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from ..cuda import binding
+from ..cuda.build import nvrtc_version
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -97,7 +103,6 @@ def simulated_gpu(
     ``onnxruntime_providers``: the GPU execution providers of the stand-in onnxruntime-gpu (empty: a
     CPU-only onnxruntime); ``broken_providers``: provider -> the loader message it logs before ONNX
     Runtime falls back to the CPU (e.g. a missing libcudnn)."""
-    from ..cuda import binding
     from .sim_driver import SimulatedDriver
     from .sim_onnxruntime import SimulatedOnnxRuntime
     from .sim_tensorrt import SimulatedTensorRT
@@ -123,9 +128,6 @@ def simulated_gpu(
 
 def unavailable_reason() -> str | None:
     """Why the simulated GPU cannot run here (for a test's skip message), or None where it can."""
-    import importlib.util
-    import os
-    import shutil
 
     for module, package in (("cuda.bindings.driver", "cuda-python"), ("onnxruntime", "onnxruntime")):
         try:
@@ -136,7 +138,6 @@ def unavailable_reason() -> str | None:
             return f"the simulated GPU needs {package}"
     if shutil.which(os.environ.get("CXX") or "g++") is None:
         return "the simulated GPU needs g++ (C++20) or $CXX"
-    from ..cuda.build import nvrtc_version
 
     try:
         nvrtc_version()
@@ -147,7 +148,6 @@ def unavailable_reason() -> str | None:
 
 def simulated_gpu_from_env() -> AbstractContextManager[SimulatedGpu | None]:
     """``simulated_gpu()`` where ``$CRYSTAL_RT_SIMULATED_GPU`` is ``1`` (else a context that does nothing)."""
-    import os
 
     if os.environ.get(ENV_VAR, "").strip() in ("", "0"):
         return nullcontext()

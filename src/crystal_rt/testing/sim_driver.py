@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .._lazy import require
 from .emulator.kernels import EmulatedKernel, EmulatedModule, emulated_module, module_for_image
 
 GUARD_BYTES = 256
@@ -52,7 +53,6 @@ CU_STREAM_PER_THREAD = 2
 
 
 def _real_driver() -> Any:
-    from .._lazy import require
 
     return require("cuda.bindings.driver", "The simulated GPU", package="cuda-python", extra="gpu")
 

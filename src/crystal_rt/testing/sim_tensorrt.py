@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._lazy import require
+
 if TYPE_CHECKING:
     from .sim_driver import SimulatedDriver
 
@@ -565,7 +567,6 @@ class _Engine:
     def __init__(
         self, sim: SimulatedTensorRT, header: dict[str, Any], onnx_bytes: bytes, logger: Any
     ) -> None:
-        from .._lazy import require
         from ..runtime.backends.onnxruntime import session_options
 
         self.sim = sim

@@ -5,3 +5,5 @@ PreprocessSpec, letterbox scale) and ``augment`` samples crops from that cache; 
 initialises from a local checkpoint or torchvision weights file; ``loop`` runs the optimisation
 with periodic validation mAP, checkpoints and resume.
 """
+
+__all__: list[str] = []

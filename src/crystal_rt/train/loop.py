@@ -37,7 +37,12 @@ if TYPE_CHECKING:
     from ..evaluate.metrics import EvaluationReport
     from .data import CachedImage
 
+import copy
+
 from .._lazy import lazy_import
+from ..evaluate.run import evaluate_detector
+from ..models.maskrcnn import build_maskrcnn, save_checkpoint
+from .weights import load_initial_weights, use_batch_norm
 
 if TYPE_CHECKING:
     import torch
@@ -174,8 +179,6 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
 
 
 def build_model(config: TrainConfig, num_classes: int, hooks: Hooks) -> tuple[MaskRCNN, str]:
-    from ..models.maskrcnn import build_maskrcnn
-    from .weights import load_initial_weights, use_batch_norm
 
     model = build_maskrcnn(
         config.arch,
@@ -215,9 +218,7 @@ def validate(
     model: MaskRCNN, config: TrainConfig, model_spec: ModelSpec, dataset: CocoDataset, ids: list[int]
 ) -> EvaluationReport:
     """Score the current weights on the validation images through the Detector path (CPU)."""
-    import copy
 
-    from ..evaluate.run import evaluate_detector
     from ..models.core import CoreMaskRCNN
     from ..models.reference import torch_detector
 
@@ -235,7 +236,6 @@ def _save(
     model_spec: ModelSpec,
     extra: dict[str, Any],
 ) -> None:
-    from ..models.maskrcnn import save_checkpoint
 
     tmp = path.with_name(path.name + ".tmp")
     save_checkpoint(

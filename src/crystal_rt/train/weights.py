@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy_import
 from ..errors import InvalidModel
+from ..models.maskrcnn import read_torch_file
 
 if TYPE_CHECKING:
     import torch
@@ -51,8 +52,6 @@ def _state_dict(payload: Any, path: Path) -> dict[str, Any]:
 
 def load_initial_weights(model: nn.Module, path: str | os.PathLike[str]) -> InitReport:
     """Copy every tensor of ``path`` that fits into ``model``; refuse a file where almost none fit."""
-
-    from ..models.maskrcnn import read_torch_file
 
     path = Path(path)
     source = _state_dict(read_torch_file(path, "initial weights file"), path)

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from ...calibration.metadata import read_calibration
 from ...errors import BackendUnavailable, InvalidModel, InvalidOption
 from ...runtime.artifacts import Manifest, sha256_file
 from ...runtime.tensorrt import device
 from ...runtime.tensorrt.modules import TENSORRT, TENSORRT_RTX, load_tensorrt, module_version
+from ...spec import specs_from_metadata
 from . import cache as engine_cache
 from .builder import build_plan
 from .options import BuildOptions
@@ -61,8 +63,6 @@ def build_tensorrt(
     if not source.is_file():
         raise InvalidModel("model file not found", path=source)
     trt = load_tensorrt("Building a TensorRT engine", module)
-    from ...calibration.metadata import read_calibration
-    from ...spec import specs_from_metadata
 
     metadata, input_shape = read_graph_info(source)
     model_spec, pre = specs_from_metadata(metadata, source)

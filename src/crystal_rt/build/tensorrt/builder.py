@@ -18,11 +18,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ...cuda.driver import check, ensure_context
+from ...cuda.driver import driver as cuda_driver
 from ...errors import BackendUnavailable, BuildError, CrystalRtError, CudaError, InvalidModel
 from ...runtime.tensorrt.plugins import init_plugins
 from ...runtime.tensorrt.trtlog import create, get_logger, out_of_memory, summarize
 from .options import HARDWARE_COMPAT_LEVELS, BuildOptions
 from .precision import PrecisionRoute
+from .progress import make_monitor
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,6 @@ def build_plan(
     config = builder.create_builder_config()
     configure(trt, config, options, route, target_cc=target_cc)
     plugin_libraries = serialize_vc_plugins(config, parser) if options.version_compatible else []
-    from .progress import make_monitor
 
     monitor = make_monitor(trt, show=progress)  # also without a bar: Ctrl-C cancels through it
     if monitor is not None:
@@ -267,8 +269,6 @@ def build_plan(
 
 def _free_memory() -> str:
     """'; X MiB of Y MiB of GPU memory free' where the driver says, else ''."""
-    from ...cuda.driver import check, ensure_context
-    from ...cuda.driver import driver as cuda_driver
 
     try:
         ensure_context()

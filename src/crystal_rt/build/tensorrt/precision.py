@@ -1,4 +1,5 @@
-"""Which ONNX graph and which network/builder flags each precision needs (DESIGN.md, "Precision routes").
+"""Which ONNX graph and which network/builder flags each precision needs (docs/contract.md,
+"Precision routes").
 
 * fp32: the FP32 graph (no calibration record), strongly typed where the flag exists.
 * fp16: where ``trt.BuilderFlag.FP16`` exists (TensorRT 10.x, JetPack 6's 10.3) it is set on the FP32

@@ -7,6 +7,9 @@ import threading
 from types import ModuleType
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 
 def make_monitor(trt: ModuleType, show: bool = True) -> Any:
     """An ``IProgressMonitor`` (drawing a rich progress bar on stderr when ``show``), or None where the
@@ -17,8 +20,6 @@ def make_monitor(trt: ModuleType, show: bool = True) -> Any:
     base = getattr(trt, "IProgressMonitor", None)
     if base is None:
         return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     class RichMonitor(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:

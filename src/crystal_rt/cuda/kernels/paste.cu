@@ -4,7 +4,7 @@
 // padding=1): the M x M map is zero-padded to P x P (P = M + 2), resized with OpenCV's float32
 // INTER_LINEAR to the expanded box (box_w x box_h) and thresholded (prob > 0.5f) inside the part of
 // the box that lies in the image. The expanded box (float32 arithmetic, truncated to int) and the
-// crop are computed on the host (crystal_rt.cuda.launch.paste_layout) with the same numpy code as
+// crop are computed on the host (crystal_rt.cuda.launches.paste_layout) with the same numpy code as
 // paste_mask, and passed here per instance as 9 ints:
 //   meta[i*9 + 0..8] = prob_index, ex1, ey1, box_w, box_h, x0, y0, crop_w, crop_h
 // (prob_index: which M x M map of `probs`; (ex1, ey1): top-left of the expanded box in image

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...cuda.driver import as_stream, check, ensure_context, synchronize
+from ...cuda.driver import driver as cuda_driver
 from ...errors import InvalidModel
 from ...geometry import CORE_INPUT, CORE_OUTPUTS
 from ...results.detection import InstanceMask
@@ -51,7 +53,6 @@ class DeviceState:
 
     @property
     def stream_handle(self) -> int:
-        from ...cuda.driver import as_stream
 
         return as_stream(self.stream)
 
@@ -104,8 +105,6 @@ class DeviceBackend(Backend):
         state: DeviceState | None = getattr(self._local, "state", None)
         if state is not None:
             return state
-        from ...cuda.driver import check, ensure_context
-        from ...cuda.driver import driver as cuda_driver
         from ...cuda.memory import DeviceBuffer, PinnedBuffer
         from ...cuda.stages import CudaStages
 
@@ -134,7 +133,6 @@ class DeviceBackend(Backend):
         return state
 
     def _free(self, state: DeviceState) -> None:
-        from ...cuda.driver import driver as cuda_driver
 
         state.stages.close()
         self._release(state.handle)
@@ -158,8 +156,6 @@ class DeviceBackend(Backend):
             return len(self._states)
 
     def _fetch(self, state: DeviceState, names: Sequence[str]) -> None:
-        from ...cuda.driver import check
-        from ...cuda.driver import driver as cuda_driver
 
         driver = cuda_driver()
         stream = driver.CUstream(state.stream_handle)
@@ -171,8 +167,6 @@ class DeviceBackend(Backend):
 
     # --- Backend --------------------------------------------------------------------------------
     def infer(self, images: np.ndarray) -> CoreOutputs:
-        from ...cuda.driver import check
-        from ...cuda.driver import driver as cuda_driver
 
         state = self._state()
         driver = cuda_driver()
@@ -209,7 +203,6 @@ class DeviceBackend(Backend):
 
     def close(self) -> None:
         """Free every thread's stream, buffers and engine object (callable from any thread)."""
-        from ...cuda.driver import ensure_context
 
         with self._lock:
             states, self._states = self._states, []
@@ -262,7 +255,6 @@ class DeviceEngineSession(DeviceSession):
         self.state.stages.upload_input(tensor, self.state.device[CORE_INPUT].ptr)
 
     def run_engine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from ...cuda.driver import synchronize
 
         state = self.state
         with self.backend.engine_turn():

@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...cuda.binding import onnxruntime_gpu
+from ...cuda.driver import as_stream, ensure_context
 from ...errors import BackendUnavailable, EngineIncompatible, InferenceError, InvalidModel
+from ..tensorrt import device
 from .device import DeviceBackend, DeviceState
 from .ort_providers import CUDA_EP, PROVIDER_OF, TRT_EP, probe, session
 
@@ -65,7 +68,6 @@ class OrtGpuBackend(DeviceBackend):
         manifest: Manifest | None = None,
         device: int = 0,
     ) -> None:
-        from ...cuda.driver import ensure_context
         from .onnxruntime import session_options
 
         self.path = Path(model)
@@ -98,7 +100,6 @@ class OrtGpuBackend(DeviceBackend):
 
     # --- DeviceBackend ------------------------------------------------------------------------
     def _bind(self, buffers: dict[str, DeviceBuffer], stream: Any) -> Any:
-        from ...cuda.driver import as_stream
 
         sess = self._session(as_stream(stream))
         binding = sess.io_binding()
@@ -142,8 +143,6 @@ class OrtGpuBackend(DeviceBackend):
 
 def check_ort_gpu_manifest(manifest: Manifest) -> None:
     """Refuse, in one sentence with the rebuild command, an engine built for another ONNX Runtime or GPU."""
-    from ...cuda.binding import onnxruntime_gpu
-    from ..tensorrt import device
 
     ort = onnxruntime_gpu()
     gpu = device.gpu()

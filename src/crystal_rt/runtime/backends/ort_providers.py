@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from ...cuda.binding import onnxruntime_gpu
 from ...errors import BackendUnavailable, InvalidModel
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -31,7 +32,6 @@ _MISSING_LIB = re.compile(r"(lib[\w.+-]+\.so[\d.]*): cannot open shared object f
 
 
 def _ort() -> Any:
-    from ...cuda.binding import onnxruntime_gpu
 
     return onnxruntime_gpu()
 

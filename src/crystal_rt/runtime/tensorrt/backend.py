@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...cuda.driver import check, ensure_context
+from ...cuda.driver import driver as cuda_driver
 from ...errors import CrystalRtError, CudaError, EngineIncompatible, InferenceError
 from ..artifacts import Manifest
 from ..backends.device import DeviceBackend, DeviceState
@@ -53,7 +55,6 @@ class TensorRTBackend(DeviceBackend):
         which then run the engine one at a time (TensorRT allows sharing it between contexts that do
         not run concurrently). None: on integrated GPUs (Jetson), where device memory is the
         system's memory."""
-        from ...cuda.driver import ensure_context
         from ...cuda.memory import DeviceBuffer
 
         self.path = Path(plan)
@@ -138,7 +139,6 @@ class TensorRTBackend(DeviceBackend):
 
     def close(self) -> None:
         """Free every thread's context, stream and buffers (callable from any thread)."""
-        from ...cuda.driver import ensure_context
 
         super().close()
         if self._scratch is not None:
@@ -155,8 +155,6 @@ def _user_managed_strategy(trt: Any) -> Any:
 
 def _integrated_gpu(device: int) -> bool:
     """Whether the GPU shares the system's memory (Jetson): CU_DEVICE_ATTRIBUTE_INTEGRATED."""
-    from ...cuda.driver import check
-    from ...cuda.driver import driver as cuda_driver
 
     driver = cuda_driver()
     try:

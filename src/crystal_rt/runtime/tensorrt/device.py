@@ -12,6 +12,8 @@ import importlib.metadata
 from dataclasses import dataclass
 from typing import Any
 
+from ...cuda.binding import driver_if_installed, override
+from ...cuda.probe import probe
 from .modules import TENSORRT, tensorrt_installed
 
 
@@ -25,8 +27,6 @@ class GpuInfo:
 
 def _driver() -> Any | None:
     """The driver module where a GPU is usable (see :func:`crystal_rt.cuda.probe.probe`), else None."""
-    from ...cuda.binding import driver_if_installed
-    from ...cuda.probe import probe
 
     return driver_if_installed() if probe().usable else None
 
@@ -82,7 +82,6 @@ def tensorrt_version(module: str = TENSORRT) -> str | None:
     """The installed TensorRT's version (imports it; None where it is not installed)."""
     if not tensorrt_installed(module):
         return None
-    from ...cuda.binding import override
 
     stand_in = override(module)
     if stand_in is not None:

@@ -12,6 +12,7 @@ import importlib.util
 from types import ModuleType
 
 from ..._lazy import require
+from ...cuda.binding import override
 from ...errors import MissingDependency
 
 TENSORRT = "tensorrt"
@@ -23,7 +24,6 @@ _PACKAGE = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt-rtx-cu13"}
 def tensorrt_installed(module: str = TENSORRT) -> bool:
     """Whether a real ``module`` is importable (not a stubs-only namespace package); imports nothing.
     True while a simulated GPU stands in for it (:func:`crystal_rt.testing.simulated_gpu`)."""
-    from ...cuda.binding import override
 
     if override(module) is not None:
         return True
@@ -38,7 +38,6 @@ def load_tensorrt(purpose: str, module: str = TENSORRT) -> ModuleType:
     """Import ``module`` (``tensorrt`` or ``tensorrt_rtx``), or raise MissingDependency naming the extra."""
     if module not in MODULES:
         raise ValueError(f"unknown TensorRT module {module!r}; choose one of {', '.join(MODULES)}")
-    from ...cuda.binding import override
 
     stand_in = override(module)
     if stand_in is not None:

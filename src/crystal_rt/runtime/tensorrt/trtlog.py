@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from ...cuda.probe import probe
 from ...errors import BackendUnavailable
 
 KEPT_SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING")
@@ -81,7 +82,6 @@ def create(factory: Callable[[Any], Any], logger: Any, what: str) -> Any:
         error = "it returned None"
     if made is not None:
         return made
-    from ...cuda.probe import probe
 
     said = logger.since(mark)
     state = probe()
