@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
     from ..spec import PreprocessSpec
 
-OUTPUT_NAMES = ("boxes", "scores", "labels", "masks")
-INPUT_NAME = "images"
+from ..geometry import CORE_INPUT, CORE_OUTPUTS
+
+OUTPUT_NAMES = CORE_OUTPUTS  # the contract's names, defined once in geometry
+INPUT_NAME = CORE_INPUT
 
 
 def _batched_nms_branch_free(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineNotFound, InvalidOption, InvalidSpec
+from ..geometry import CORE_INPUT
 from ..runtime.artifacts import Manifest, resolve_manifest
 from ..spec import ModelSpec, PreprocessSpec
 
@@ -208,10 +209,10 @@ def repository_configs(
     platform = "tensorrt_plan" if manifest.backend == "tensorrt" else "onnxruntime_onnx"
     device = "KIND_GPU" if gpu or manifest.backend == "tensorrt" else "KIND_CPU"
     core = _header(f"{name}_core", f'platform: "{platform}"', instances, device)
-    core += _io("input", [("images", "TYPE_FP32", image_dims)]) + _io("output", core_outputs)
+    core += _io("input", [(CORE_INPUT, "TYPE_FP32", image_dims)]) + _io("output", core_outputs)
     pre = _header(f"{name}_pre", 'backend: "python"', instances, "KIND_CPU")
     pre += _io("input", [("IMAGE", "TYPE_STRING", "[ 1 ]")])
-    pre += _io("output", [("images", "TYPE_FP32", image_dims), ("META", "TYPE_FP64", f"[ {META_SIZE} ]")])
+    pre += _io("output", [(CORE_INPUT, "TYPE_FP32", image_dims), ("META", "TYPE_FP64", f"[ {META_SIZE} ]")])
     post = _header(f"{name}_post", 'backend: "python"', instances, "KIND_CPU")
     post += _io("input", [*core_outputs, ("META", "TYPE_FP64", f"[ {META_SIZE} ]")])
     post += _io("output", [("RESULT", "TYPE_STRING", "[ 1 ]")])
@@ -221,7 +222,7 @@ def repository_configs(
     )
     steps = [
         _step(f"{name}_pre", {"IMAGE": "IMAGE"}, {"images": "preprocessed", "META": "meta"}),
-        _step(f"{name}_core", {"images": "preprocessed"}, {n: n for n, _, _ in CORE_OUTPUTS}),
+        _step(f"{name}_core", {CORE_INPUT: "preprocessed"}, {n: n for n, _, _ in CORE_OUTPUTS}),
         _step(f"{name}_post", {**{n: n for n, _, _ in CORE_OUTPUTS}, "META": "meta"}, {"RESULT": "RESULT"}),
     ]
     ensemble = f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: 0\n'

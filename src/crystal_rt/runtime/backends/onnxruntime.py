@@ -15,9 +15,10 @@ import numpy as np
 
 from ..._lazy import require
 from ...errors import InferenceError, InvalidModel
+from ...geometry import CORE_INPUT, CORE_OUTPUTS
 from .base import Backend, CoreOutputs
 
-OUTPUT_NAMES = ("boxes", "scores", "labels", "masks")
+OUTPUT_NAMES = CORE_OUTPUTS
 
 
 def default_threads() -> int:
@@ -73,7 +74,7 @@ class OnnxRuntimeBackend(Backend):
             raise InvalidModel(f"outputs {names} are not the core graph's {list(OUTPUT_NAMES)}", path=path)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise InvalidModel(f"expected one input 'images', found {len(inputs)}", path=path)
+            raise InvalidModel(f"expected one input '{CORE_INPUT}', found {len(inputs)}", path=path)
         self.input_name = inputs[0].name
         self.input_shape = tuple(inputs[0].shape)
 
