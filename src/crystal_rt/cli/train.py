@@ -42,7 +42,9 @@ def add_parser(sub: Any) -> None:
         "--slim", action="store_true", help="ResNet stages 1-3, 128-wide FPN, small heads (the demo model)"
     )
     p.add_argument(
-        "--init", help="initial weights: a local checkpoint or torchvision .pth (never downloaded)"
+        "--init",
+        help="initial weights (never downloaded): a checkpoint, a torchvision .pth, or a core ONNX or "
+        "ONNX Runtime engine folder (the shipped model: $(python -m crystal_rt.assets))",
     )
     p.add_argument("--norm", choices=("auto", "frozen", "batch"), default="auto", help="backbone norm layers")
     p.add_argument("--iterations", type=int, default=2000, help="optimiser steps (default 2000)")

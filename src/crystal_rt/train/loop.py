@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ import copy
 from .._lazy import lazy_import
 from ..evaluate.run import evaluate_detector
 from ..models.maskrcnn import build_maskrcnn, save_checkpoint
+from .onnx_weights import is_onnx_source, onnx_model_info
 from .weights import load_initial_weights, use_batch_norm
 
 if TYPE_CHECKING:
@@ -178,6 +179,18 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def _config_for_onnx(config: TrainConfig, hooks: Hooks) -> TrainConfig:
+    """An ONNX to start from says its architecture (metadata) and whether it is the slim demo shape."""
+    if config.init is None or not is_onnx_source(config.init):
+        return config
+    info = onnx_model_info(config.init)
+    arch = str(info.get("arch") or config.arch)
+    slim = config.slim or bool(info.get("slim"))
+    if arch != config.arch or slim != config.slim:
+        hooks.on_message(f"{config.init}: a {'slim ' if slim else ''}{arch}, as the graph says")
+    return replace(config, arch=arch, slim=slim)
+
+
 def build_model(config: TrainConfig, num_classes: int, hooks: Hooks) -> tuple[MaskRCNN, str]:
 
     model = build_maskrcnn(
@@ -276,6 +289,8 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
         saved["iterations"] = config.iterations  # resuming may extend the run
         config = TrainConfig(**saved)
 
+    if start_state is None:
+        config = _config_for_onnx(config, hooks)
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -1,7 +1,9 @@
 """Initial weights from local files only: a crystal-rt checkpoint, a torchvision detection
 state_dict (e.g. ``maskrcnn_resnet50_fpn_coco-*.pth``) or an ImageNet backbone state_dict
-(e.g. ``resnet18-*.pth``). Tensors whose shapes do not fit (the class-specific heads when the
-class count differs) are skipped and counted; nothing is ever downloaded.
+(e.g. ``resnet18-*.pth``), or a core ONNX / ONNX Runtime engine folder (``onnx_weights.py``:
+the shipped model fine-tunes from ``crystals.onnx``). Tensors whose shapes do not fit (the
+class-specific heads when the class count differs) are skipped and counted; nothing is ever
+downloaded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .._lazy import lazy_import
 from ..errors import InvalidModel
 from ..models.maskrcnn import read_torch_file
+from .onnx_weights import is_onnx_source, onnx_state_dict
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +57,10 @@ def load_initial_weights(model: nn.Module, path: str | os.PathLike[str]) -> Init
     """Copy every tensor of ``path`` that fits into ``model``; refuse a file where almost none fit."""
 
     path = Path(path)
-    source = _state_dict(read_torch_file(path, "initial weights file"), path)
+    if is_onnx_source(path):
+        source: dict[str, Any] = dict(onnx_state_dict(path, model))
+    else:
+        source = _state_dict(read_torch_file(path, "initial weights file"), path)
     target = model.state_dict()
     backbone_only = not any(str(k).startswith(("backbone.", "rpn.", "roi_heads.")) for k in source)
     update: dict[str, Any] = {}
