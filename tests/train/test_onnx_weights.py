@@ -116,3 +116,40 @@ def test_training_from_the_shipped_onnx_takes_its_shape() -> None:
     )  # type: ignore[arg-type]
     assert config.slim and config.arch == "maskrcnn_resnet18_fpn"
     assert said and "slim maskrcnn_resnet18_fpn" in said[0]
+
+
+def test_an_engine_folder_gives_the_same_weights(
+    trained_onnx: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    from crystal_rt.build.engine import build_engine
+
+    original, onnx_file = trained_onnx
+    build_engine(onnx_file, tmp_path / "engine")  # ONNX Runtime's optimised graph: BN folded into Conv
+    restored = _model()
+    report = load_initial_weights(restored, tmp_path / "engine")
+    assert report.loaded == report.total - sum(
+        k.endswith("num_batches_tracked") for k in restored.state_dict()
+    )
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        a, b = original.backbone(x), restored.eval().backbone(x)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)
+
+
+def test_an_engine_whose_source_is_gone_is_one_typed_error(
+    trained_onnx: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from crystal_rt.build.engine import build_engine
+
+    _, onnx_file = trained_onnx
+    moved = tmp_path / "m.onnx"
+    shutil.copy(onnx_file, moved)
+    build_engine(moved, tmp_path / "engine")
+    moved.unlink()
+    with pytest.raises(InvalidModel, match="is gone or changed"):
+        load_initial_weights(_model(), tmp_path / "engine")
+    with pytest.raises(InvalidModel, match=r"only \d+ of this model's \d+ tensors"):
+        load_initial_weights(_model(), tmp_path / "engine" / "m.onnx")  # the optimised graph itself

@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--init",
         help="initial weights (never downloaded): a checkpoint, a torchvision .pth, or a core ONNX or "
-        "ONNX Runtime engine folder (the shipped model: $(python -m crystal_rt.assets))",
+        "engine folder (the shipped model: $(python -m crystal_rt.assets))",
     )
     p.add_argument("--norm", choices=("auto", "frozen", "batch"), default="auto", help="backbone norm layers")
     p.add_argument("--iterations", type=int, default=2000, help="optimiser steps (default 2000)")

@@ -11,8 +11,8 @@ checkpoint). A convolution with the batch norm folded into its bias (fused graph
 and so is a tensor the exporter stored once for several (equal constants, e.g. zero biases, become
 ``Identity`` nodes of the first).
 
-An engine folder (``build-engine`` output for ONNX Runtime) works too: its ``NAME.onnx`` is the
-same graph optimised by ONNX Runtime, whose fused convolutions keep their weight names.
+An engine folder works too: its manifest names the core ONNX it was built from (and its SHA-256),
+which is read instead (an optimised graph or a plan no longer carries the model's names).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy_import, require
 from ..errors import InvalidModel
-from ..runtime.artifacts import Manifest, resolve_manifest
+from ..runtime.artifacts import Manifest, resolve_manifest, sha256_file
 from ..spec import MODEL_METADATA_KEY
 
 if TYPE_CHECKING:
@@ -47,19 +47,21 @@ def is_onnx_source(path: str | os.PathLike[str]) -> bool:
 
 
 def onnx_path(path: str | os.PathLike[str]) -> Path:
-    """The ONNX graph behind ``path``: the file itself, or an ONNX Runtime engine's model file."""
+    """The ONNX graph behind ``path``: the file itself, or the core ONNX an engine was built from
+    (its manifest names it and its SHA-256; engines themselves are optimised graphs or plans whose
+    tensors no longer carry the model's names)."""
     p = Path(path)
     if p.is_file() and p.suffix.lower() == ".onnx":
         return p
     manifest = Manifest.read(resolve_manifest(p))
-    engine = manifest.engine_path
-    if engine is None or engine.suffix.lower() != ".onnx":
+    source = Path(manifest.source_onnx)
+    if not source.is_file() or sha256_file(source) != manifest.source_onnx_sha256:
         raise InvalidModel(
-            f"a {manifest.backend} engine holds no ONNX graph to take weights from; pass the core ONNX "
-            "it was built from",
+            f"the core ONNX this engine was built from ({source}) is gone or changed; pass that ONNX "
+            "(or the checkpoint) to take weights from",
             path=p,
         )
-    return engine
+    return source
 
 
 def _load(path: Path) -> Any:
@@ -158,6 +160,12 @@ def onnx_state_dict(path: str | os.PathLike[str], model: nn.Module) -> dict[str,
         out[f"{bn}.bias"] = shift_t
         out[f"{bn}.running_mean"] = torch.zeros_like(shift_t)
         out[f"{bn}.running_var"] = torch.full_like(shift_t, 1.0 - eps)
-    if not out:
-        raise InvalidModel("none of the graph's tensors is named as this model's weights", path=graph_path)
+    wanted = [k for k in target if not k.endswith("num_batches_tracked")]
+    found = sum(k in out for k in wanted)
+    if found < 0.9 * len(wanted):
+        raise InvalidModel(
+            f"only {found} of this model's {len(wanted)} tensors are in the graph: not a core ONNX of "
+            "this architecture (crystal-rt export writes one)",
+            path=graph_path,
+        )
     return out
