@@ -66,6 +66,60 @@ def test_sample_crop_keeps_visible_instances(dataset: Path) -> None:
             assert (box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).all()
 
 
+def test_rotation_and_blur_keep_boxes_on_their_masks(dataset: Path) -> None:
+    from crystal_rt.data.coco import load_coco
+    from crystal_rt.spec import PreprocessSpec
+    from crystal_rt.train.augment import AugmentConfig, sample_crop
+    from crystal_rt.train.data import cache_image
+
+    data = load_coco(dataset)
+    item = cache_image(data, data.images[0].id, PreprocessSpec.paper(input_size=128))
+    rng = np.random.default_rng(1)
+    heavy = AugmentConfig(crop_size=64, scale_range=(0.5, 2.0), rotate=180.0, blur=1.0)
+    kept = 0
+    for _ in range(20):
+        sample = sample_crop(rng, item, heavy)
+        assert sample.image.shape == (3, 64, 64) and 0.0 <= sample.image.min() <= sample.image.max() <= 1.0
+        for box, mask in zip(sample.boxes, sample.masks, strict=True):
+            ys, xs = np.nonzero(mask)
+            assert (box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).all()
+        kept += len(sample.boxes)
+    assert kept > 0
+
+
+def test_finetune_recipe_values_and_its_start(tmp_path: Path) -> None:
+    from crystal_rt.errors import InvalidOption
+    from crystal_rt.train.loop import TrainConfig
+
+    with pytest.raises(InvalidOption, match="pass --init"):
+        TrainConfig.for_recipe("finetune", data="d.json", images=None, output=str(tmp_path))
+    with pytest.raises(InvalidOption, match="unknown training recipe"):
+        TrainConfig.for_recipe("quick", data="d.json", images=None, output=str(tmp_path))
+    config = TrainConfig.for_recipe(
+        "finetune", data="d.json", images=None, output=str(tmp_path), init="m.onnx", lr=None, batch_size=2
+    )
+    assert config.freeze_backbone and config.lr == 0.005 and config.batch_size == 2  # given beats recipe
+    assert config.max_minutes == 10.0 and config.patience == 4 and config.rotate == 180.0
+    assert TrainConfig.for_recipe("default", data="d", images=None, output="o") == TrainConfig(
+        data="d", images=None, output="o"
+    )
+
+
+def test_patience_and_the_time_limit_stop_training(dataset: Path, tmp_path: Path) -> None:
+    from crystal_rt.train.loop import Hooks, train
+
+    said: list[str] = []
+    # validation every step, stop after 1 without improvement: a 10-step run ends early
+    result = train(
+        _config(dataset, tmp_path / "p", iterations=10, val_every=1, patience=1, freeze_backbone=True),
+        hooks=Hooks(on_message=said.append),
+    )  # type: ignore[arg-type]
+    assert result.iterations < 10 and any("without a better mAP" in text for text in said)
+    assert result.best.is_file()
+    quick = train(_config(dataset, tmp_path / "t", iterations=50, max_minutes=1e-4), hooks=Hooks())  # type: ignore[arg-type]
+    assert quick.iterations == 1 and quick.last.is_file()  # validated and saved at the step it stopped
+
+
 def test_train_checkpoint_resume_export_evaluate(dataset: Path, tmp_path: Path) -> None:
     from crystal_rt.cli.main import main
     from crystal_rt.models.maskrcnn import load_checkpoint

@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from .._lazy import require
 from ..console import err_console, info, progress
+from ..train.recipes import RECIPES
 from .options import add_score_threshold, output_dir
 
 
@@ -32,7 +33,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-o", "--output", type=output_dir, required=True, help="run folder (checkpoints, log)")
     p.add_argument("--val-data", help="a separate validation COCO JSON (default: hold out --val-fraction)")
     p.add_argument("--val-images", help="images folder for --val-data")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="images held out for validation (0.1)")
+    p.add_argument("--val-fraction", type=float, help="images held out for validation (0.1; finetune 0.25)")
     p.add_argument("--arch", default="maskrcnn_resnet18_fpn", help="architecture (default: %(default)s)")
     p.add_argument("--input-size", type=int, default=512, help="engine input size S (default 512)")
     p.add_argument("--no-clahe", dest="clahe", action="store_false", help="train (and deploy) without CLAHE")
@@ -47,12 +48,25 @@ def add_parser(sub: Any) -> None:
         "engine folder (the shipped model: $(python -m crystal_rt.assets))",
     )
     p.add_argument("--norm", choices=("auto", "frozen", "batch"), default="auto", help="backbone norm layers")
-    p.add_argument("--iterations", type=int, default=2000, help="optimiser steps (default 2000)")
-    p.add_argument("--batch-size", type=int, default=8, help="crops per step (default 8)")
+    p.add_argument("--iterations", type=int, help="optimiser steps (2000; finetune 600)")
+    p.add_argument("--batch-size", type=int, help="crops per step (8; finetune 4)")
     p.add_argument("--crop-size", type=int, default=256, help="training crop size (default 256)")
-    p.add_argument("--lr", type=float, default=0.02, help="peak learning rate (default 0.02)")
-    p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default 100)")
-    p.add_argument("--val-every", type=int, default=250, help="validate and checkpoint every N steps")
+    p.add_argument("--lr", type=float, help="peak learning rate (0.02; finetune 0.005)")
+    p.add_argument("--warmup", type=int, help="warm-up steps (100; finetune 20)")
+    p.add_argument("--val-every", type=int, help="validate and checkpoint every N steps (250; finetune 50)")
+    p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default="default",
+        help="default: train as given; finetune: adapt a model (--init) to a few annotated images in "
+        "minutes (frozen backbone, low LR, heavy augmentation, early stopping, 10-minute limit)",
+    )
+    p.add_argument(
+        "--max-minutes", type=float, help="stop, validated and saved, after this long (finetune 10)"
+    )
+    p.add_argument(
+        "--patience", type=int, help="stop after N validations without a better mAP@0.50 (finetune 4)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="PyTorch CPU threads (default: all cores)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
@@ -68,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.loop import Hooks, TrainConfig, train
 
-    config = TrainConfig(
+    config = TrainConfig.for_recipe(
+        args.recipe,
         data=args.data,
         images=args.images,
         output=str(args.output),
@@ -94,11 +109,13 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         max_detections=args.max_detections,
         score_threshold=args.score_threshold,
+        max_minutes=args.max_minutes,
+        patience=args.patience,
     )
-    if args.iterations <= args.warmup:
+    if config.iterations <= config.warmup:
         info(
-            f"[yellow]warning:[/] --iterations {args.iterations} is not longer than the warm-up "
-            f"(--warmup {args.warmup}): the learning rate never reaches --lr; lower --warmup"
+            f"[yellow]warning:[/] --iterations {config.iterations} is not longer than the warm-up "
+            f"(--warmup {config.warmup}): the learning rate never reaches --lr; lower --warmup"
         )
     bar = progress()
     task = bar.add_task("training", total=None)

@@ -1,7 +1,8 @@
 """Augmentations for drop micrographs, sampled as fixed-size crops at the engine's scale.
 
-A crop is cut (mostly around a crystal) from the cached image after a random rescale, then
-flipped, rotated by a multiple of 90 degrees and given a brightness / contrast / gamma jitter and
+A crop is cut (mostly around a crystal) from the cached image after a random rescale (and, when
+``rotate`` is set, a rotation by any angle up to it), then flipped, rotated by a multiple of 90
+degrees and given a brightness / contrast / gamma jitter, sometimes a Gaussian blur (focus) and
 a little noise. Training on crops at the engine's scale costs a fraction of training on whole
 letterboxed images and shows the network objects at exactly the size it will meet them.
 """
@@ -28,6 +29,8 @@ class AugmentConfig:
     gamma: tuple[float, float] = (0.8, 1.25)
     noise: float = 0.015
     min_visible: float = 0.3  # drop instances with less than this fraction of their area in the crop
+    rotate: float = 0.0  # degrees: a rotation by a uniform angle in [-rotate, rotate] (0: none)
+    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.5 .. 2 px) of the crop
 
 
 @dataclass
@@ -61,6 +64,11 @@ def sample_crop(rng: np.random.Generator, item: CachedImage, config: AugmentConf
     masks = item.masks()
     x0, y0 = _crop_origin(rng, item, masks, scale, crop, config.object_centred)
     matrix = np.array([[scale, 0, -x0], [0, scale, -y0]], dtype=np.float64)
+    if config.rotate > 0:  # rotate about the crop's centre after the crop transform
+        turn = cv2.getRotationMatrix2D(
+            (crop / 2, crop / 2), float(rng.uniform(-config.rotate, config.rotate)), 1.0
+        )
+        matrix = turn @ np.vstack([matrix, [0, 0, 1]])
     pixels = item.pixels.astype(np.float32)
     image = cv2.warpAffine(pixels, matrix, (crop, crop), flags=cv2.INTER_LINEAR, borderValue=0)
     if image.ndim == 2:
@@ -86,6 +94,8 @@ def sample_crop(rng: np.random.Generator, item: CachedImage, config: AugmentConf
     bright = float(rng.uniform(-config.brightness, config.brightness))
     image = np.power(np.clip(image, 0, 1), gamma)
     image = (image - 0.5) * contrast + 0.5 + bright
+    if config.blur > 0 and rng.random() < config.blur:
+        image = cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), float(rng.uniform(0.5, 2.0)))
     if config.noise > 0:
         image = image + rng.normal(0, rng.uniform(0, config.noise), image.shape).astype(np.float32)
     image = np.where(content, np.clip(image, 0, 1), 0).astype(np.float32)

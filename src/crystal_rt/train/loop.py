@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,9 @@ import copy
 from .._lazy import lazy_import
 from ..evaluate.run import evaluate_detector
 from ..models.maskrcnn import build_maskrcnn, save_checkpoint
+from .augment import AugmentConfig, sample_crop
 from .onnx_weights import is_onnx_source, onnx_model_info
+from .recipes import RECIPES
 from .weights import load_initial_weights, use_batch_norm
 
 if TYPE_CHECKING:
@@ -93,6 +95,15 @@ class TrainConfig:
     device: str = "auto"
     max_detections: int = 50
     score_threshold: float = 0.5
+    recipe: str = "default"  # the recipe these values came from (TrainConfig.for_recipe)
+    max_minutes: float | None = None  # stop (validated, saved) once training has run this long
+    patience: int | None = None  # stop after this many validations without a better mAP@0.50
+    freeze_backbone: bool = False  # train the FPN, RPN and heads only (few images)
+    scale_range: tuple[float, float] = (0.75, 1.33)  # crop rescale range (crops at several scales)
+    rotate: float = 0.0  # degrees of free rotation on top of the 90-degree ones
+    blur: float = 0.0  # probability of a focus blur
+    brightness: float = 0.08
+    contrast: tuple[float, float] = (0.75, 1.3)
     model_kwargs: dict[str, Any] = field(
         default_factory=lambda: {
             "rpn_pre_nms_top_n_test": 500,
@@ -102,6 +113,29 @@ class TrainConfig:
             "box_batch_size_per_image": 128,
         }
     )
+
+    @classmethod
+    def for_recipe(cls, recipe: str, **given: Any) -> TrainConfig:
+        """A config from ``recipe``'s values (:data:`RECIPES`), with every ``given`` value that is
+        not None on top (the command line passes None for an option it was not given)."""
+        if recipe not in RECIPES:
+            raise InvalidOption(f"unknown training recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        values = {**RECIPES[recipe], **{k: v for k, v in given.items() if v is not None or k in required}}
+        config = cls(recipe=recipe, **values)
+        if recipe == "finetune" and not config.init:
+            raise InvalidOption("the finetune recipe starts from a model: pass --init MODEL")
+        return config
+
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(
+            crop_size=self.crop_size,
+            scale_range=(float(self.scale_range[0]), float(self.scale_range[1])),
+            rotate=self.rotate,
+            blur=self.blur,
+            brightness=self.brightness,
+            contrast=(float(self.contrast[0]), float(self.contrast[1])),
+        )
 
     def builder_options(self) -> dict[str, Any]:
         return {**(SLIM if self.slim else {}), **self.model_kwargs}
@@ -120,10 +154,14 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
             (self.norm in NORMS, f"--norm must be one of {', '.join(NORMS)}"),
             (self.val_every >= 1 and self.log_every >= 1, "--val-every and --log-every must be >= 1"),
+            (self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be positive"),
+            (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
+            (0 <= self.rotate <= 180 and 0 <= self.blur <= 1, "rotate must be in [0, 180], blur in [0, 1]"),
+            (0 < self.scale_range[0] <= self.scale_range[1], "the crop scale range must be 0 < low <= high"),
         ]
         for ok, message in checks:
             if not ok:
-                raise TrainingError(message)
+                raise InvalidOption(message)
 
 
 @dataclass
@@ -266,9 +304,9 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
     """Fine-tune a Mask R-CNN as ``config`` says; returns where the checkpoints are."""
 
     from ..data.coco import load_coco
-    from .augment import AugmentConfig, sample_crop
     from .data import cache_dataset
 
+    started = time.perf_counter()  # --max-minutes counts the image preparation too
     hooks = hooks or Hooks()
     config.validate()
     out = Path(config.output)
@@ -328,6 +366,9 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
     cached: list[CachedImage] = cache_dataset(
         train_set, train_ids, config.preprocess(), on_image=hooks.on_cache(len(train_ids))
     )
+    if config.freeze_backbone:
+        for param in model.backbone.body.parameters():
+            param.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -341,7 +382,9 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
         start = int(start_state["iteration"])
         best_map50 = float(start_state.get("best_map50", -1.0))
         rng = np.random.default_rng([config.seed, start])
-    augment = AugmentConfig(crop_size=config.crop_size)
+    augment = config.augment()
+    stale = 0  # validations since the last better one (patience)
+    done = config.iterations
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
     log = (out / "log.jsonl").open("a")
 
@@ -382,7 +425,10 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
             if iteration % config.log_every == 0:
                 log.write(json.dumps({"iteration": iteration, **values}) + "\n")
                 log.flush()
-            last = iteration == config.iterations
+            out_of_time = (
+                config.max_minutes is not None and time.perf_counter() - started >= 60.0 * config.max_minutes
+            )
+            last = iteration == config.iterations or out_of_time
             if iteration % config.val_every == 0 or last:
                 metrics: dict[str, Any] = {"iteration": iteration}
                 if val_ids:
@@ -395,6 +441,7 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
                 else:
                     score = float(iteration)  # no validation set: the latest is the best
                 improved = score > best_map50
+                stale = 0 if improved else stale + 1
                 if improved:
                     best_map50 = score
                 metrics["best"] = improved
@@ -405,13 +452,23 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
                 if improved:
                     _save(best_path, model, config, model_spec, {**state(iteration), "optimizer": {}})
                 final = metrics
+                stop = out_of_time or (config.patience is not None and stale >= config.patience)
+                if stop and iteration < config.iterations:
+                    why = (
+                        f"{config.max_minutes:g} min"
+                        if out_of_time
+                        else f"{stale} validations without a better mAP"
+                    )
+                    hooks.on_message(f"stopped at step {iteration} of {config.iterations}: {why}")
+                    done = iteration
+                    break
     finally:
         log.close()
     return TrainResult(
         output=out,
         best=best_path,
         last=last_path,
-        iterations=config.iterations,
+        iterations=done,
         best_map50=best_map50,
         final=final,
         seconds=time.perf_counter() - t0,
