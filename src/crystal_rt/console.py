@@ -55,7 +55,6 @@ WARNING_LOGGERS = ("crystal_rt.bit_depth",)
 
 class _WarningLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-
         err_console.print(
             f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True
         )

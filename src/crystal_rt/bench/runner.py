@@ -251,7 +251,6 @@ def _child_env() -> dict[str, str]:
 
 
 def collect_gpus_present() -> bool:
-
     return shutil.which("nvidia-smi") is not None
 
 

@@ -71,7 +71,6 @@ def _fmt(stats: dict[str, float]) -> str:
 
 
 def _guard(name: str, fn: Callable[[], tuple[bool, str, dict[str, Any]]]) -> Check:
-
     try:
         ok, detail, data = fn()
     except (CrystalRtError, RuntimeError, ValueError, OSError, AssertionError) as exc:
@@ -104,7 +103,6 @@ def load_images(folder: Path | None, limit: int = 8) -> list[tuple[str, np.ndarr
 
 def kernel_build_check() -> Check:
     def run() -> tuple[bool, str, dict[str, Any]]:
-
         arch = device_arch()
         built = [compile_kernel(name, arch) for name in kernel_names()]
         resources = [r for k in built for r in k.resources]
@@ -146,7 +144,6 @@ class _Stages:
         return self.src.upload(data, self.stream), data.shape[1] * channels * data.itemsize
 
     def close(self) -> None:
-
         for pre in self._pre.values():
             pre.close()
         if self.paster is not None:
@@ -254,7 +251,6 @@ def kernel_timings(stages: _Stages, runs: int) -> list[Check]:
 
     def time_it(name: str, target_ms: float | None, launch: Callable[[], None]) -> None:
         def run() -> tuple[bool, str, dict[str, Any]]:
-
             launch()  # warm-up (module load, buffers)
             synchronize(stages.stream)
             samples = []

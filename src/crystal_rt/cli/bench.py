@@ -98,7 +98,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.runs < 1 or args.warmup < 0 or args.cold_starts < 0:
         raise InvalidOption("--runs must be >= 1, --warmup and --cold-starts >= 0")
     if args.images:

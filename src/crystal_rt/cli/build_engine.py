@@ -91,7 +91,6 @@ def tensorrt_options(args: argparse.Namespace) -> BuildOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-
     calibration = CalibrationOptions(
         num_images=args.num_images,
         seed=args.seed,

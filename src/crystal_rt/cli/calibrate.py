@@ -66,7 +66,6 @@ def _fmt(value: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..calibration.api import calibrate
     from ..io.writers import atomic_write_bytes
 

@@ -44,7 +44,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..evaluate.parity import Tolerances, compare_detectors, worst_failure
     from ..io.decode import list_images, read_image
     from ..models.reference import detector_from_checkpoint

@@ -51,7 +51,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..data.convert import convert
 
     dataset = convert(args.inputs, args.output, args.format, args.images_out, args.class_name)

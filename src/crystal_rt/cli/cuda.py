@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-
     if args.arch:
         archs = build.parse_arch_list(args.arch)
     else:
@@ -124,7 +123,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _info() -> int:
-
     table = Table(show_header=False, title="CUDA", title_justify="left")
     table.add_column("what")
     table.add_column("value", overflow="fold")
@@ -145,7 +143,6 @@ def _info() -> int:
 
 
 def _device_line(device: int = 0) -> str:
-
     arch = build.device_arch(device)  # raises BackendUnavailable without a driver or GPU
     driver = binding.driver("Querying the CUDA device")
     _, dev = driver.cuDeviceGet(device)

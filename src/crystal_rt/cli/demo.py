@@ -49,7 +49,6 @@ def add_parser(sub: Any) -> None:
 
 
 def _write_drops(folder: Path, count: int, seed: int) -> tuple[list[Path], list[Any]]:
-
     from ..data.synthetic import make_drop
     from ..evaluate.metrics import truth_from_masks
 
@@ -67,7 +66,6 @@ def _write_drops(folder: Path, count: int, seed: int) -> tuple[list[Path], list[
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..evaluate.metrics import evaluate
     from ..io.decode import read_image
     from ..io.writers import write_coco, write_json, write_overlay, write_points_csv

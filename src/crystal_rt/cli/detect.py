@@ -30,8 +30,8 @@ from .options import (
     add_stages,
     add_tiling,
     add_um_per_px,
+    detector_from_args,
     output_dir,
-    tiling_from_args,
 )
 
 
@@ -80,7 +80,6 @@ def image_names(paths: list[Path]) -> list[str]:
 
 
 def _output_path(out: Path, name: str, suffix: str) -> Path:
-
     rel = Path(name)
     return out / rel.parent / f"{fit_name(rel.name)}{suffix}"
 
@@ -157,21 +156,12 @@ def _detect_one(detector: Any, path: Path, name: str, out: Path, formats: list[s
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..io.decode import list_images
     from ..io.writers import point_rows
     from ..results.detection import DetectionResult
-    from ..runtime.detector import STAGES, Detector
+    from ..runtime.detector import STAGES
 
-    detector = Detector.load(
-        args.engine,
-        score_threshold=args.score_threshold,
-        threads=args.threads,
-        stages=args.stages,
-        um_per_px=args.um_per_px,
-        tiling=tiling_from_args(args),
-        bit_depth=args.bit_depth,
-    )
+    detector = detector_from_args(args)
     seen: set[Path] = set()
     paths = []
     for path in list_images(args.inputs, recursive=args.recursive):  # each file once

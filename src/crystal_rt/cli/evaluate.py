@@ -42,7 +42,6 @@ def _fmt(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..data.coco import load_coco
     from ..evaluate.metrics import write_pr_curve
     from ..io.writers import atomic_write_bytes

@@ -22,7 +22,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     target = Path(args.target)
     try:
         data: dict[str, Any] = Manifest.read(resolve_manifest(target)).to_dict()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..runtime.detector import Detector
 
 #: the pipeline's stage policies (crystal_rt.runtime.pipeline.STAGE_POLICIES; a test keeps them equal)
 STAGE_CHOICES = ("auto", "cpu")
@@ -160,6 +163,23 @@ def tiling_from_args(args: argparse.Namespace) -> Any:
     from ..runtime.tiling import Tiling
 
     return Tiling(mode=mode, tile_size=args.tile_size, overlap=args.overlap)  # type: ignore[arg-type]
+
+
+def detector_from_args(args: argparse.Namespace, **extra: Any) -> Detector:
+    """``Detector.load(ENGINE)`` with the options every running command shares (threshold, threads,
+    stages, um/px, tiles, bit depth); ``extra`` adds the command's own (serve: max_pixels)."""
+    from ..runtime.detector import Detector as _Detector  # here, not at the top: --help stays light
+
+    return _Detector.load(
+        args.engine,
+        score_threshold=args.score_threshold,
+        threads=args.threads,
+        stages=args.stages,
+        um_per_px=args.um_per_px,
+        tiling=tiling_from_args(args),
+        bit_depth=args.bit_depth,
+        **extra,
+    )
 
 
 def bit_depth(text: str) -> int:

@@ -29,8 +29,8 @@ from .options import (
     add_stages,
     add_tiling,
     add_um_per_px,
+    detector_from_args,
     port,
-    tiling_from_args,
 )
 
 DEFAULT_HOST = "127.0.0.1"
@@ -63,7 +63,6 @@ def _positive_float(text: str) -> float:
 
 
 def add_parser(sub: Any) -> None:
-
     p = sub.add_parser("serve", help="serve an engine over HTTP (POST /v1/detect)", description=__doc__)
     p.add_argument("engine", help="engine folder, NAME.manifest.json, or the DIR/NAME prefix")
     p.add_argument(
@@ -122,23 +121,12 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.detector import Detector
-
     if args.triton:
         return _run_triton(args)
 
     uvicorn = require("uvicorn", "crystal-rt serve", extra="serve")
     require("fastapi", "crystal-rt serve", extra="serve")
-    detector = Detector.load(
-        args.engine,
-        score_threshold=args.score_threshold,
-        threads=args.threads,
-        max_pixels=args.max_pixels,
-        stages=args.stages,
-        um_per_px=args.um_per_px,
-        tiling=tiling_from_args(args),
-        bit_depth=args.bit_depth,
-    )
+    detector = detector_from_args(args, max_pixels=args.max_pixels)
     app = create_app(
         detector,
         max_body_bytes=int(args.max_body_mb * 2**20),
@@ -180,19 +168,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_triton(args: argparse.Namespace) -> int:
-    from ..runtime.detector import Detector
     from ..serve.pytriton import TritonPorts, bind_triton
 
-    detector = Detector.load(
-        args.engine,
-        score_threshold=args.score_threshold,
-        threads=args.threads,
-        max_pixels=args.max_pixels,
-        stages=args.stages,
-        um_per_px=args.um_per_px,
-        tiling=tiling_from_args(args),
-        bit_depth=args.bit_depth,
-    )
+    detector = detector_from_args(args, max_pixels=args.max_pixels)
     name = args.model_name or (detector.manifest.name if detector.manifest else "crystals")
     ports = TritonPorts(http=args.port, grpc=args.grpc_port, metrics=args.metrics_port)
     triton = bind_triton(

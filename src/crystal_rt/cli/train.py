@@ -77,7 +77,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     require("torchvision", "Training", extra="train")
 
     from ..train.loop import Hooks, TrainConfig, train

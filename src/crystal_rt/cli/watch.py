@@ -30,7 +30,14 @@ from ..serve.watch import (
     WatchOptions,
     display_name,
 )  # light: no numpy, cv2 or onnxruntime
-from .options import add_bit_depth, add_score_threshold, add_stages, add_tiling, output_dir, tiling_from_args
+from .options import (
+    add_bit_depth,
+    add_score_threshold,
+    add_stages,
+    add_tiling,
+    detector_from_args,
+    output_dir,
+)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -128,18 +135,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    from ..runtime.detector import Detector
-
-    detector = Detector.load(
-        args.engine,
-        score_threshold=args.score_threshold,
-        threads=args.threads,
-        stages=args.stages,
-        um_per_px=args.um_per_px,
-        tiling=tiling_from_args(args),
-        bit_depth=args.bit_depth,
-    )
+    detector = detector_from_args(args)
     options = WatchOptions(
         in_dir=args.in_dir,
         out_dir=args.output,

@@ -16,7 +16,6 @@ class Module:
     """A compiled kernel file loaded into the current context."""
 
     def __init__(self, name: str, device: int = 0, arch: str | None = None) -> None:
-
         self.context = ensure_context(device)
         target = target_for(arch if arch is not None else device_arch(device))
         mismatch = nvrtc_mismatch(probe().driver_cuda, nvrtc_version(), ptx=target.startswith("compute_"))

@@ -28,7 +28,6 @@ class GpuPreprocessor:
     """
 
     def __init__(self, spec: PreprocessSpec, device: int = 0, *, fma: bool | None = None) -> None:
-
         self.spec = spec
         self.fma = opencv_fma() if fma is None else fma  # match this machine's OpenCV (crystal_rt/arith.py)
         self.letterbox = Module("letterbox", device)
@@ -205,7 +204,6 @@ class GpuMaskPaster:
     """Paste the engine's M x M mask probabilities (on the device) into per-instance binary crops."""
 
     def __init__(self, device: int = 0, *, fma: bool | None = None) -> None:
-
         self.fma = opencv_fma() if fma is None else fma
         self.module = Module("paste", device)
         self._meta = DeviceBuffer()

@@ -31,7 +31,6 @@ class TorchBackend(Backend):
         self.core = core.eval()
 
     def infer(self, images: np.ndarray) -> CoreOutputs:
-
         from .core import run_core
 
         boxes, scores, labels, masks = run_core(self.core, torch.from_numpy(images))

@@ -60,7 +60,6 @@ class ChimpResult:
 
 
 def chimp_replica(model: Any, path: str, clip_limit: float = 2.5, prob_threshold: float = 0.6) -> ChimpResult:
-
     bgr = cv2.imread(str(path))
     if bgr is None:
         raise FileNotFoundError(f"cv2.imread cannot read {path}")

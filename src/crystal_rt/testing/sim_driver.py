@@ -53,7 +53,6 @@ CU_STREAM_PER_THREAD = 2
 
 
 def _real_driver() -> Any:
-
     return require("cuda.bindings.driver", "The simulated GPU", package="cuda-python", extra="gpu")
 
 

@@ -199,7 +199,6 @@ def split_ids(dataset: CocoDataset, fraction: float, seed: int) -> tuple[list[in
 
 
 def _device(name: str) -> Any:
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -230,7 +229,6 @@ def _config_for_onnx(config: TrainConfig, hooks: Hooks) -> TrainConfig:
 
 
 def build_model(config: TrainConfig, num_classes: int, hooks: Hooks) -> tuple[MaskRCNN, str]:
-
     model = build_maskrcnn(
         config.arch,
         num_classes,
@@ -252,7 +250,6 @@ def build_model(config: TrainConfig, num_classes: int, hooks: Hooks) -> tuple[Ma
 
 
 def _to_targets(samples: list[Any], device: Any) -> tuple[list[Any], list[dict[str, Any]]]:
-
     images = [torch.from_numpy(s.image).to(device) for s in samples]
     targets = [
         {
@@ -287,7 +284,6 @@ def _save(
     model_spec: ModelSpec,
     extra: dict[str, Any],
 ) -> None:
-
     tmp = path.with_name(path.name + ".tmp")
     save_checkpoint(
         tmp,

@@ -53,7 +53,6 @@ class DeviceState:
 
     @property
     def stream_handle(self) -> int:
-
         return as_stream(self.stream)
 
 
@@ -133,7 +132,6 @@ class DeviceBackend(Backend):
         return state
 
     def _free(self, state: DeviceState) -> None:
-
         state.stages.close()
         self._release(state.handle)
         state.handle = None
@@ -156,7 +154,6 @@ class DeviceBackend(Backend):
             return len(self._states)
 
     def _fetch(self, state: DeviceState, names: Sequence[str]) -> None:
-
         driver = cuda_driver()
         stream = driver.CUstream(state.stream_handle)
         for tname in names:
@@ -167,7 +164,6 @@ class DeviceBackend(Backend):
 
     # --- Backend --------------------------------------------------------------------------------
     def infer(self, images: np.ndarray) -> CoreOutputs:
-
         state = self._state()
         driver = cuda_driver()
         stream = driver.CUstream(state.stream_handle)
@@ -255,7 +251,6 @@ class DeviceEngineSession(DeviceSession):
         self.state.stages.upload_input(tensor, self.state.device[CORE_INPUT].ptr)
 
     def run_engine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-
         state = self.state
         with self.backend.engine_turn():
             state.stages.timer.start("engine")

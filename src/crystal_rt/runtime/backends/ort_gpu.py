@@ -100,7 +100,6 @@ class OrtGpuBackend(DeviceBackend):
 
     # --- DeviceBackend ------------------------------------------------------------------------
     def _bind(self, buffers: dict[str, DeviceBuffer], stream: Any) -> Any:
-
         sess = self._session(as_stream(stream))
         binding = sess.io_binding()
         for info in sess.get_inputs():

@@ -32,7 +32,6 @@ _MISSING_LIB = re.compile(r"(lib[\w.+-]+\.so[\d.]*): cannot open shared object f
 
 
 def _ort() -> Any:
-
     return onnxruntime_gpu()
 
 
