@@ -104,13 +104,16 @@ def test_write_synthetic_masks_round_trip(tmp_path: Path) -> None:
     from crystal_rt.data.synth_writer import SynthOptions, image_seed, write_synthetic
     from crystal_rt.io.decode import read_image
 
-    path = write_synthetic(
-        tmp_path, SynthOptions(count=3, seed=7, size=(200, 240), colour="gray", bit_depth="8")
+    from crystal_rt.data.realism import Components
+
+    options = SynthOptions(
+        count=3, seed=7, size=(200, 240), colour="gray", bit_depth="8", components=Components.none()
     )
+    path = write_synthetic(tmp_path, options)
     dataset = load_coco(path)
     assert len(dataset) == 3 and dataset.class_names == ("crystal",)
     for index, record in enumerate(dataset.images):
-        drop = make_drop(image_seed(7, index), 200, 240, 12)
+        drop = make_drop(image_seed(7, index), 200, 240, 12, components=Components.none())
         assert np.array_equal(read_image(dataset.image_path(record.id)), drop.image)
         masks, labels, crowd = dataset.masks(record.id)
         assert len(masks) == len(drop.masks) and (labels == 1).all() and not crowd.any()

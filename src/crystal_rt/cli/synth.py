@@ -35,10 +35,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--colour", choices=("gray", "rgb", "mixed"), default="mixed", help="default: mixed")
     p.add_argument("--bit-depth", choices=("8", "16", "mixed"), default="mixed", help="default: mixed")
     p.add_argument("--max-crystals", type=int, default=12, help="crystals per drop, at most (default 12)")
+    p.add_argument(
+        "--components",
+        default="all",
+        help="what real drops contain, besides crystals: all (default), none (the generator before "
+        "them), a list, or all,-name; names: plastic, reflections, round_objects, skins, cells, optics, "
+        "sensor_bits, dense_small (docs/synthetic.md)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.realism import Components
     from ..data.synth_writer import SynthOptions, write_synthetic
 
     options = SynthOptions(
@@ -48,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         colour=args.colour,
         bit_depth=args.bit_depth,
         max_crystals=args.max_crystals,
+        components=Components.parse(args.components),
     )
     with progress() as bar:
         task = bar.add_task("generating drops", total=args.count)

@@ -24,6 +24,17 @@ def parse_grid(text: str) -> tuple[int, int]:
     return cols, rows
 
 
+def parse_scale_range(text: str) -> tuple[float, float]:
+    """``LOW,HIGH`` (e.g. 0.5,2) -> (0.5, 2.0)."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (e.g. 0.5,2), not {text!r}") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"need 0 < LOW <= HIGH, not {text!r}")
+    return low, high
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune a Mask R-CNN on a COCO dataset", description=__doc__)
     p.add_argument("--data", required=True, help="COCO instance JSON (crystal-rt convert makes one)")
@@ -51,6 +62,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--iterations", type=int, help="optimiser steps (2000; finetune 600)")
     p.add_argument("--batch-size", type=int, help="crops per step (8; finetune 4)")
     p.add_argument("--crop-size", type=int, default=256, help="training crop size (default 256)")
+    p.add_argument(
+        "--scale-range",
+        type=parse_scale_range,
+        help="crops rescaled by LOW,HIGH times the engine scale (0.75,1.33; finetune 0.5,2)",
+    )
     p.add_argument("--lr", type=float, help="peak learning rate (0.02; finetune 0.005)")
     p.add_argument("--warmup", type=int, help="warm-up steps (100; finetune 20)")
     p.add_argument("--val-every", type=int, help="validate and checkpoint every N steps (250; finetune 50)")
@@ -100,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         batch_size=args.batch_size,
         crop_size=args.crop_size,
+        scale_range=args.scale_range,
         lr=args.lr,
         warmup=args.warmup,
         val_every=args.val_every,

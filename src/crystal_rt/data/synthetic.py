@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from . import realism
+from .realism import Components
+
 HABITS = ("needle", "plate", "prism", "bipyramid", "cluster")
 HABIT_WEIGHTS = (0.2, 0.2, 0.25, 0.2, 0.15)
 SIZES = ((512, 512), (600, 800), (768, 1024), (1024, 1224), (1200, 1600), (2028, 2532))
@@ -37,6 +40,7 @@ class SyntheticDrop:
     labels: list[int] = field(default_factory=list)  # 1 = crystal
     habits: list[str] = field(default_factory=list)
     out_of_focus: list[bool] = field(default_factory=list)
+    significant_bits: int | None = None  # 16-bit images holding fewer sensor bits (12, 14)
 
 
 @dataclass(frozen=True)
@@ -168,9 +172,10 @@ def _blob_mask(
     return mask
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """The lit well in its plate, before the drop: float32 transmittance in [0, 1]."""
-    s = min(height, width)
+def _background(rng: np.random.Generator, height: int, width: int, zoom: float = 1.0) -> np.ndarray:
+    """The lit well in its plate, before the drop: float32 transmittance in [0, 1] (``zoom`` > 1:
+    the frame is a tile inside the well)."""
+    s = int(min(height, width) * zoom)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     cx = width * rng.uniform(0.45, 0.55)
     cy = height * rng.uniform(0.45, 0.55)
@@ -210,15 +215,18 @@ def _illumination(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     return np.asarray(np.clip(light, 0.15, 1.2), dtype=np.float32)
 
 
-def _drop(rng: np.random.Generator, image: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
-    """Darken a drop region with meniscus, rim and precipitate; returns (drop mask, inner distance)."""
+def _drop(
+    rng: np.random.Generator, image: np.ndarray, s: int, zoom: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Darken a drop region with meniscus, rim and precipitate; returns (drop mask, inner distance)
+    (``zoom`` > 1: the drop is that much larger than the frame's short side would make it)."""
     height, width = image.shape
     center = (width * rng.uniform(0.38, 0.62), height * rng.uniform(0.38, 0.62))
-    radii = (s * rng.uniform(0.2, 0.34), s * rng.uniform(0.2, 0.34))
+    radii = (s * zoom * rng.uniform(0.2, 0.34), s * zoom * rng.uniform(0.2, 0.34))
     mask = _blob_mask(rng, height, width, center, radii)
     inner = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
     outer = cv2.distanceTransform(1 - mask, cv2.DIST_L2, 5)
-    signed = np.where(mask > 0, inner, -outer)
+    signed = np.clip(np.where(mask > 0, inner, -outer), -1e4, 1e4)  # no pixel outside: outer is huge
     width_px = s * rng.uniform(0.004, 0.012) + 1.0
     meniscus = np.exp(-(((signed - 0.5 * width_px) / width_px) ** 2))
     rim = np.exp(-(((signed + 1.2 * width_px) / (0.8 * width_px)) ** 2))
@@ -394,19 +402,44 @@ def make_drop(
     habits: tuple[str, ...] | None = None,
     crystal_size: tuple[float, float] = (0.04, 0.15),
     min_crystals: int = 1,
+    components: Components | None = None,
+    dense: bool = False,
+    significant_bits: int | None = None,
+    msb_aligned: bool = False,
 ) -> SyntheticDrop:
     """One drop image with min_crystals..max_crystals crystals and their exact (occlusion-aware)
     masks; a crystal's size is drawn log-uniformly in ``crystal_size`` (fractions of the image's
-    short side; the default matches the real drops, (0.005, 0.02) gives a large drop of small ones)."""
+    short side; the default matches the real drops, (0.005, 0.02) gives a large drop of small ones).
+
+    ``components`` (default: all) adds what real imager photos contain (``realism``); ``dense``
+    makes the frame a native-scale tile inside a drop holding 30-120 crystals of 10-20 px;
+    ``significant_bits`` (12 or 14, 16-bit only) stores that many sensor bits, shifted to the top
+    of the 16 when ``msb_aligned``."""
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth}")
     if height < 16 or width < 16:
         raise ValueError(f"image too small: {height}x{width}")
+    if significant_bits is not None and (bit_depth != 16 or not 9 <= significant_bits <= 16):
+        raise ValueError(f"significant_bits must be 9..16 for a 16-bit image, not {significant_bits}")
+    parts = Components() if components is None else components
     rng = np.random.default_rng(seed)
     s = min(height, width)
-    image = _background(rng, height, width)
-    drop_mask, drop_inner = _drop(rng, image, s)
+    zoom = 3.0 if dense else 1.0
+    if dense:
+        lo, hi = 10.0 / s, 20.0 / s
+        count = int(realism.stream(seed, "dense_small").integers(30, 121))
+        crystal_size, min_crystals, max_crystals = (lo, hi), 30, count
+    image = _background(rng, height, width, zoom)
+    if (r := realism.fires(parts, "plastic", seed)) is not None:
+        realism.plastic(r, image, int(s * zoom))
+    drop_mask, drop_inner = _drop(rng, image, s, zoom)
+    if (r := realism.fires(parts, "skins", seed)) is not None:
+        realism.skins(r, image, drop_mask, drop_inner, s)
     _dust(rng, image, s)
+    if (r := realism.fires(parts, "round_objects", seed)) is not None:
+        realism.round_objects(r, image, drop_inner, s)
+    if (r := realism.fires(parts, "cells", seed)) is not None:
+        realism.cells(r, image, drop_inner, s)
     masks: list[np.ndarray] = []
     habit_list: list[str] = []
     blurred: list[bool] = []
@@ -420,21 +453,24 @@ def make_drop(
         habit_list.append(habit)
         blurred.append(out_of_focus)
     keep = [i for i, m in enumerate(masks) if m.sum() >= max(12, 0.5 * areas[i])]
+    if (r := realism.fires(parts, "reflections", seed)) is not None:
+        realism.reflection(r, image, drop_mask, s)
     image *= _illumination(rng, height, width)
     image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 0.9))
     image += rng.normal(0, rng.uniform(0.004, 0.012), image.shape).astype(np.float32)
+    if (r := realism.fires(parts, "optics", seed)) is not None:
+        image = realism.optics(r, image, s)
     if rgb:
         tint = np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.8, 0.95)], np.float32)
         colour = np.repeat(image[..., None], 3, axis=2) * tint
         colour[drop_mask > 0] *= np.array([1.0, rng.uniform(0.96, 1.0), rng.uniform(0.9, 1.0)], np.float32)
         image = colour
-    top = 65535.0 if bit_depth == 16 else 255.0
-    dtype = np.uint16 if bit_depth == 16 else np.uint8
-    pixels = np.clip(np.rint(image * top), 0, top).astype(dtype)
+    pixels = realism.quantise(image, bit_depth, significant_bits, msb_aligned)
     return SyntheticDrop(
         image=pixels,
         masks=[masks[i] for i in keep],
         labels=[1] * len(keep),
         habits=[habit_list[i] for i in keep],
         out_of_focus=[blurred[i] for i in keep],
+        significant_bits=significant_bits if bit_depth == 16 else None,
     )
