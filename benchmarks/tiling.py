@@ -33,6 +33,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--images", type=int, default=3, help="synthetic large drops (default 3)")
     p.add_argument("--runs", type=int, default=2, help="timed passes per image and mode (default 2)")
     p.add_argument("--size", default="2028x2532", help="HxW of the synthetic drops")
+    p.add_argument("--model", type=Path, help="core ONNX to build from (default: the shipped model)")
+    p.add_argument("--components", default="all", help="generator components (default all; none: as before)")
     p.add_argument("--json", type=Path)
     return p.parse_args()
 
@@ -69,6 +71,7 @@ def main() -> None:
     from crystal_rt import Detector
     from crystal_rt.assets import demo_model
     from crystal_rt.build.engine import build_engine
+    from crystal_rt.data.realism import Components
     from crystal_rt.data.synthetic import make_drop
     from crystal_rt.io.decode import read_image
     from crystal_rt.runtime.tiling import Tiling
@@ -81,12 +84,20 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         engine = Path(tmp) / "engine"
-        build_engine(demo_model(), engine, name="crystals", backend="onnxruntime")
+        build_engine(args.model or demo_model(), engine, name="crystals", backend="onnxruntime")
         detectors = {name: Detector.load(engine, tiling=tiling) for name, tiling in modes.items()}
         drops = []
         for i in range(args.images):
             t0 = time.perf_counter()
-            drop = make_drop(100 + i, height, width, 150, crystal_size=(0.01, 0.025), min_crystals=120)
+            drop = make_drop(
+                100 + i,
+                height,
+                width,
+                150,
+                crystal_size=(0.01, 0.025),
+                min_crystals=120,
+                components=Components.parse(args.components),
+            )
             print(f"drop {i}: {len(drop.masks)} crystals ({time.perf_counter() - t0:.1f} s to make)")
             drops.append((f"synthetic-{i}", drop.image, gt_boxes(drop.masks)))
         rows: dict[str, dict[str, list[float]]] = {name: {} for name in modes}
@@ -133,6 +144,8 @@ def main() -> None:
         args.json,
         {
             "images": args.images,
+            "model": str(args.model or "shipped"),
+            "components": args.components,
             "size": [height, width],
             "runs": args.runs,
             "summary": summary,

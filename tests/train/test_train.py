@@ -87,6 +87,41 @@ def test_rotation_and_blur_keep_boxes_on_their_masks(dataset: Path) -> None:
     assert kept > 0
 
 
+def test_clahe_on_off_augmentation(dataset: Path) -> None:
+    """With ``clahe_off`` the cache keeps the image without CLAHE too, and that share of crops uses it."""
+    from crystal_rt.data.coco import load_coco
+    from crystal_rt.spec import PreprocessSpec
+    from crystal_rt.train.augment import AugmentConfig, sample_crop
+    from crystal_rt.train.data import cache_image
+
+    data = load_coco(dataset)
+    spec = PreprocessSpec.paper(input_size=128)
+    item = cache_image(data, data.images[0].id, spec, keep_plain=True)
+    assert item.plain is not None and item.plain.shape == item.pixels.shape
+    assert np.abs(item.plain.astype(np.float32) - item.pixels.astype(np.float32)).mean() > 0.01
+    assert cache_image(data, data.images[0].id, spec).plain is None
+    assert (
+        cache_image(data, data.images[0].id, spec.with_overrides(clahe=False), keep_plain=True).plain is None
+    )
+    plain = AugmentConfig(
+        crop_size=64,
+        clahe_off=1.0,
+        flips=False,
+        rot90=False,
+        noise=0.0,
+        brightness=0.0,
+        contrast=(1.0, 1.0),
+        gamma=(1.0, 1.0),
+        scale_range=(1.0, 1.0),
+        object_centred=0.0,
+    )
+    on = AugmentConfig(**{**plain.__dict__, "clahe_off": 0.0})
+    a = sample_crop(np.random.default_rng(5), item, plain)
+    b = sample_crop(np.random.default_rng(5), item, on)
+    assert not np.allclose(a.image, b.image)
+    assert np.array_equal(a.masks, b.masks)
+
+
 def test_finetune_recipe_values_and_its_start(tmp_path: Path) -> None:
     from crystal_rt.errors import InvalidOption
     from crystal_rt.train.loop import TrainConfig
@@ -100,6 +135,7 @@ def test_finetune_recipe_values_and_its_start(tmp_path: Path) -> None:
     )
     assert config.freeze_backbone and config.lr == 0.005 and config.batch_size == 2  # given beats recipe
     assert config.max_minutes == 10.0 and config.patience == 4 and config.rotate == 180.0
+    assert config.clahe_off == 0.2 and config.augment().clahe_off == 0.2
     assert TrainConfig.for_recipe("default", data="d", images=None, output="o") == TrainConfig(
         data="d", images=None, output="o"
     )

@@ -67,6 +67,11 @@ def add_parser(sub: Any) -> None:
         type=parse_scale_range,
         help="crops rescaled by LOW,HIGH times the engine scale (0.75,1.33; finetune 0.5,2)",
     )
+    p.add_argument(
+        "--clahe-off",
+        type=float,
+        help="fraction of crops taken without CLAHE, so the model copes with either (0; finetune 0.2)",
+    )
     p.add_argument("--lr", type=float, help="peak learning rate (0.02; finetune 0.005)")
     p.add_argument("--warmup", type=int, help="warm-up steps (100; finetune 20)")
     p.add_argument("--val-every", type=int, help="validate and checkpoint every N steps (250; finetune 50)")
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         crop_size=args.crop_size,
         scale_range=args.scale_range,
+        clahe_off=args.clahe_off,
         lr=args.lr,
         warmup=args.warmup,
         val_every=args.val_every,

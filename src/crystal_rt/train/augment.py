@@ -3,7 +3,8 @@
 A crop is cut (mostly around a crystal) from the cached image after a random rescale (and, when
 ``rotate`` is set, a rotation by any angle up to it), then flipped, rotated by a multiple of 90
 degrees and given a brightness / contrast / gamma jitter, sometimes a Gaussian blur (focus) and
-a little noise. Training on crops at the engine's scale costs a fraction of training on whole
+a little noise; with ``clahe_off`` some crops come from the image without CLAHE, so the model
+copes with either. Training on crops at the engine's scale costs a fraction of training on whole
 letterboxed images and shows the network objects at exactly the size it will meet them.
 """
 
@@ -31,6 +32,7 @@ class AugmentConfig:
     min_visible: float = 0.3  # drop instances with less than this fraction of their area in the crop
     rotate: float = 0.0  # degrees: a rotation by a uniform angle in [-rotate, rotate] (0: none)
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.5 .. 2 px) of the crop
+    clahe_off: float = 0.0  # probability that the crop comes from the image without CLAHE
 
 
 @dataclass
@@ -69,7 +71,8 @@ def sample_crop(rng: np.random.Generator, item: CachedImage, config: AugmentConf
             (crop / 2, crop / 2), float(rng.uniform(-config.rotate, config.rotate)), 1.0
         )
         matrix = turn @ np.vstack([matrix, [0, 0, 1]])
-    pixels = item.pixels.astype(np.float32)
+    use_plain = item.plain is not None and config.clahe_off > 0 and rng.random() < config.clahe_off
+    pixels = (item.plain if use_plain and item.plain is not None else item.pixels).astype(np.float32)
     image = cv2.warpAffine(pixels, matrix, (crop, crop), flags=cv2.INTER_LINEAR, borderValue=0)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)

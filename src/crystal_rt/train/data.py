@@ -34,6 +34,7 @@ class CachedImage:
     rles: list[dict[str, object]]
     labels: np.ndarray  # int64 (N,), contiguous 1..C
     areas: np.ndarray  # float64 (N,), mask areas at engine scale
+    plain: np.ndarray | None = None  # the same pixels without CLAHE (for the CLAHE on/off augmentation)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -62,11 +63,17 @@ def prepare_image(pixels: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray,
     return (content.astype(np.float32) / np.float32(top)).astype(np.float16), scale
 
 
-def cache_image(dataset: CocoDataset, image_id: int, spec: PreprocessSpec) -> CachedImage:
+def cache_image(
+    dataset: CocoDataset, image_id: int, spec: PreprocessSpec, *, keep_plain: bool = False
+) -> CachedImage:
+    """One image as training sees it; ``keep_plain`` also keeps it without CLAHE (when the spec has
+    CLAHE), for crops that train the model to cope with CLAHE off."""
     from pycocotools import mask as mask_utils
 
     path = dataset.image_path(image_id)
-    pixels, _ = prepare_image(full_range(read_image_info(path)), spec)  # as the Detector expands it
+    decoded = full_range(read_image_info(path))  # as the Detector expands it
+    pixels, _ = prepare_image(decoded, spec)
+    plain = prepare_image(decoded, spec.with_overrides(clahe=False))[0] if keep_plain and spec.clahe else None
     masks, labels, crowd = dataset.masks(image_id)
     h, w = pixels.shape[:2]
     rles: list[dict[str, object]] = []
@@ -80,7 +87,7 @@ def cache_image(dataset: CocoDataset, image_id: int, spec: PreprocessSpec) -> Ca
         rles.append(mask_utils.encode(np.asfortranarray(small.astype(np.uint8))))
         keep.append(i)
     areas = np.array([float(mask_utils.area(r)) for r in rles], dtype=np.float64)
-    return CachedImage(str(path.name), pixels, rles, labels[keep].astype(np.int64), areas)
+    return CachedImage(str(path.name), pixels, rles, labels[keep].astype(np.int64), areas, plain)
 
 
 def cache_dataset(
@@ -88,10 +95,12 @@ def cache_dataset(
     image_ids: Sequence[int],
     spec: PreprocessSpec,
     on_image: Callable[[], None] | None = None,
+    *,
+    keep_plain: bool = False,
 ) -> list[CachedImage]:
     cached = []
     for image_id in image_ids:
-        cached.append(cache_image(dataset, image_id, spec))
+        cached.append(cache_image(dataset, image_id, spec, keep_plain=keep_plain))
         if on_image is not None:
             on_image()
     return cached

@@ -100,6 +100,7 @@ class TrainConfig:
     patience: int | None = None  # stop after this many validations without a better mAP@0.50
     freeze_backbone: bool = False  # train the FPN, RPN and heads only (few images)
     scale_range: tuple[float, float] = (0.75, 1.33)  # crop rescale range (crops at several scales)
+    clahe_off: float = 0.0  # fraction of crops taken without CLAHE (CLAHE on/off augmentation)
     rotate: float = 0.0  # degrees of free rotation on top of the 90-degree ones
     blur: float = 0.0  # probability of a focus blur
     brightness: float = 0.08
@@ -133,6 +134,7 @@ class TrainConfig:
             scale_range=(float(self.scale_range[0]), float(self.scale_range[1])),
             rotate=self.rotate,
             blur=self.blur,
+            clahe_off=self.clahe_off,
             brightness=self.brightness,
             contrast=(float(self.contrast[0]), float(self.contrast[1])),
         )
@@ -158,6 +160,7 @@ class TrainConfig:
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
             (0 <= self.rotate <= 180 and 0 <= self.blur <= 1, "rotate must be in [0, 180], blur in [0, 1]"),
             (0 < self.scale_range[0] <= self.scale_range[1], "the crop scale range must be 0 < low <= high"),
+            (0 <= self.clahe_off <= 1, "--clahe-off must be a fraction in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -360,7 +363,11 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
         f"device {device}"
     )
     cached: list[CachedImage] = cache_dataset(
-        train_set, train_ids, config.preprocess(), on_image=hooks.on_cache(len(train_ids))
+        train_set,
+        train_ids,
+        config.preprocess(),
+        on_image=hooks.on_cache(len(train_ids)),
+        keep_plain=config.clahe_off > 0,
     )
     if config.freeze_backbone:
         for param in model.backbone.body.parameters():

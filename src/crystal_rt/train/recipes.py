@@ -12,8 +12,8 @@ __all__ = ["RECIPES"]
 #: Training recipes: values that differ from TrainConfig's defaults ("default": none).
 #: "finetune" adapts a trained model to a handful of annotated images on a laptop: the backbone
 #: frozen, a low learning rate, heavy augmentation (free rotation, crops from half to twice the
-#: engine scale, focus blur, stronger brightness/contrast), a quarter of the images held out,
-#: early stopping and a 10-minute limit.
+#: engine scale, focus blur, stronger brightness/contrast, a fifth of the crops without CLAHE), a
+#: quarter of the images held out, early stopping and a 10-minute limit.
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "finetune": {
@@ -29,6 +29,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "scale_range": (0.5, 2.0),
         "rotate": 180.0,
         "blur": 0.3,
+        "clahe_off": 0.2,
         "brightness": 0.15,
         "contrast": (0.6, 1.5),
     },
