@@ -101,10 +101,9 @@ def test_random_sizes_span_the_imager_range() -> None:
 
 def test_write_synthetic_masks_round_trip(tmp_path: Path) -> None:
     from crystal_rt.data.coco import load_coco
+    from crystal_rt.data.realism import Components
     from crystal_rt.data.synth_writer import SynthOptions, image_seed, write_synthetic
     from crystal_rt.io.decode import read_image
-
-    from crystal_rt.data.realism import Components
 
     options = SynthOptions(
         count=3, seed=7, size=(200, 240), colour="gray", bit_depth="8", components=Components.none()
