@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
-
 from _common import write_json
 
 ROWS = ("none", "plastic", "reflections", "round_objects", "skins", "cells", "optics", "sensor_bits",
@@ -39,7 +37,7 @@ def write_row(folder: Path, row: str, args: argparse.Namespace) -> Path:
     from crystal_rt.data import realism
     from crystal_rt.data.builder import CocoBuilder
     from crystal_rt.data.realism import Components
-    from crystal_rt.data.synth_writer import with_sbit
+    from crystal_rt.data.synth_writer import encode_png
     from crystal_rt.data.synthetic import make_drop
 
     height, width = (int(v) for v in args.size.lower().split("x"))
@@ -59,14 +57,8 @@ def write_row(folder: Path, row: str, args: argparse.Namespace) -> Path:
         if row == "sensor_bits":
             kwargs.update(bit_depth=16, significant_bits=12)
         drop = make_drop(seed, h, w, 12, **kwargs)
-        ok, encoded = cv2.imencode(".png", drop.image)
-        if not ok:
-            raise RuntimeError(f"could not encode drop {seed}")
-        data = encoded.tobytes()
-        if drop.significant_bits is not None:
-            data = with_sbit(data, drop.significant_bits, 1)
         name = f"drop_{made:03d}.png"
-        (images / name).write_bytes(data)
+        (images / name).write_bytes(encode_png(drop))
         image_id = builder.add_image(f"images/{name}", w, h)
         for mask in drop.masks:
             builder.add_mask(image_id, mask, "crystal")

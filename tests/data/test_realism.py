@@ -11,7 +11,7 @@ import pytest
 
 from crystal_rt.data import realism
 from crystal_rt.data.realism import COMPONENTS, Components
-from crystal_rt.data.synthetic import make_drop
+from crystal_rt.data.synthetic import SyntheticDrop, make_drop
 from crystal_rt.errors import InvalidOption
 
 # sha256 of image + masks drawn by the generator of commit 36d8f6d (before the components).
@@ -23,9 +23,9 @@ BEFORE = {
 SCENE = ("plastic", "reflections", "round_objects", "skins", "cells", "optics")
 
 
-def _digest(drop: object) -> str:
-    h = hashlib.sha256(drop.image.tobytes())  # type: ignore[attr-defined]
-    for mask in drop.masks:  # type: ignore[attr-defined]
+def _digest(drop: SyntheticDrop) -> str:
+    h = hashlib.sha256(drop.image.tobytes())
+    for mask in drop.masks:
         h.update(mask.tobytes())
     return h.hexdigest()
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InvalidOption, OutputNotWritten
 from .realism import DENSE_CHANCE, TILE_SIZES, Components, sensor_bits
-from .synthetic import make_drop, random_size
+from .synthetic import SyntheticDrop, make_drop, random_size
 
 COLOURS = ("gray", "rgb", "mixed")
 DEPTHS = ("8", "16", "mixed")
@@ -58,6 +58,20 @@ def with_sbit(png: bytes, bits: int, channels: int) -> bytes:
     return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
 
 
+def encode_png(drop: SyntheticDrop, path: Path | None = None) -> bytes:
+    """A drop's image as PNG bytes (RGB stored as PNG's RGB, with an sBIT chunk when it holds
+    12 or 14 sensor bits); ``path`` names the file in the error when encoding fails."""
+    rgb = drop.image.ndim == 3
+    pixels = cv2.cvtColor(drop.image, cv2.COLOR_RGB2BGR) if rgb else drop.image
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OutputNotWritten("could not encode a PNG", path=path)
+    data = encoded.tobytes()
+    if drop.significant_bits is not None:
+        data = with_sbit(data, drop.significant_bits, 3 if rgb else 1)
+    return data
+
+
 def write_synthetic(
     output: str | os.PathLike[str],
     options: SynthOptions,
@@ -95,15 +109,8 @@ def write_synthetic(
             significant_bits=bits if bits != 16 else None,
             msb_aligned=msb,
         )
-        pixels = cv2.cvtColor(drop.image, cv2.COLOR_RGB2BGR) if rgb else drop.image
-        ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        if not ok:
-            raise OutputNotWritten("could not encode a PNG", path=images)
-        data = encoded.tobytes()
-        if drop.significant_bits is not None:
-            data = with_sbit(data, drop.significant_bits, 3 if rgb else 1)
         name = f"drop_{index:05d}.png"
-        atomic_write_bytes(images / name, data)
+        atomic_write_bytes(images / name, encode_png(drop, path=images / name))
         image_id = builder.add_image(f"images/{name}", width, height)
         for mask in drop.masks:
             builder.add_mask(image_id, mask, "crystal")

@@ -472,5 +472,5 @@ def make_drop(
         labels=[1] * len(keep),
         habits=[habit_list[i] for i in keep],
         out_of_focus=[blurred[i] for i in keep],
-        significant_bits=significant_bits if bit_depth == 16 else None,
+        significant_bits=significant_bits,  # checked above: only ever set for 16-bit
     )
