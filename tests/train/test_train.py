@@ -141,6 +141,37 @@ def test_finetune_recipe_values_and_its_start(tmp_path: Path) -> None:
     )
 
 
+def test_finetune_stores_the_best_f1_threshold(dataset: Path, tmp_path: Path) -> None:
+    """pick_threshold (finetune's default, ``--score-threshold auto``): best.pt's operating threshold
+    is the validation images' best-F1 one, rounded down to 0.01."""
+    from crystal_rt.assets import demo_model
+    from crystal_rt.cli.train import threshold_or_auto
+    from crystal_rt.models.maskrcnn import load_checkpoint
+    from crystal_rt.train.loop import Hooks, TrainConfig, picked_threshold, train
+
+    assert threshold_or_auto("AUTO") == "auto" and threshold_or_auto("0.25") == 0.25
+    assert TrainConfig.for_recipe("finetune", data="d", images=None, output="o", init="m.onnx").pick_threshold
+    report = type("Report", (), {"best_f1": {"score_threshold": 0.8769}})()
+    assert picked_threshold(report) == 0.87  # type: ignore[arg-type]
+
+    config = _config(
+        dataset,
+        tmp_path / "f",
+        init=str(demo_model()),
+        input_size=256,
+        crop_size=128,
+        iterations=1,
+        val_every=1,
+        pick_threshold=True,
+        freeze_backbone=True,
+    )
+    result = train(config, hooks=Hooks())  # type: ignore[arg-type]
+    log = [json.loads(line) for line in (tmp_path / "f" / "log.jsonl").read_text().splitlines()]
+    picked = [line["validation"]["score_threshold"] for line in log if "validation" in line]
+    assert picked and 0.0 < picked[-1] <= 1.0
+    assert load_checkpoint(result.best).model_spec.score_threshold == picked[-1]
+
+
 def test_patience_and_the_time_limit_stop_training(dataset: Path, tmp_path: Path) -> None:
     from crystal_rt.train.loop import Hooks, train
 
@@ -185,6 +216,27 @@ def test_train_checkpoint_resume_export_evaluate(dataset: Path, tmp_path: Path) 
     for key in ("map50", "map65", "coco_segm_ap", "coco_bbox_ap", "precision", "recall", "classes"):
         assert key in data
     assert data["num_images"] == 5
+
+
+def test_resume_a_moved_run_whose_init_is_gone(dataset: Path, tmp_path: Path) -> None:
+    """--resume reads weights and norm from last.pt: the --init file may be gone, the folder moved,
+    and a --max-minutes given now is this invocation's limit."""
+    import shutil
+
+    from crystal_rt.train.loop import Hooks, train
+
+    first = train(_config(dataset, tmp_path / "a", iterations=2), hooks=Hooks())  # type: ignore[arg-type]
+    init = tmp_path / "init.pt"
+    shutil.copy(first.best, init)
+    train(_config(dataset, tmp_path / "b", iterations=2, init=str(init)), hooks=Hooks())  # type: ignore[arg-type]
+    init.unlink()
+    moved = tmp_path / "moved"
+    (tmp_path / "b").rename(moved)
+    resumed = train(_config(dataset, moved, iterations=3, max_minutes=30.0), resume=True, hooks=Hooks())  # type: ignore[arg-type]
+    assert resumed.iterations == 3 and resumed.last.parent == moved
+    state = torch.load(moved / "last.pt", map_location="cpu", weights_only=True)["train"]
+    assert state["iteration"] == 3 and state["norm"] == "frozen"
+    assert state["config"]["max_minutes"] == 30.0 and state["config"]["init"] == str(init)
 
 
 def test_resume_without_a_run_is_a_clear_error(dataset: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from rich.markup import escape
 from .._lazy import require
 from ..console import err_console, info, progress
 from ..train.recipes import RECIPES
-from .options import add_score_threshold, output_dir
+from .options import output_dir, unit_float
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -92,9 +92,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="PyTorch CPU threads (default: all cores)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--max-detections", type=int, default=50, help="engine K (default 50)")
-    add_score_threshold(p, "operating threshold stored, in [0, 1] (0.5)", default=0.5)
+    p.add_argument(
+        "--score-threshold",
+        type=threshold_or_auto,
+        help="operating threshold stored in best.pt, in [0, 1], or auto: the best-F1 one on the "
+        "validation images (0.5; finetune auto)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.set_defaults(run=run)
+
+
+def threshold_or_auto(text: str) -> float | str:
+    """``--score-threshold``: a number in [0, 1], or ``auto``."""
+    return "auto" if text.strip().lower() == "auto" else unit_float(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         max_detections=args.max_detections,
-        score_threshold=args.score_threshold,
+        score_threshold=None if args.score_threshold == "auto" else args.score_threshold,
+        pick_threshold=None if args.score_threshold is None else args.score_threshold == "auto",
         max_minutes=args.max_minutes,
         patience=args.patience,
     )

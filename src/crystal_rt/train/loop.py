@@ -99,6 +99,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (validated, saved) once training has run this long
     patience: int | None = None  # stop after this many validations without a better mAP@0.50
     freeze_backbone: bool = False  # train the FPN, RPN and heads only (few images)
+    pick_threshold: bool = False  # best.pt's operating threshold: the best-F1 one on the validation images
     scale_range: tuple[float, float] = (0.75, 1.33)  # crop rescale range (crops at several scales)
     clahe_off: float = 0.0  # fraction of crops taken without CLAHE (CLAHE on/off augmentation)
     rotate: float = 0.0  # degrees of free rotation on top of the 90-degree ones
@@ -231,6 +232,12 @@ def _config_for_onnx(config: TrainConfig, hooks: Hooks) -> TrainConfig:
     return replace(config, arch=arch, slim=slim)
 
 
+def picked_threshold(report: EvaluationReport) -> float:
+    """The best-F1 score threshold of a validation report, rounded down to 0.01 so the detection
+    it was found at stays above it."""
+    return math.floor(100.0 * report.best_f1["score_threshold"] + 1e-9) / 100.0
+
+
 def build_model(config: TrainConfig, num_classes: int, hooks: Hooks) -> tuple[MaskRCNN, str]:
     model = build_maskrcnn(
         config.arch,
@@ -324,6 +331,9 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
         saved = dict(start_state["config"])
         saved["tile_grid"] = tuple(saved["tile_grid"])
         saved["iterations"] = config.iterations  # resuming may extend the run
+        saved["output"] = config.output  # the folder resumed from, wherever the run started
+        if config.max_minutes is not None:  # a time limit is this invocation's, when given
+            saved["max_minutes"] = config.max_minutes
         config = TrainConfig(**saved)
 
     if start_state is None:
@@ -350,8 +360,11 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
         max_detections=config.max_detections,
         score_threshold=config.score_threshold,
     )
-    model, norm = build_model(config, model_spec.num_classes, hooks)
-    if start_state is not None:
+    if start_state is None:
+        model, norm = build_model(config, model_spec.num_classes, hooks)
+    else:  # last.pt holds the weights and the norm --init resolved to: --init need not exist now
+        resumed = replace(config, init=None, norm=str(start_state.get("norm", config.norm)))
+        model, norm = build_model(resumed, model_spec.num_classes, hooks)
         model.load_state_dict(payload["state_dict"], strict=False)
     model.to(device)
     model.transform.min_size = (config.crop_size,)
@@ -445,15 +458,19 @@ def train(config: TrainConfig, *, resume: bool = False, hooks: Hooks | None = No
                     score = float(iteration)  # no validation set: the latest is the best
                 improved = score > best_map50
                 stale = 0 if improved else stale + 1
+                best_spec = model_spec
                 if improved:
                     best_map50 = score
+                    if config.pick_threshold and val_ids and report.best_f1:
+                        best_spec = replace(model_spec, score_threshold=picked_threshold(report))
+                        metrics["score_threshold"] = best_spec.score_threshold
                 metrics["best"] = improved
                 log.write(json.dumps({"validation": metrics}) + "\n")
                 log.flush()
                 hooks.on_validation(iteration, metrics)
                 _save(last_path, model, config, model_spec, state(iteration))
                 if improved:
-                    _save(best_path, model, config, model_spec, {**state(iteration), "optimizer": {}})
+                    _save(best_path, model, config, best_spec, {**state(iteration), "optimizer": {}})
                 final = metrics
                 stop = out_of_time or (config.patience is not None and stale >= config.patience)
                 if stop and iteration < config.iterations:

@@ -13,7 +13,8 @@ __all__ = ["RECIPES"]
 #: "finetune" adapts a trained model to a handful of annotated images on a laptop: the backbone
 #: frozen, a low learning rate, heavy augmentation (free rotation, crops from half to twice the
 #: engine scale, focus blur, stronger brightness/contrast, a fifth of the crops without CLAHE), a
-#: quarter of the images held out, early stopping and a 10-minute limit.
+#: quarter of the images held out, early stopping, a 10-minute limit, and as best.pt's operating
+#: threshold the best-F1 one on the held-out images.
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "finetune": {
@@ -26,6 +27,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "patience": 4,
         "max_minutes": 10.0,
         "freeze_backbone": True,
+        "pick_threshold": True,
         "scale_range": (0.5, 2.0),
         "rotate": 180.0,
         "blur": 0.3,
