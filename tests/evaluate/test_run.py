@@ -59,3 +59,34 @@ def test_every_model_kind_scores_the_same(tiny: object, tmp_path: Path) -> None:
     for other in reports[1:]:
         for key in ("map50", "map65", "precision", "recall", "num_predictions"):
             assert other[key] == pytest.approx(reports[0][key], abs=0.02), key
+
+
+def test_every_model_kind_evaluates_in_tiles(tiny: object, tmp_path: Path) -> None:
+    """``evaluate --tiles``: checkpoint, core ONNX and engine all detect in the windows asked for."""
+    from crystal_rt.cli.main import main
+    from crystal_rt.data.coco import load_coco
+    from crystal_rt.data.synth_writer import SynthOptions, write_synthetic
+    from crystal_rt.evaluate.run import evaluate_detector
+    from crystal_rt.runtime.tiling import Tiling
+
+    annotations = write_synthetic(tmp_path, SynthOptions(count=1, seed=5, size=(256, 320)))
+    data = load_coco(annotations)
+    for model in (tiny.checkpoint, tiny.onnx, tiny.engine_dir):  # type: ignore[attr-defined]
+        with open_model(model, tiling=Tiling("on", tile_size=160)) as detector:
+            _, results = evaluate_detector(detector, data, score_threshold=0.05)
+        assert results[0].windows > 1, model
+        with open_model(model, tiling=Tiling("off")) as detector:
+            _, results = evaluate_detector(detector, data, score_threshold=0.05)
+        assert results[0].windows == 0, model
+    report = tmp_path / "tiled.json"
+    args = [
+        "evaluate",
+        str(tiny.onnx),
+        "--data",
+        str(annotations),
+        "--tile-size",
+        "160",
+        "--json",
+        str(report),
+    ]  # type: ignore[attr-defined]
+    assert main(args) == 0 and report.is_file()

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ..console import console, info, progress
 from ..evaluate.run import evaluate_detector, open_model
-from .options import add_score_threshold, add_stages, report_file
+from .options import add_score_threshold, add_stages, add_tiling, report_file, tiling_from_args
 
 
 def add_parser(sub: Any) -> None:
@@ -32,6 +32,7 @@ def add_parser(sub: Any) -> None:
     add_score_threshold(p, "operating threshold, in [0, 1] (default: the model's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     add_stages(p)
+    add_tiling(p)
     p.set_defaults(run=run)
 
 
@@ -47,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io.writers import atomic_write_bytes
 
     dataset = load_coco(args.data, args.images)
-    with open_model(args.model, threads=args.threads, stages=args.stages) as detector, progress() as bar:
+    tiling = tiling_from_args(args)
+    with (
+        open_model(args.model, threads=args.threads, stages=args.stages, tiling=tiling) as detector,
+        progress() as bar,
+    ):
         task = bar.add_task("evaluating", total=len(dataset))
         report, _ = evaluate_detector(
             detector, dataset, score_threshold=args.score_threshold, on_image=lambda: bar.advance(task)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ..results.detection import DetectionResult
     from ..runtime.detector import Detector
     from ..runtime.pipeline import StagePolicy
+    from ..runtime.tiling import Tiling
     from .metrics import EvaluationReport
 
 # Detections down to this score are kept for the AP metrics (the operating threshold is separate).
@@ -24,22 +25,31 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 def open_model(
-    model: str | os.PathLike[str], *, threads: int | None = None, stages: StagePolicy = "auto"
+    model: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    stages: StagePolicy = "auto",
+    tiling: Tiling | None = None,
 ) -> Detector:
     """An engine (folder, manifest, prefix), a core ONNX, or a PyTorch checkpoint, as a Detector
-    (``stages`` matters for engines with device stages: TensorRT)."""
+    (``stages`` matters for engines with device stages: TensorRT; ``tiling`` detects in tiles at
+    the engine's scale, as ``detect --tiles`` does)."""
     from ..runtime.detector import Detector
 
     path = Path(model)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         from ..models.reference import detector_from_checkpoint
 
-        return detector_from_checkpoint(path)
-    if path.suffix.lower() == ".onnx" and not path.with_suffix(MANIFEST_SUFFIX).exists():
+        detector = detector_from_checkpoint(path)
+    elif path.suffix.lower() == ".onnx" and not path.with_suffix(MANIFEST_SUFFIX).exists():
         if not path.is_file():
             raise InvalidModel("model file not found", path=path)
-        return Detector.from_onnx(path, threads=threads)
-    return Detector.load(path, threads=threads, stages=stages)
+        detector = Detector.from_onnx(path, threads=threads)
+    else:
+        return Detector.load(path, threads=threads, stages=stages, tiling=tiling)
+    if tiling is not None and tiling.mode != "off":
+        detector.tiling = tiling
+    return detector
 
 
 def detect_dataset(
