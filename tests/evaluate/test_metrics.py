@@ -493,3 +493,15 @@ def test_truth_instance_is_constructible_directly() -> None:
     report = evaluate([truth], [_result([_pred(A, 0.9)])], NAMES)
     assert report.map50 == pytest.approx(1.0)
     assert report.coco_segm_ap == pytest.approx(1.0)
+
+
+def test_matched_truths_is_the_greedy_match() -> None:
+    """Each prediction takes the best unmatched truth of its label at IoU >= t; greedy_match is that."""
+    from crystal_rt.evaluate.matching import greedy_match, matched_truths
+
+    ious = np.array([[0.9, 0.6, 0.0], [0.8, 0.7, 0.0], [0.0, 0.0, 0.4], [0.95, 0.0, 0.0]])
+    preds, truths = np.array([1, 1, 1, 2]), np.array([1, 1, 1])
+    match = matched_truths(ious, preds, truths, 0.5)
+    assert match.tolist() == [0, 1, -1, -1]  # the third is below t, the fourth has another label
+    assert (greedy_match(ious, preds, truths, 0.5) == (match >= 0)).all()
+    assert matched_truths(np.zeros((0, 2)), preds[:0], truths[:2], 0.5).tolist() == []

@@ -13,7 +13,7 @@ import numpy as np
 from ..results.detection import DetectionResult, InstanceMask
 from .truth import ImageTruth
 
-__all__ = ["ImageMatches", "bool_crop", "greedy_match", "mask_iou_matrix", "match_image"]
+__all__ = ["ImageMatches", "bool_crop", "greedy_match", "mask_iou_matrix", "match_image", "matched_truths"]
 
 
 def mask_iou_matrix(preds: Sequence[InstanceMask], truths: Sequence[InstanceMask]) -> np.ndarray:
@@ -60,10 +60,17 @@ def greedy_match(
     Matterport's ``compute_matches``: each prediction looks at the unmatched truths by decreasing
     IoU, stops at the first below ``iou_threshold`` and takes the first with its label.
     """
+    return matched_truths(ious, pred_labels, truth_labels, iou_threshold) >= 0
+
+
+def matched_truths(
+    ious: np.ndarray, pred_labels: np.ndarray, truth_labels: np.ndarray, iou_threshold: float
+) -> np.ndarray:
+    """:func:`greedy_match`'s matching as the truth index each prediction took (-1: none)."""
     num_pred, num_truth = ious.shape
-    tp = np.zeros(num_pred, dtype=bool)
+    match = np.full(num_pred, -1, dtype=np.int64)
     if num_pred == 0 or num_truth == 0:
-        return tp
+        return match
     taken = np.zeros(num_truth, dtype=bool)
     order = np.argsort(-ious, axis=1, kind="stable")
     for i in range(num_pred):
@@ -74,9 +81,9 @@ def greedy_match(
             if taken[j] or pred_labels[i] != truth_labels[j]:
                 continue
             taken[j] = True
-            tp[i] = True
+            match[i] = j
             break
-    return tp
+    return match
 
 
 @dataclass
