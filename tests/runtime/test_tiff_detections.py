@@ -99,8 +99,8 @@ def test_min_is_white_and_palette_tiffs_give_the_jpeg_detections(demo: Any, jpeg
         result = demo.detect(data)
         _check_same(demo.detect(same), result, demo.score_threshold, iou=0.999)
         report = compare_results(reference, result, score_threshold=demo.score_threshold, max_detections=1000)
-        # The gray is not the colour picture, only close to it: a detection whose score sits at the
-        # threshold may be kept on one side only (borderline); every other one must be matched.
-        assert report.matched + report.borderline >= len(reference.instances)
-        assert abs(len(reference.instances) - len(result.instances)) <= report.borderline
+        # The gray is not the colour picture, only close to it: one detection near the threshold
+        # may be kept on one side only (with the shipped model one of 10 at 0.90 swaps for
+        # another at 0.903); every other one must be matched.
         assert report.matched >= len(reference.instances) - 1
+        assert len(result.instances) - report.matched <= 1
