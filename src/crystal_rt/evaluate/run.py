@@ -46,9 +46,8 @@ def open_model(
             raise InvalidModel("model file not found", path=path)
         detector = Detector.from_onnx(path, threads=threads)
     else:
-        return Detector.load(path, threads=threads, stages=stages, tiling=tiling)
-    if tiling is not None and tiling.mode != "off":
-        detector.tiling = tiling
+        detector = Detector.load(path, threads=threads, stages=stages)
+    detector.tiling = None if tiling is None or tiling.mode == "off" else tiling
     return detector
 
 
