@@ -1,8 +1,8 @@
 """ONNX Runtime INT8 vs FP32 on the CPU, end to end, with the shipped demo model, in one run.
 
 Builds both engines from ``crystal_rt/assets/crystals.onnx``: FP32 with ``build_engine``, INT8
-with ``calibrate`` (ONNX Runtime static QDQ) on synthetic drops, the accuracy measured on the
-demo model's validation set (30 drops, seed 2, as scripts/make_demo_model.sh makes it). Then
+with ``calibrate`` (ONNX Runtime static QDQ) on 32 synthetic drops (seed 1), the accuracy
+measured on 30 other drops (seed 2), both from the default generator (``crystal-rt synth``). Then
 ``Detector.detect`` (decode, CLAHE, letterbox, engine, paste) on the real drop images, FP32 and
 INT8 alternating run by run (ABAB); medians of the same run. Target: INT8 end-to-end <= 0.6x FP32
 with a mAP@0.50 drop <= 0.01. Reports, never asserts.
