@@ -41,19 +41,16 @@ def bucket_names(edges: list[float]) -> list[str]:
 def score(detector: Any, dataset: Any, edges: list[float]) -> dict[str, Any]:
     """mAP and precision/recall from evaluate, and recall per engine-scale size bucket."""
     from crystal_rt.evaluate.matching import mask_iou_matrix, matched_truths
-    from crystal_rt.evaluate.run import evaluate_detector
-    from crystal_rt.evaluate.truth import truth_from_masks
+    from crystal_rt.evaluate.run import score_detector
 
-    report, results = evaluate_detector(detector, dataset)
+    report, results, image_truths = score_detector(detector, dataset)
     size = detector.preprocess.input_size
     names = bucket_names(edges)
     truths = {name: 0 for name in names}
     found: dict[float, dict[str, int]] = {t: {name: 0 for name in names} for t in (0.5, 0.65)}
-    for image, result in zip(dataset.images, results, strict=True):
-        masks, labels, crowd = dataset.masks(image.id)
-        truth = truth_from_masks(image.id, image.file_name, masks, labels, crowd)
+    for truth, result in zip(image_truths, results, strict=True):
         gts = [g for g in truth.instances if not g.iscrowd]
-        scale = size / max(image.height, image.width)
+        scale = size / max(truth.height, truth.width)
         sides = [max(g.mask.crop.shape) * scale for g in gts]
         where = [names[int(np.searchsorted(edges, s, side="right"))] for s in sides]
         for name in where:

@@ -78,8 +78,7 @@ def with_nms_iou(model: Path, iou: float, folder: Path) -> Path:
 def analyse(model: Path, datasets: list[Any], edges: list[int]) -> dict[str, Any]:
     from crystal_rt.evaluate.ap import average_precision
     from crystal_rt.evaluate.matching import mask_iou_matrix, match_image, matched_truths
-    from crystal_rt.evaluate.run import evaluate_detector, open_model
-    from crystal_rt.evaluate.truth import truth_from_masks
+    from crystal_rt.evaluate.run import open_model, score_detector
 
     names = group_names(edges)
     groups: dict[str, dict[str, list[float]]] = {n: {"ap50": [], "ap65": []} for n in names}
@@ -90,11 +89,9 @@ def analyse(model: Path, datasets: list[Any], edges: list[int]) -> dict[str, Any
     with open_model(str(model)) as detector:
         threshold = detector.score_threshold
         for dataset in datasets:
-            report, results = evaluate_detector(detector, dataset)
+            report, results, truths = score_detector(detector, dataset)
             maps.append((report.map50, report.map65))
-            for image, result in zip(dataset.images, results, strict=True):
-                masks, labels, crowd = dataset.masks(image.id)
-                truth = truth_from_masks(image.id, image.file_name, masks, labels, crowd)
+            for truth, result in zip(truths, results, strict=True):
                 gts = [g for g in truth.instances if not g.iscrowd]
                 if not gts:
                     continue

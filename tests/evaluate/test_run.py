@@ -90,3 +90,23 @@ def test_every_model_kind_evaluates_in_tiles(tiny: object, tmp_path: Path) -> No
         str(report),
     ]  # type: ignore[attr-defined]
     assert main(args) == 0 and report.is_file()
+
+
+def test_score_detector_returns_the_truth_it_scored(tiny: object, tmp_path: Path) -> None:
+    """``score_detector`` gives evaluate_detector's report and results, and the ground truth per image
+    in the same order (what benchmarks/by_size.py and misses.py look at instance by instance)."""
+    from crystal_rt.data.coco import load_coco
+    from crystal_rt.data.synth_writer import SynthOptions, write_synthetic
+    from crystal_rt.evaluate.run import evaluate_detector, score_detector
+
+    data = load_coco(write_synthetic(tmp_path, SynthOptions(count=2, seed=5, size=(256, 320))))
+    with open_model(tiny.onnx) as detector:  # type: ignore[attr-defined]
+        report, results, truths = score_detector(detector, data, score_threshold=0.05)
+        again, _ = evaluate_detector(detector, data, score_threshold=0.05)
+    assert report.to_dict()["map50"] == again.to_dict()["map50"]
+    assert [t.image_id for t in truths] == [im.id for im in data.images]
+    for truth, result, image in zip(truths, results, data.images, strict=True):
+        assert (truth.height, truth.width) == (result.height, result.width) == (image.height, image.width)
+        masks, _, _ = data.masks(image.id)
+        assert len(truth.instances) == int(np.count_nonzero(np.asarray(masks).reshape(len(masks), -1).any(1)))
+    assert report.num_truth == sum(len(t.instances) for t in truths)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..runtime.pipeline import StagePolicy
     from ..runtime.tiling import Tiling
     from .metrics import EvaluationReport
+    from .truth import ImageTruth
 
 # Detections down to this score are kept for the AP metrics (the operating threshold is separate).
 AP_SCORE_THRESHOLD = 0.05
@@ -77,6 +78,22 @@ def evaluate_detector(
     on_image: Callable[[], None] | None = None,
 ) -> tuple[EvaluationReport, list[DetectionResult]]:
     """Detect every image (at the AP threshold) and score against the dataset's masks."""
+    report, results, _ = score_detector(
+        detector, dataset, image_ids, score_threshold=score_threshold, on_image=on_image
+    )
+    return report, results
+
+
+def score_detector(
+    detector: Detector,
+    dataset: CocoDataset,
+    image_ids: Sequence[int] | None = None,
+    *,
+    score_threshold: float | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> tuple[EvaluationReport, list[DetectionResult], list[ImageTruth]]:
+    """:func:`evaluate_detector`, also returning the ground truth it scored against (in the same
+    order as the results), for analyses that look at each instance (``benchmarks/by_size.py``)."""
     from .metrics import evaluate, truth_from_masks
 
     ids = list(image_ids) if image_ids is not None else [im.id for im in dataset.images]
@@ -88,7 +105,7 @@ def evaluate_detector(
         truths.append(truth_from_masks(image_id, dataset.image(image_id).file_name, masks, labels, crowd))
     threshold = detector.score_threshold if score_threshold is None else score_threshold
     report = evaluate(truths, results, dataset.class_names, score_threshold=threshold)
-    return report, results
+    return report, results, truths
 
 
 def label_map(model_names: Sequence[str], dataset_names: Sequence[str]) -> dict[int, int]:
