@@ -77,7 +77,7 @@ def with_nms_iou(model: Path, iou: float, folder: Path) -> Path:
 
 def analyse(model: Path, datasets: list[Any], edges: list[int]) -> dict[str, Any]:
     from crystal_rt.evaluate.ap import average_precision
-    from crystal_rt.evaluate.matching import mask_iou_matrix, match_image, matched_truths
+    from crystal_rt.evaluate.matching import greedy_match, mask_iou_matrix, matched_truths
     from crystal_rt.evaluate.run import open_model, score_detector
 
     names = group_names(edges)
@@ -96,15 +96,15 @@ def analyse(model: Path, datasets: list[Any], edges: list[int]) -> dict[str, Any
                 if not gts:
                     continue
                 num_truth += len(gts)
-                m = match_image(truth, result, (0.5, 0.65))
-                group = names[int(np.searchsorted(edges, len(gts), side="left"))]
-                groups[group]["ap50"].append(average_precision(m.tp[0.5], len(gts)))
-                groups[group]["ap65"].append(average_precision(m.tp[0.65], len(gts)))
-                preds = sorted(result.instances, key=lambda i: -i.score)
+                preds = sorted(result.instances, key=lambda i: -i.score)  # as evaluate orders them
                 ious = mask_iou_matrix([p.mask for p in preds], [g.mask for g in gts])
                 kept = np.array([p.score >= threshold for p in preds], dtype=bool)
                 pred_labels = np.array([p.label for p in preds], dtype=np.int64)
                 truth_labels = np.array([g.label for g in gts], dtype=np.int64)
+                group = names[int(np.searchsorted(edges, len(gts), side="left"))]
+                for t, key in ((0.5, "ap50"), (0.65, "ap65")):
+                    tp = greedy_match(ious, pred_labels, truth_labels, t)
+                    groups[group][key].append(average_precision(tp, len(gts)))
                 hits = matched_truths(ious[kept], pred_labels[kept], truth_labels, 0.5)
                 found = {int(j) for j in hits if j >= 0}
                 for j in range(len(gts)):
