@@ -194,6 +194,63 @@ def test_python_models_reproduce_the_detector(repo: Path, detector: Any, monkeyp
     assert got["instances"] == want["instances"] and (got["width"], got["height"]) == (200, 150)
 
 
+@pytest.fixture(scope="module")
+def resize_paste_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded tiny model on a CHiMP-shaped recipe (stretch, CLAHE after the resize, the model's
+    transform, masks pasted at the resized size: ``paste_at="resize"``) and a non-square input."""
+    torch = pytest.importorskip("torch")
+    from crystal_rt.build.engine import build_engine
+    from crystal_rt.export.onnx_export import export_core_onnx
+    from crystal_rt.models.maskrcnn import build_maskrcnn, load_checkpoint, save_checkpoint
+    from crystal_rt.spec import ModelSpec, PreprocessSpec
+
+    root = tmp_path_factory.mktemp("resize-paste")
+    torch.manual_seed(1)
+    pre = PreprocessSpec.chimp(input_size=(180, 240), min_size=160, max_size=224)
+    assert pre.paste_at == "resize" and pre.input_hw[0] != pre.input_hw[1]
+    options = {"rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100}
+    model = build_maskrcnn("maskrcnn_resnet18_fpn", 2, preprocess=pre, max_detections=20, **options)
+    spec = ModelSpec(arch="maskrcnn_resnet18_fpn", num_classes=2, max_detections=20)
+    checkpoint = save_checkpoint(root / "m.pt", model, spec, pre, model_kwargs=options)
+    result = export_core_onnx(load_checkpoint(checkpoint), root / "m.onnx", validate=False)
+    build_engine(result.path, root / "engine")
+    return root / "engine"
+
+
+def _run_repository(repo: Path, name: str, data: bytes, threshold: float) -> dict[str, Any]:
+    """One image through the repository's pre model, its core ONNX on ONNX Runtime and its post model."""
+    import onnxruntime as ort
+
+    params = {"parameters": {"score_threshold": {"string_value": str(threshold)}}}
+    pre = _load_model(repo, f"{name}_pre", {})
+    post = _load_model(repo, f"{name}_post", params)
+    core_onnx = repo / f"{name}_core" / "1" / "model.onnx"
+    session = ort.InferenceSession(str(core_onnx), providers=["CPUExecutionProvider"])
+    [first] = pre.execute([_Request(IMAGE=np.array([data], dtype=np.object_))])
+    outputs = session.run(None, {"images": first.outputs["images"]})
+    core = dict(zip(("boxes", "scores", "labels", "masks"), outputs, strict=True))
+    [answer] = post.execute([_Request(**core, META=first.outputs["META"])])
+    result: dict[str, Any] = json.loads(answer.outputs["RESULT"][0])
+    return result
+
+
+def test_resize_paste_recipe_keeps_its_masks(
+    resize_paste_engine: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A ``paste_at="resize"`` recipe through the repository answers what Detector.detect answers,
+    masks included (the META once dropped the resized size, and every mask came back empty)."""
+    from crystal_rt import Detector
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    repo = export_triton(resize_paste_engine, tmp_path / "repo", name="chimpish")
+    data = png_bytes(make_drop(5, 210, 260).image)
+    got = _run_repository(repo, "chimpish", data, LOW_THRESHOLD)
+    with Detector.load(resize_paste_engine, score_threshold=LOW_THRESHOLD) as det:
+        want = det.detect(data).to_dict()
+    assert want["num_instances"] > 0 and all(i["area"] > 0 for i in want["instances"])
+    assert got["instances"] == want["instances"] and (got["width"], got["height"]) == (260, 210)
+
+
 def test_export_refuses_to_overwrite_and_cli(repo: Path, tiny: Any, tmp_path: Path) -> None:
     with pytest.raises(CrystalRtError, match="--overwrite"):
         export_triton(tiny.engine_dir, repo)

@@ -20,6 +20,7 @@ score threshold is the ``score_threshold`` parameter of NAME_post's config.pbtxt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineNotFound, InvalidOption, InvalidSpec
-from ..geometry import CORE_INPUT
+from ..geometry import CORE_INPUT, InputMap
 from ..runtime.artifacts import Manifest, resolve_manifest
 from ..spec import ModelSpec, PreprocessSpec
 
@@ -42,14 +43,31 @@ CORE_OUTPUTS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-#: height, width, scale_x, scale_y, ratio_x, ratio_y
-META_SIZE = 6
+#: META: the image's height and width, then every field of its geometry.InputMap in field order
+#: (scale_x, scale_y, new_w, new_h, ratio_x, ratio_y): the post model rebuilds the same map the
+#: detector uses, so a ``paste_at="resize"`` recipe (CHiMP) pastes into the same resized canvas.
+META_FIELDS: tuple[str, ...] = ("height", "width", *(f.name for f in dataclasses.fields(InputMap)))
+META_SIZE = len(META_FIELDS)
+
+
+def encode_meta(height: int, width: int, mapping: InputMap) -> Any:
+    """META (float64 [META_SIZE]) for an image of ``height x width`` mapped by ``mapping``."""
+    return np.array([height, width, *dataclasses.astuple(mapping)], dtype=np.float64)
+
+
+def decode_meta(meta: Any) -> tuple[int, int, InputMap]:
+    """``(height, width, mapping)`` back from :func:`encode_meta`'s array."""
+    values = [float(v) for v in np.asarray(meta, dtype=np.float64).reshape(-1)]
+    if len(values) != META_SIZE:
+        raise InvalidSpec(f"META has {len(values)} values, expected {META_SIZE} ({', '.join(META_FIELDS)})")
+    sx, sy, new_w, new_h, rx, ry = values[2:]
+    return int(values[0]), int(values[1]), InputMap(sx, sy, int(new_w), int(new_h), rx, ry)
 
 
 # --- the logic the python-backend models run (kept here, so that it is tested without Triton) --
 def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, max_pixels: int, name: str = "<request>") -> Any:
     """``(images [1, 3, H, W] float32, meta float64 [META_SIZE])`` for encoded image bytes: meta is
-    height, width and the recipe's map back (scale_x, scale_y, ratio_x, ratio_y; geometry.InputMap)."""
+    height, width and the recipe's whole map back (:func:`encode_meta`)."""
     from ..io.decode import read_image_info
     from ..runtime.bit_depth import full_range
     from ..runtime.preprocess import check_image, preprocess
@@ -57,9 +75,7 @@ def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, max_pixels: int, name
     pixels = full_range(read_image_info(data, max_pixels=max_pixels, name=name))
     check_image(pixels, name)
     pre = preprocess(pixels, spec)
-    m = pre.mapping
-    meta = np.array([pre.height, pre.width, m.scale_x, m.scale_y, m.ratio_x, m.ratio_y], dtype=np.float64)
-    return pre.tensor, meta
+    return pre.tensor, encode_meta(pre.height, pre.width, pre.mapping)
 
 
 def result_json(
@@ -71,13 +87,11 @@ def result_json(
     paste_at: str = "image",
 ) -> str:
     """The detection result JSON for the core outputs (boxes, scores, labels, masks) and the meta."""
-    from ..geometry import InputMap
     from ..results.detection import DetectionResult
     from ..runtime.backends.base import CoreOutputs
     from ..runtime.postprocess import postprocess
 
-    height, width = int(meta[0]), int(meta[1])
-    mapping = InputMap(float(meta[2]), float(meta[3]), 0, 0, float(meta[4]), float(meta[5]))
+    height, width, mapping = decode_meta(meta)
     instances = postprocess(
         CoreOutputs(*outputs),
         scale=mapping,
