@@ -101,6 +101,29 @@ def test_a_provider_that_cannot_load_is_named(ort_engines: dict[str, Path], tmp_
         build_engine(demo_model(), tmp_path / "f", backend="onnxruntime-trt")
 
 
+def test_pip_cuda_libraries_are_preloaded_and_missing_ones_named(
+    ort_engines: dict[str, Path], tmp_path: Path
+) -> None:
+    """The gpu-cu* extras bring CUDA and cuDNN as pip wheels, which onnxruntime-gpu finds only after
+    onnxruntime.preload_dlls(); without it the CUDA provider falls back to the CPU (and crystal-rt
+    refuses). crystal-rt preloads once; where the libraries are not there at all, it names one."""
+    from crystal_rt.assets import demo_model
+    from crystal_rt.cuda import binding
+
+    cuda_only = {"tensorrt": False, "onnxruntime_providers": ("CUDAExecutionProvider",)}
+    with simulated_gpu(**cuda_only), Detector.load(ort_engines["onnxruntime-cuda"]) as det:  # type: ignore[arg-type]
+        assert det.backend.name == "onnxruntime-cuda" and binding.onnxruntime_gpu().preloaded
+        assert choose_backend("auto")[0] == "onnxruntime-cuda"
+    with simulated_gpu(**cuda_only, cuda_libraries="missing"):  # type: ignore[arg-type]
+        with pytest.raises(BackendUnavailable, match=r"libcudnn\.so\.9 is missing"):
+            Detector.load(ort_engines["onnxruntime-cuda"])
+        backend, reason = choose_backend("auto")
+        assert backend == "onnxruntime" and "libcudnn.so.9 is missing" in reason
+    with simulated_gpu(tensorrt=False, cuda_libraries="system"):  # a system CUDA/cuDNN: no preload needed
+        manifest = build_engine(demo_model(), tmp_path / "sys", backend="onnxruntime-cuda")
+        assert manifest.backend == "onnxruntime-cuda"
+
+
 def test_auto_prefers_tensorrt_then_its_provider_then_cuda_then_cpu() -> None:
     _skip_without_simulation()
     with simulated_gpu():

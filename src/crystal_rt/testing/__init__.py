@@ -96,13 +96,16 @@ def simulated_gpu(
     tensorrt_version: str = SIMULATED_TENSORRT_VERSION,
     onnxruntime_providers: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider"),
     broken_providers: dict[str, str] | None = None,
+    cuda_libraries: str = "pip",
 ) -> Iterator[SimulatedGpu]:
     """Run crystal-rt's GPU path (CUDA kernels, and TensorRT engines unless ``tensorrt=False``) on
     the CPU inside the block; see the module docstring for what it does and does not prove.
 
     ``onnxruntime_providers``: the GPU execution providers of the stand-in onnxruntime-gpu (empty: a
     CPU-only onnxruntime); ``broken_providers``: provider -> the loader message it logs before ONNX
-    Runtime falls back to the CPU (e.g. a missing libcudnn)."""
+    Runtime falls back to the CPU (e.g. a missing libcudnn); ``cuda_libraries``: where onnxruntime-gpu's
+    CUDA and cuDNN libraries are — ``"pip"`` (the nvidia wheels: the providers load only after
+    ``onnxruntime.preload_dlls()``), ``"system"`` (on the loader's path) or ``"missing"``."""
     from .sim_driver import SimulatedDriver
     from .sim_onnxruntime import SimulatedOnnxRuntime
     from .sim_tensorrt import SimulatedTensorRT
@@ -120,7 +123,7 @@ def simulated_gpu(
     if trt is not None:
         modules[binding.TENSORRT] = trt
     modules[binding.ONNXRUNTIME_GPU] = SimulatedOnnxRuntime(
-        driver, onnxruntime_providers, broken_providers or {}
+        driver, onnxruntime_providers, broken_providers or {}, cuda_libraries
     )
     with binding.overridden(modules):
         yield SimulatedGpu(driver, trt)

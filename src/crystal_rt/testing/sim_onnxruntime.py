@@ -12,7 +12,14 @@ installed ``onnxruntime``. A session asked for ``CUDAExecutionProvider`` or
   session, writes the outputs to the bound device memory; then, as ONNX Runtime's ``Run`` does, it
   waits for that stream;
 * a provider listed in ``broken`` does what ONNX Runtime does when a provider's library cannot load:
-  log the loader's message on stderr and fall back to the CPU silently.
+  log the loader's message on stderr and fall back to the CPU silently;
+* where the CUDA and cuDNN libraries are (``cuda_libraries``), as onnxruntime-gpu >= 1.21 finds them:
+  ``"pip"`` (the default, as the ``gpu-cu*`` extras install them: the ``nvidia-*`` wheels, which the
+  dynamic loader does not search) — a GPU provider loads only after ``preload_dlls()`` was called, and
+  before that logs ``libcudnn.so.9: cannot open shared object file`` and falls back to the CPU, as the
+  real provider bridge does; ``"system"`` (on the loader's path: a system CUDA/cuDNN install) — it always
+  loads; ``"missing"`` — ``preload_dlls()`` prints ``Failed to load ...`` for each (it prints, it does
+  not raise) and the provider never loads.
 
 What it cannot prove: ONNX Runtime's GPU kernels and their numerics, the TensorRT provider's engine
 builds and cache, memory use, timing.
@@ -21,6 +28,7 @@ builds and cache, memory use, timing.
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +38,13 @@ if TYPE_CHECKING:
     from .sim_driver import SimulatedDriver
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CUDA_LIBRARIES = ("pip", "system", "missing")
+#: what onnxruntime-gpu 1.32's provider bridge logs when cuDNN is not found (the first library it needs)
+_NOT_FOUND = (
+    "[E:onnxruntime:Default, provider_bridge_ort.cc:2195 TryGetProviderInfo_CUDA] Failed to load library "
+    "libonnxruntime_providers_cuda.so with error: libcudnn.so.9: cannot open shared object file: "
+    "No such file or directory"
+)
 
 
 class _Binding:
@@ -126,7 +141,15 @@ class _GpuSession:
 class SimulatedOnnxRuntime(ModuleType):
     """Module-like: the installed onnxruntime, with simulated GPU providers."""
 
-    def __init__(self, driver: SimulatedDriver, providers: tuple[str, ...], broken: dict[str, str]) -> None:
+    def __init__(
+        self,
+        driver: SimulatedDriver,
+        providers: tuple[str, ...],
+        broken: dict[str, str],
+        cuda_libraries: str = "pip",
+    ) -> None:
+        if cuda_libraries not in CUDA_LIBRARIES:
+            raise ValueError(f"cuda_libraries must be one of {CUDA_LIBRARIES}, not {cuda_libraries!r}")
         super().__init__("onnxruntime")
         import onnxruntime as real
 
@@ -134,8 +157,24 @@ class SimulatedOnnxRuntime(ModuleType):
         self._driver = driver
         self._providers = tuple(p for p in providers if p in GPU_PROVIDERS)
         self._broken = dict(broken)
+        self._libraries = cuda_libraries
+        self.preloaded = False
         self.__version__ = real.__version__
         self.__file__ = "<crystal-rt simulated onnxruntime-gpu>"
+
+    def preload_dlls(
+        self, cuda: bool = True, cudnn: bool = True, msvc: bool = True, directory: str | None = None
+    ) -> None:
+        """onnxruntime.preload_dlls: loads the nvidia wheels' CUDA and cuDNN libraries into the process."""
+        if self._libraries == "missing":
+            for name in ("libcudart.so.13", "libcublas.so.13", "libcudnn.so.9"):
+                error = f"{name}: cannot open shared object file: No such file or directory"
+                sys.stdout.write(f"Failed to load {name}: {error}\n")  # the real one print()s
+            return
+        self.preloaded = True
+
+    def _libraries_found(self) -> bool:
+        return self._libraries == "system" or (self._libraries == "pip" and self.preloaded)
 
     def get_available_providers(self) -> list[str]:
         return [
@@ -159,8 +198,9 @@ class SimulatedOnnxRuntime(ModuleType):
         name = gpu[0][0]
         if name not in self._providers:
             raise ValueError(f"{name} is not in available provider names")
-        if name in self._broken:
-            os.write(2, (self._broken[name] + "\n").encode())  # ONNX Runtime logs it, then uses the CPU
+        broken = self._broken.get(name) or (None if self._libraries_found() else _NOT_FOUND)
+        if broken is not None:
+            os.write(2, (broken + "\n").encode())  # ONNX Runtime logs it, then uses the CPU
             return self._real.InferenceSession(
                 path_or_bytes, sess_options=sess_options, providers=cpu_only, **kw
             )

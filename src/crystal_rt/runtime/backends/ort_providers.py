@@ -7,12 +7,20 @@ the CPU**. ``probe(provider)`` creates a one-node session with the provider, che
 really uses it, and returns the loader's complaint (the missing library named) otherwise.
 ``session(...)`` creates a session and refuses, in one sentence, one that fell back.
 
+The ``gpu-cu*`` extras install CUDA and cuDNN as pip wheels (``onnxruntime-gpu[cuda,cudnn]``), which
+the dynamic loader does not search: ONNX Runtime (>= 1.21) finds them only after
+``onnxruntime.preload_dlls()``, which nothing calls for you (microsoft/onnxruntime#25609). Before the
+first GPU session of a process :func:`preload` calls it once, and keeps the libraries it could not load
+to name them if a provider still fails.
+
 All ONNX Runtime access for the GPU providers goes through :func:`crystal_rt.cuda.binding.onnxruntime_gpu`,
 where the simulated GPU puts its stand-in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import tempfile
@@ -29,10 +37,32 @@ TRT_EP = "TensorrtExecutionProvider"
 PROVIDER_OF = {"onnxruntime-cuda": CUDA_EP, "onnxruntime-trt": TRT_EP}
 
 _MISSING_LIB = re.compile(r"(lib[\w.+-]+\.so[\d.]*): cannot open shared object file")
+#: what ``preload_dlls`` prints for a library it could not load (it prints, it does not raise)
+_PRELOAD_FAILED = re.compile(r"Failed to load (\S+?):? ")
+
+#: onnxruntime module -> the lines preload_dlls printed (once per module: the simulated GPU has its own)
+_PRELOADED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _ort() -> Any:
     return onnxruntime_gpu()
+
+
+def preload(ort: Any) -> str:
+    """Call ``ort.preload_dlls()`` once for this onnxruntime module (before its first GPU session) so the
+    pip wheels' CUDA and cuDNN libraries are found; returns what it printed ("" where it printed
+    nothing, or where this onnxruntime is older than 1.21 and has no ``preload_dlls``)."""
+    if ort in _PRELOADED:
+        return _PRELOADED[ort]
+    printed = ""
+    function = getattr(ort, "preload_dlls", None)
+    if callable(function):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            made, log = _capture_stderr(function)
+        printed = out.getvalue() + log + (f"{made}\n" if isinstance(made, Exception) else "")
+    _PRELOADED[ort] = printed
+    return printed
 
 
 def _tiny_model() -> bytes:
@@ -88,8 +118,8 @@ def _capture_stderr(fn: Any) -> tuple[Any, str]:
         return result, sink.read().decode(errors="replace")
 
 
-def _reason(provider: str, log: str, error: Exception | None = None) -> str:
-    missing = _MISSING_LIB.findall(log)
+def _reason(provider: str, log: str, error: Exception | None = None, preloaded: str = "") -> str:
+    missing = _MISSING_LIB.findall(log) or _PRELOAD_FAILED.findall(preloaded)
     if missing:
         extra = "gpu-cu12" if any(".so.12" in m or "cu12" in m for m in missing) else "gpu-cu13"
         return (
@@ -126,6 +156,7 @@ def _probe(ort: Any, provider: str) -> tuple[bool, str]:
             f"this onnxruntime ({version}) has no {provider}: install onnxruntime-gpu instead of "
             'onnxruntime (pip install "crystal-rt[gpu-cu13]", or gpu-cu12 for a CUDA 12 driver)'
         )
+    preloaded = preload(ort)
     model = _tiny_model()
 
     def make() -> Any:
@@ -133,9 +164,9 @@ def _probe(ort: Any, provider: str) -> tuple[bool, str]:
 
     made, log = _capture_stderr(make)
     if isinstance(made, Exception):
-        return False, _reason(provider, log, made)
+        return False, _reason(provider, log, made, preloaded)
     if provider not in made.get_providers():
-        return False, _reason(provider, log)
+        return False, _reason(provider, log, preloaded=preloaded)
     return True, f"{provider} loads"
 
 
@@ -146,6 +177,7 @@ def session(
 
     ort = _ort()
     wanted = providers[0][0]
+    preloaded = preload(ort)
 
     def make() -> Any:
         return ort.InferenceSession(
@@ -156,10 +188,10 @@ def session(
     if isinstance(made, Exception):
         text = str(made).strip().splitlines()[0] if str(made).strip() else type(made).__name__
         if _MISSING_LIB.search(log) or "provider" in text.lower():
-            raise BackendUnavailable(f"{what}: {_reason(wanted, log, made)}", path=path) from made
+            raise BackendUnavailable(f"{what}: {_reason(wanted, log, made, preloaded)}", path=path) from made
         raise InvalidModel(f"ONNX Runtime cannot load this model: {text[:300]}", path=path) from made
     if wanted not in made.get_providers():
-        raise BackendUnavailable(f"{what}: {_reason(wanted, log)}", path=path)
+        raise BackendUnavailable(f"{what}: {_reason(wanted, log, preloaded=preloaded)}", path=path)
     return made
 
 
