@@ -109,7 +109,7 @@ class CoreMaskRCNN(nn.Module):
         k = self.max_detections
         # Concatenate K padding rows and keep the first K: no Pad of dynamic size. The final reshape
         # to constant dims makes every output shape static in the graph (TensorRT then needs no
-        # output allocator, and the engine can be captured in a CUDA graph).
+        # output allocator; NonZero/NMS inside still keep the engine out of CUDA graphs).
         boxes = torch.cat([det["boxes"], det["boxes"].new_zeros((k, 4))])[:k].reshape(k, 4)
         scores = torch.cat([det["scores"], det["scores"].new_zeros((k,))])[:k].reshape(k)
         labels = torch.cat([det["labels"], det["labels"].new_zeros((k,))])[:k].reshape(k)

@@ -7,7 +7,8 @@
   the plan is deserialized, so a plan loads in a process that never built one.
 * On an integrated GPU (Jetson) the contexts share one activation memory (``USER_MANAGED``) and take
   turns (``engine_turn``), since there device memory is the system's.
-* Not done: CUDA-graph capture (the static output shapes would allow it).
+* No CUDA-graph capture: the engine's NonZero and NonMaxSuppression layers have data-dependent shapes
+  inside (its outputs are static, which is not enough).
 
 Checked on the simulated GPU (:func:`crystal_rt.testing.simulated_gpu`: host code, buffers, stream
 order, the kernels; the engine stage on ONNX Runtime). UNVERIFIED on a real GPU and TensorRT.
