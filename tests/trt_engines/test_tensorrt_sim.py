@@ -98,7 +98,7 @@ def test_ptx_the_driver_cannot_load_is_explained(monkeypatch: pytest.MonkeyPatch
     from crystal_rt.cuda.module import Module
 
     monkeypatch.setattr(
-        module, "nvrtc_mismatch", lambda driver, nvrtc, ptx=False: None
+        module, "nvrtc_mismatch", lambda driver, nvrtc, ptx=False, integrated=False: None
     )  # get past the early check
     with simulated_gpu(compute_capability="12.2", driver_version=12060):
         assert build.target_for(build.device_arch()) == "compute_121"

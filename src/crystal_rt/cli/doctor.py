@@ -134,6 +134,7 @@ def nvrtc_against_driver() -> str | None:
     """None where NVRTC can build kernels this driver loads (or either is missing), else the sentence
     naming the extra to install."""
     from ..cuda.build import nvrtc_version
+    from ..cuda.driver import integrated_gpu
     from ..cuda.probe import nvrtc_mismatch, probe
 
     state = probe()
@@ -143,7 +144,7 @@ def nvrtc_against_driver() -> str | None:
         nvrtc = nvrtc_version()
     except Exception:  # no NVRTC: reported on its own row
         return None
-    return nvrtc_mismatch(state.driver_cuda, nvrtc)
+    return nvrtc_mismatch(state.driver_cuda, nvrtc, integrated=integrated_gpu())
 
 
 def _driver_row() -> str:
@@ -151,6 +152,23 @@ def _driver_row() -> str:
 
     state = probe()
     return state.message if state.status != "no_cuda_python" else "not checked (cuda-python is not installed)"
+
+
+def _install_row() -> str:
+    """The install line this machine needs (docs/installs.md's GPU table, from cuda/installs.py)."""
+    from ..cuda.driver import integrated_gpu
+    from ..cuda.installs import target_for
+    from ..cuda.probe import probe
+
+    state = probe()
+    if not state.usable:
+        return 'no usable NVIDIA GPU: pip install "crystal-rt[cpu]" (ONNX Runtime engines)'
+    integrated = integrated_gpu()
+    target = target_for(state.driver_cuda, integrated=integrated)
+    if target is None:
+        kind = "an integrated" if integrated else "a"
+        return f"no install line for {kind} GPU with a CUDA {state.driver_cuda} driver (see docs/installs.md)"
+    return f"{target.machine}: {target.install}"
 
 
 def _nvrtc_row() -> str:
@@ -195,6 +213,7 @@ def machine_rows() -> list[tuple[str, str]]:
             _try(lambda: device.package_version("cuda-python") or device.package_version("cuda-bindings")),
         ),
         ("NVRTC", _try(_nvrtc_row)),
+        ("install for this machine", _try(_install_row)),
         ("OpenCV arithmetic", _try(_arithmetic_row)),
         ("nvcc", _try(_nvcc)),
         ("ModelOpt", _try(_modelopt)),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from ..errors import BackendUnavailable, CudaError
+from ..errors import BackendUnavailable, CrystalRtError, CudaError
 from .binding import driver as binding_driver
 from .probe import probe
 
@@ -79,3 +79,15 @@ def as_stream(obj: Any) -> int:
     except (TypeError, ValueError):
         pass
     raise TypeError(f"cannot use a {type(obj).__name__} as a CUDA stream")
+
+
+def integrated_gpu(device: int = 0) -> bool:
+    """Whether the GPU shares the system's memory (a Jetson): CU_DEVICE_ATTRIBUTE_INTEGRATED; False
+    where it cannot be asked."""
+    try:
+        cu = driver()
+        dev = check(cu.cuDeviceGet(device), "cuDeviceGet")
+        attr = cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_INTEGRATED
+        return bool(check(cu.cuDeviceGetAttribute(attr, dev), "cuDeviceGetAttribute"))
+    except CrystalRtError:
+        return False

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import BackendUnavailable, CudaError
 from .build import compile_kernel, device_arch, nvrtc_version, target_for
-from .driver import as_stream, check, driver, ensure_context
+from .driver import as_stream, check, driver, ensure_context, integrated_gpu
 from .launches import KernelLaunch
 from .probe import nvrtc_mismatch, probe
 
@@ -18,7 +18,12 @@ class Module:
     def __init__(self, name: str, device: int = 0, arch: str | None = None) -> None:
         self.context = ensure_context(device)
         target = target_for(arch if arch is not None else device_arch(device))
-        mismatch = nvrtc_mismatch(probe().driver_cuda, nvrtc_version(), ptx=target.startswith("compute_"))
+        mismatch = nvrtc_mismatch(
+            probe().driver_cuda,
+            nvrtc_version(),
+            ptx=target.startswith("compute_"),
+            integrated=integrated_gpu(device),
+        )
         if mismatch is not None:
             raise BackendUnavailable(mismatch)
         self.compiled = compile_kernel(name, target, device=device)
@@ -63,7 +68,8 @@ def _module_load_error(exc: CudaError, name: str, arch: str) -> CudaError:
 
     nvrtc = nvrtc_version()
     driver_cuda = probe().driver_cuda
-    reason = nvrtc_mismatch(driver_cuda, nvrtc, ptx=arch.startswith("compute_")) or (
+    ptx, integrated = arch.startswith("compute_"), integrated_gpu()
+    reason = nvrtc_mismatch(driver_cuda, nvrtc, ptx=ptx, integrated=integrated) or (
         f"NVRTC {nvrtc[0]}.{nvrtc[1]} built {arch} code that this driver "
         f"(CUDA {driver_cuda[0]}.{driver_cuda[1] if driver_cuda else '?'}) cannot load"
         if driver_cuda

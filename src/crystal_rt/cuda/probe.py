@@ -113,17 +113,29 @@ def _fmt(version: tuple[int, int] | None) -> str:
 
 
 def nvrtc_mismatch(
-    driver_cuda: tuple[int, int] | None, nvrtc: tuple[int, int] | None, *, ptx: bool = False
+    driver_cuda: tuple[int, int] | None,
+    nvrtc: tuple[int, int] | None,
+    *,
+    ptx: bool = False,
+    integrated: bool = False,
 ) -> str | None:
     """One sentence when NVRTC is newer than the driver can take, else None: a newer CUDA major for
-    any image, and for PTX (JIT-compiled by the driver) also a newer minor."""
+    any image, and for PTX (JIT-compiled by the driver) also a newer minor. A newer major names this
+    machine's install line (:mod:`crystal_rt.cuda.installs`; ``integrated``: a Jetson); a newer minor
+    (the install is right, NVRTC is one release ahead) names the NVRTC pin that matches the driver."""
+    from .installs import nvrtc_pin, target_for
+
     if driver_cuda is None or nvrtc is None:
         return None
     if (nvrtc[:2] if ptx else nvrtc[:1]) <= (driver_cuda[:2] if ptx else driver_cuda[:1]):
         return None
-    extra = EXTRA_FOR_MAJOR.get(driver_cuda[0], f"gpu-cu{driver_cuda[0]}")
-    return (
+    head = (
         f"NVRTC is CUDA {_fmt(nvrtc)} but the NVIDIA driver supports CUDA {_fmt(driver_cuda)}, so the "
-        f'kernels it compiles would not load: pip install "crystal-rt[{extra}]" (NVRTC and cuda-python '
-        f"{driver_cuda[0]}.x), or update the driver"
+        "kernels it compiles would not load"
     )
+    if nvrtc[0] == driver_cuda[0]:
+        return f'{head}: pip install "{nvrtc_pin(driver_cuda, integrated=integrated)}", or update the driver'
+    target = target_for(driver_cuda, integrated=integrated)
+    extra = EXTRA_FOR_MAJOR.get(driver_cuda[0], f"gpu-cu{driver_cuda[0]}")
+    line = target.install if target else f'pip install "crystal-rt[{extra}]"'
+    return f"{head}: {line} (NVRTC and cuda-python {driver_cuda[0]}.x), or update the driver"

@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...cuda.driver import check, ensure_context
-from ...cuda.driver import driver as cuda_driver
-from ...errors import CrystalRtError, CudaError, EngineIncompatible, InferenceError
+from ...cuda.driver import ensure_context, integrated_gpu
+from ...errors import CudaError, EngineIncompatible, InferenceError
 from ..artifacts import Manifest
 from ..backends.device import DeviceBackend, DeviceState
 from .modules import load_tensorrt
@@ -97,7 +96,7 @@ class TensorRTBackend(DeviceBackend):
         self._scratch: DeviceBuffer | None = None  # shared activation memory (share_activations)
         self._engine_lock = threading.Lock()  # serialises the contexts that share it
         if share_activations is None:
-            share_activations = _integrated_gpu(device)
+            share_activations = integrated_gpu(device)
         if share_activations and _user_managed_strategy(trt) is not None:
             size = int(
                 getattr(engine, "device_memory_size_v2", 0) or getattr(engine, "device_memory_size", 0)
@@ -152,15 +151,3 @@ def _user_managed_strategy(trt: Any) -> Any:
     """``ExecutionContextAllocationStrategy.USER_MANAGED`` where this TensorRT has it (10.x+), else None."""
     strategies = getattr(trt, "ExecutionContextAllocationStrategy", None)
     return getattr(strategies, "USER_MANAGED", None) if strategies is not None else None
-
-
-def _integrated_gpu(device: int) -> bool:
-    """Whether the GPU shares the system's memory (Jetson): CU_DEVICE_ATTRIBUTE_INTEGRATED."""
-
-    driver = cuda_driver()
-    try:
-        dev = check(driver.cuDeviceGet(device), "cuDeviceGet")
-        attr = driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_INTEGRATED
-        return bool(check(driver.cuDeviceGetAttribute(attr, dev), "cuDeviceGetAttribute"))
-    except CrystalRtError:
-        return False
