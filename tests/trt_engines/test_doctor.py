@@ -145,3 +145,51 @@ def test_doctor_gpu_lists_failing_checks(capsys, monkeypatch, tmp_path) -> None:
     assert not report["ok"] and any(
         c["name"] == "TensorRT" and "not installed" in c["detail"] for c in report["checks"]
     )
+
+
+def test_doctor_gpu_writes_its_report_whatever_fails(capsys, monkeypatch, tmp_path) -> None:
+    """A CUDA error in the kernel half is that check's FAIL: the other images are still checked, the
+    TensorRT half still runs, and the JSON is always written (also when --gpu refuses to start)."""
+    import json
+
+    from crystal_rt.build import gpucheck
+    from crystal_rt.cli.main import main
+    from crystal_rt.testing import simulated_gpu, unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    monkeypatch.setattr(gpucheck, "SYNTHETIC_SHAPES", [(64, 96, False, 8), (40, 33, True, 8)])
+    ran: list[str] = []
+
+    def engine_half(precision: str, *args: object, **kwargs: object) -> list[gpucheck.Check]:
+        ran.append(precision)  # the real engine half is the acceptance test's (above)
+        return [gpucheck.Check(f"build {precision}", True, "stand-in")]
+
+    monkeypatch.setattr(gpucheck, "engine_checks", engine_half)
+    monkeypatch.setenv("COLUMNS", "300")
+    out = tmp_path / "r.json"
+    with simulated_gpu() as gpu:
+        gpu.fail_next("cuLaunchKernel", "CUDA_ERROR_LAUNCH_FAILED")  # the first image's first kernel
+        assert main(["doctor", "--gpu", "--runs", "1", "--json", str(out)]) == 1
+        report = json.loads(out.read_text())
+        checks = {c["name"]: c for c in report["checks"]}
+        clahe = checks["CLAHE on the GPU equals OpenCV"]
+        assert not clahe["ok"] and "CUDA_ERROR_LAUNCH_FAILED" in str(clahe["data"]["differing_pixels"])
+        assert clahe["data"]["differing_pixels"]["synthetic-40x33-rgb8"] == 0  # the next image ran
+        assert checks["mask paste on the GPU equals the CPU"]["ok"] and ran == ["fp32", "fp16"]
+        timing = checks["time: CLAHE 8-bit 2048x2048"]
+        assert report["timing_targets"] == "informational" and timing["data"]["target"] == "informational"
+        out.unlink()
+        gpu.fail_next("cuStreamCreate", "CUDA_ERROR_OUT_OF_MEMORY")  # the kernel half cannot even start
+        assert main(["doctor", "--gpu", "--runs", "1", "--json", str(out)]) == 1
+        checks = {c["name"]: c for c in json.loads(out.read_text())["checks"]}
+        assert "CUDA_ERROR_OUT_OF_MEMORY" in checks["device stages"]["detail"] and ran[-2:] == [
+            "fp32",
+            "fp16",
+        ]
+    capsys.readouterr()
+    out.unlink()
+    with simulated_gpu(driver_version=12060):  # refused before any check: the report says why
+        assert main(["doctor", "--gpu", "--json", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert not report["ok"] and "NVRTC is CUDA 13" in report["checks"][0]["detail"]

@@ -268,21 +268,35 @@ def run(args: argparse.Namespace) -> int:
     console.print(can)
     if not args.gpu:
         return 0
+    import time
+
+    from ..build.gpucheck import Check, load_images, report, run_gpu_checks, synthetic_images
     from ..cuda.probe import probe
+
+    start = time.perf_counter()
+
+    def write_report(checks: list[Check]) -> None:
+        """The JSON report, written on every way out of --gpu (a refusal is a report with one FAIL)."""
+        if not args.json:
+            return
+        import json
+
+        from ..io.writers import atomic_write_bytes
+
+        data = report(checks, time.perf_counter() - start)
+        atomic_write_bytes(args.json, (json.dumps(data, indent=2) + "\n").encode())
+        info(f"wrote {escape(str(args.json))}")
 
     state = probe()
     if not state.usable:
         err_console.print(f"doctor --gpu: {state.message}; nothing to check", highlight=False, soft_wrap=True)
+        write_report([Check("NVIDIA GPU", False, state.message)])
         return NO_GPU_EXIT if not state.present else 1
     mismatch = nvrtc_against_driver()
     if mismatch is not None:
         err_console.print(f"doctor --gpu: {escape(mismatch)}", highlight=False, soft_wrap=True)
+        write_report([Check("NVRTC against the driver", False, mismatch)])
         return 1
-    import time
-
-    from ..build.gpucheck import load_images, report, run_gpu_checks, synthetic_images
-
-    start = time.perf_counter()
     images = load_images(args.images) + synthetic_images()
     checks = run_gpu_checks(images, info, runs=args.runs, int8_graph=args.int8)
     result = Table(title="GPU checks")
@@ -294,14 +308,7 @@ def run(args: argparse.Namespace) -> int:
             escape(check.name), "[green]pass[/]" if check.ok else "[red]FAIL[/]", escape(check.detail)
         )
     console.print(result)
-    data = report(checks, time.perf_counter() - start)
-    if args.json:
-        import json
-
-        from ..io.writers import atomic_write_bytes
-
-        atomic_write_bytes(args.json, (json.dumps(data, indent=2) + "\n").encode())
-        info(f"wrote {args.json}")
+    write_report(checks)
     failed = [c.name for c in checks if not c.ok]
     if failed:
         err_console.print(
