@@ -233,3 +233,40 @@ def test_recipes_the_kernels_do_not_compute_run_engine_and_paste_on_the_device(
             assert_same(gpu, cpu)
     assert "crt_paste_masks" in sim_gpu.kernels_launched()
     assert "crt_letterbox_normalize_u8" not in sim_gpu.kernels_launched()
+
+
+def test_first_image_times_no_compile_or_module_load(
+    sim_gpu, demo_trt_engine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first image on a thread compiles (NVRTC) and loads the kernel modules: that happens before a
+    stage's CUDA events, so it is not reported as GPU time of CLAHE, letterbox or paste."""
+    from crystal_rt.cuda import timing
+
+    open_stage: list[str] = []
+    loads_inside: list[str] = []
+    start, stop = timing.EventTimer.start, timing.EventTimer.stop
+
+    def spy_start(self: timing.EventTimer, stage: str) -> None:
+        open_stage.append(stage)
+        start(self, stage)
+
+    def spy_stop(self: timing.EventTimer) -> None:
+        stop(self)
+        open_stage.pop()
+
+    real_load = sim_gpu.driver.cuModuleLoadData
+
+    def spy_load(image: object) -> object:
+        if open_stage:
+            loads_inside.append(open_stage[-1])
+        return real_load(image)
+
+    monkeypatch.setattr(timing.EventTimer, "start", spy_start)
+    monkeypatch.setattr(timing.EventTimer, "stop", spy_stop)
+    monkeypatch.setattr(sim_gpu.driver, "cuModuleLoadData", spy_load)
+    from crystal_rt.data.synthetic import make_drop
+
+    with Detector.load(demo_trt_engine) as det:
+        result = det.detect_pixels(make_drop(5, 300, 400).image)
+    assert result.devices == ON_GPU and not open_stage
+    assert loads_inside == [], f"module loads timed as GPU work of {sorted(set(loads_inside))}"

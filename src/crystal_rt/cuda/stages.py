@@ -69,10 +69,12 @@ class CudaStages:
         return ptr, pitch, height, width, pixels.dtype, channels
 
     def clahe(self, pixels: np.ndarray, spec: PreprocessSpec) -> None:
-        """Upload ``pixels`` and queue CLAHE on them; the result stays on the device for ``letterbox``."""
+        """Upload ``pixels`` and queue CLAHE on them; the result stays on the device for ``letterbox``.
+        The kernels are compiled and loaded (first image on a thread) before the timed region opens."""
+        pre = self._preprocessor(spec)
         self.timer.start("clahe")
         ptr, pitch, height, width, dtype, channels = self._upload(pixels)
-        out, out_pitch = self._preprocessor(spec).clahe_async(
+        out, out_pitch = pre.clahe_async(
             ptr, pitch, height, width, dtype, channels, self.stream
         )
         self._image = (out, out_pitch, height, width, dtype, channels)
@@ -89,6 +91,7 @@ class CudaStages:
         (uploaded first, and kept on the device for further windows) or of the image already there
         (``clahe``'s, or the last upload); of its ``window`` only when given (tiles: the window is a
         pointer offset into the image with the image's pitch). Returns the map back to the window."""
+        pre = self._preprocessor(spec)  # NVRTC and module load before the timed region
         self.timer.start("letterbox")
         if pixels is not None:
             self._image = self._upload(pixels)
@@ -98,9 +101,7 @@ class CudaStages:
         if window is not None:
             ptr += window.y * pitch + window.x * channels * np.dtype(dtype).itemsize
             height, width = window.h, window.w
-        mapping = self._preprocessor(spec).letterbox_async(
-            ptr, pitch, height, width, dtype, channels, out, self.stream
-        )
+        mapping = pre.letterbox_async(ptr, pitch, height, width, dtype, channels, out, self.stream)
         self.timer.stop()
         return mapping
 
