@@ -270,3 +270,28 @@ def test_first_image_times_no_compile_or_module_load(
         result = det.detect_pixels(make_drop(5, 300, 400).image)
     assert result.devices == ON_GPU and not open_stage
     assert loads_inside == [], f"module loads timed as GPU work of {sorted(set(loads_inside))}"
+
+
+def test_close_releases_the_context_engine_and_runtime(sim_gpu, demo_trt_engine: Path) -> None:
+    """After Detector.close() (used from four threads) nothing of it is left on the GPU: no memory, no
+    TensorRT runtime, engine or execution context, and no retain of the primary context; a Detector
+    opened afterwards runs on the same threads."""
+    import gc
+
+    from crystal_rt.data.synthetic import make_drop
+
+    image = make_drop(6, 200, 260).image
+    with ThreadPoolExecutor(4) as pool:
+        det = Detector.load(demo_trt_engine)
+        list(pool.map(lambda _: det.detect_pixels(image), range(8)))
+        assert sim_gpu.primary_context_refs() == 1  # one per process, not one per thread
+        det.close()
+        det.close()  # a second close does nothing
+        gc.collect()
+        assert sim_gpu.tensorrt_objects() == {} and sim_gpu.live_allocations() == {}
+        assert sim_gpu.primary_context_refs() == 0
+        with Detector.load(demo_trt_engine) as again:  # the threads' current context was destroyed
+            results = list(pool.map(lambda _: again.detect_pixels(image), range(8)))
+        assert all(r.devices == ON_GPU for r in results)
+    gc.collect()
+    assert sim_gpu.tensorrt_objects() == {} and sim_gpu.primary_context_refs() == 0

@@ -211,3 +211,59 @@ def messages_of(plan: bytes, **gpu: str) -> str:
         trt.init_libnvinfer_plugins(logger, "")
         assert trt.Runtime(logger).deserialize_cuda_engine(plan) is None
     return " | ".join(messages)
+
+
+def test_allocations_and_tensor_addresses_are_256_byte_aligned(
+    sim_gpu: SimulatedGpu, demo_trt_engine: Path
+) -> None:
+    """cuMemAlloc's memory is 256-byte aligned; TensorRT refuses a tensor address that is not
+    ("The pointer must have at least 256-byte alignment")."""
+    from crystal_rt.cuda.driver import ensure_context
+    from crystal_rt.cuda.memory import DeviceBuffer
+
+    trt = sim_gpu.tensorrt
+    assert trt is not None
+    ensure_context()
+    buffers = [DeviceBuffer(n) for n in (1, 17, 4096, 3 * 512 * 512 * 4)]
+    assert all(b.ptr % 256 == 0 for b in buffers)
+    messages: list[str] = []
+    logger = trt.Logger()
+    logger.log = lambda severity, msg: messages.append(msg)  # type: ignore[method-assign]
+    trt.init_libnvinfer_plugins(logger, "")
+    engine = trt.Runtime(logger).deserialize_cuda_engine((demo_trt_engine / "crystals.plan").read_bytes())
+    context = engine.create_execution_context()
+    assert context.set_tensor_address("images", buffers[-1].ptr) is True
+    assert context.set_tensor_address("images", buffers[-1].ptr + 4) is False  # planted: an offset
+    assert "not 256-byte aligned" in messages[-1]
+    for b in buffers:
+        b.free()
+
+
+def test_tensorrt_objects_belong_to_their_context(sim_gpu: SimulatedGpu, demo_trt_engine: Path) -> None:
+    """A runtime, engine or execution context used under another CUDA context than the one it was
+    made in, or after its primary context was released to 0 (and made again), fails, as on a GPU."""
+    d = sim_gpu.driver
+    trt = sim_gpu.tensorrt
+    assert trt is not None
+    ok(d.cuInit(0))
+    dev = ok(d.cuDeviceGet(0))
+    primary = ok(d.cuDevicePrimaryCtxRetain(dev))
+    ok(d.cuCtxSetCurrent(primary))
+    messages: list[str] = []
+    logger = trt.Logger()
+    logger.log = lambda severity, msg: messages.append(msg)  # type: ignore[method-assign]
+    trt.init_libnvinfer_plugins(logger, "")
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine((demo_trt_engine / "crystals.plan").read_bytes())
+    assert engine is not None and engine.create_execution_context() is not None
+    own = ok(d.cuCtxCreate(0, dev))  # e.g. pycuda.autoinit's context made current
+    assert engine.create_execution_context() is None and "another CUDA context" in messages[-1]
+    ok(d.cuCtxDestroy(own))
+    ok(d.cuCtxSetCurrent(primary))
+    assert engine.create_execution_context() is not None
+    ok(d.cuDevicePrimaryCtxRelease(dev))  # destroyed: still current here, but gone
+    assert d.cuMemAlloc(16)[0] == d.CUresult.CUDA_ERROR_CONTEXT_IS_DESTROYED
+    ok(d.cuDevicePrimaryCtxRetain(dev))  # a new primary context
+    ok(d.cuMemFree(ok(d.cuMemAlloc(16))))
+    assert engine.create_execution_context() is None and "context it was created in is gone" in messages[-1]
+    assert runtime.deserialize_cuda_engine(b"x") is None and "gone" in messages[-1]

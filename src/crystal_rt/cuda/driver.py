@@ -4,6 +4,9 @@ stream handles from any library, synchronisation."""
 
 from __future__ import annotations
 
+import threading
+import weakref
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -31,21 +34,79 @@ def check(result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
+@dataclass
+class _Primary:
+    """The primary contexts this process retained through one driver module (the real one, or a
+    simulated GPU's): one retain per device per process (not per thread), released when the last
+    holder (a device backend) closes; ``ours`` remembers handles once retained, to recognise a
+    thread whose current context is a primary context released since."""
+
+    retained: dict[int, Any] = field(default_factory=dict)
+    holders: dict[int, int] = field(default_factory=dict)
+    ours: set[int] = field(default_factory=set)
+
+
+_LOCK = threading.Lock()
+_PRIMARY: weakref.WeakKeyDictionary[Any, _Primary] = weakref.WeakKeyDictionary()
+
+
+def _primary(drv: Any) -> _Primary:
+    with _LOCK:
+        return _PRIMARY.setdefault(drv, _Primary())
+
+
 def ensure_context(device: int = 0) -> Any:
     """Make a context current: the calling thread's current one, else the device's primary context
-    (the one the CUDA runtime, torch and CuPy use)."""
+    (the one the CUDA runtime, torch and CuPy use), retained once per process."""
 
     drv = driver()
     state = probe()
     if not state.usable:
         raise BackendUnavailable(state.message)
     ctx = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
-    if ctx is not None and int(ctx) != 0:
-        return ctx
-    dev = check(drv.cuDeviceGet(device), "cuDeviceGet")
-    ctx = check(drv.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+    handle = int(ctx) if ctx is not None else 0
+    primary = _primary(drv)
+    with _LOCK:
+        stale = handle in primary.ours and device not in primary.retained  # ours, released since
+        if handle and not stale:
+            return ctx
+        if device not in primary.retained:
+            dev = check(drv.cuDeviceGet(device), "cuDeviceGet")
+            primary.retained[device] = check(drv.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+            primary.ours.add(int(primary.retained[device]))
+        ctx = primary.retained[device]
     check(drv.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
     return ctx
+
+
+def hold_context(device: int = 0) -> Any:
+    """:func:`ensure_context` for an owner that will :func:`release_context` when it closes."""
+    ctx = ensure_context(device)
+    primary = _primary(driver())
+    with _LOCK:
+        primary.holders[device] = primary.holders.get(device, 0) + 1
+    return ctx
+
+
+def release_context(device: int = 0) -> None:
+    """One holder fewer; the last releases the process's retain of the primary context (whose memory,
+    modules and streams the holders freed first), so a closed Detector leaves nothing on the GPU."""
+    drv = driver()
+    primary = _primary(drv)
+    with _LOCK:
+        left = primary.holders.get(device, 0) - 1
+        if left > 0:
+            primary.holders[device] = left
+            return
+        primary.holders.pop(device, None)
+        ctx = primary.retained.pop(device, None)
+    if ctx is None:
+        return
+    current = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    if current is not None and int(current) == int(ctx):
+        check(drv.cuCtxSetCurrent(drv.CUcontext(0)), "cuCtxSetCurrent")
+    dev = check(drv.cuDeviceGet(device), "cuDeviceGet")
+    check(drv.cuDevicePrimaryCtxRelease(dev), "cuDevicePrimaryCtxRelease")
 
 
 def synchronize(stream: Any = None) -> None:

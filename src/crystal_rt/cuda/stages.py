@@ -74,9 +74,7 @@ class CudaStages:
         pre = self._preprocessor(spec)
         self.timer.start("clahe")
         ptr, pitch, height, width, dtype, channels = self._upload(pixels)
-        out, out_pitch = pre.clahe_async(
-            ptr, pitch, height, width, dtype, channels, self.stream
-        )
+        out, out_pitch = pre.clahe_async(ptr, pitch, height, width, dtype, channels, self.stream)
         self._image = (out, out_pitch, height, width, dtype, channels)
         self.timer.stop()
 

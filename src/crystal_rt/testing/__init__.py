@@ -79,6 +79,14 @@ class SimulatedGpu:
         """Device and page-locked allocations not yet freed (``{address: bytes}``)."""
         return self.driver.live_allocations()
 
+    def tensorrt_objects(self) -> dict[str, int]:
+        """Live simulated TensorRT runtimes, engines and execution contexts (``{}``: none)."""
+        return self.tensorrt.simulation.live_objects() if self.tensorrt is not None else {}
+
+    def primary_context_refs(self) -> int:
+        """Outstanding retains of the primary context (0 once everything released it)."""
+        return self.driver.primary_context_refs()
+
     def fail_next(self, function: str, code_name: str, times: int = 1) -> None:
         """Make the next ``times`` calls of driver ``function`` fail with ``CUresult.<code_name>``."""
         self.driver.fail_next(function, getattr(self.driver.CUresult, code_name), times)

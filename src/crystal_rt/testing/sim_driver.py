@@ -8,6 +8,12 @@ without a driver), and the CUDA driver API's documented rules:
 * calls return ``(CUresult, *values)`` tuples; ``cuInit`` comes first (else
   ``CUDA_ERROR_NOT_INITIALIZED``); memory, streams, events, modules and launches need a context
   current *on the calling thread* (else ``CUDA_ERROR_INVALID_CONTEXT``);
+* the primary context is reference counted (``cuDevicePrimaryCtxRetain``/``Release``): when the
+  count returns to 0 it is destroyed, and a thread on which it is still current gets
+  ``CUDA_ERROR_CONTEXT_IS_DESTROYED`` until it is retained again, which makes a new *generation*:
+  what was made in the old one (TensorRT objects included) is not usable in the new one;
+* device allocations are 256-byte aligned, as ``cuMemAlloc``'s are (TensorRT requires it of tensor
+  addresses);
 * device memory is host memory with guard bytes after each allocation (a kernel that writes past
   its buffer is reported as ``CUDA_ERROR_ILLEGAL_ADDRESS`` at the next synchronisation, and that
   error is sticky for the context, as on a GPU); copies must stay inside live allocations;
@@ -47,6 +53,7 @@ from .._lazy import require
 from .emulator.kernels import EmulatedKernel, EmulatedModule, emulated_module, module_for_image
 
 GUARD_BYTES = 256
+ALIGNMENT = 256  # cuMemAlloc returns memory aligned for any type, and at least to 256 bytes
 _GUARD = bytes((0xA5, 0x5A)) * (GUARD_BYTES // 2)
 CU_STREAM_LEGACY = 1
 CU_STREAM_PER_THREAD = 2
@@ -160,6 +167,8 @@ class SimulatedDriver:
         self._local = threading.local()
         self._ctx_handle = 0x1C0  # the primary context
         self._ctx_refs = 0
+        self._ctx_generation = 0  # +1 each time the primary context is created (retained from 0)
+        self._contexts: set[int] = set()  # contexts of their own (cuCtxCreate)
         self._allocs: dict[int, _Allocation] = {}
         self._used = 0
         self._handles = itertools.count(0x1000)
@@ -215,11 +224,21 @@ class SimulatedDriver:
             return injected
         if not self._initialized:
             return self.CUresult.CUDA_ERROR_NOT_INITIALIZED
-        if self._sticky is not None and need_context:
-            return self._sticky
-        if need_context and getattr(self._local, "ctx", 0) != self._ctx_handle:
+        if not need_context:
+            return None
+        return self._sticky if self._sticky is not None else self._context_problem(function)
+
+    def _context_problem(self, function: str) -> Any:
+        """None when a usable context is current on this thread, else the CUresult to return."""
+        current = getattr(self._local, "ctx", 0)
+        if current in self._contexts:
+            return None
+        if current != self._ctx_handle:
             self._note(f"{function}: no CUDA context is current on thread {threading.current_thread().name}")
             return self.CUresult.CUDA_ERROR_INVALID_CONTEXT
+        if self._ctx_refs == 0:
+            self._note(f"{function}: the primary context current on this thread was released and destroyed")
+            return self.CUresult.CUDA_ERROR_CONTEXT_IS_DESTROYED
         return None
 
     def _find(self, ptr: int, nbytes: int) -> _Allocation | None:
@@ -361,12 +380,52 @@ class SimulatedDriver:
         if not self._device(dev):
             return (self.CUresult.CUDA_ERROR_INVALID_DEVICE, None)
         with self._lock:
+            if self._ctx_refs == 0:
+                self._ctx_generation += 1
             self._ctx_refs += 1
         return (self.OK, self.CUcontext(self._ctx_handle))
 
     def cuDevicePrimaryCtxRelease(self, dev: Any) -> tuple[Any]:
         with self._lock:
-            self._ctx_refs = max(0, self._ctx_refs - 1)
+            if self._ctx_refs == 0:
+                return self._err(
+                    self.CUresult.CUDA_ERROR_INVALID_CONTEXT, "cuDevicePrimaryCtxRelease: not retained"
+                )
+            self._ctx_refs -= 1
+        return (self.OK,)
+
+    def primary_context_refs(self) -> int:
+        """How many retains of the primary context are outstanding (0: destroyed or never made)."""
+        return self._ctx_refs
+
+    def context_identity(self) -> tuple[int, int]:
+        """The context work from this thread goes to, as TensorRT (through the CUDA runtime) sees it:
+        the thread's current context, else the primary context, which the runtime makes current
+        implicitly (creating it, the next generation, where it was destroyed)."""
+        handle = getattr(self._local, "ctx", 0)
+        if handle and handle != self._ctx_handle:
+            return (handle, 0)  # a context of its own (cuCtxCreate)
+        return (self._ctx_handle, self._ctx_generation if self._ctx_refs else self._ctx_generation + 1)
+
+    def cuCtxCreate(self, flags: int, dev: Any) -> tuple[Any, Any]:
+        """A context of its own (not the primary one), made current on this thread. Memory, streams and
+        modules are not kept apart per context here; only which context is current is."""
+        code = self._guard("cuCtxCreate", need_context=False)
+        if code is not None:
+            return (code, None)
+        with self._lock:
+            handle = next(self._handles)
+            self._contexts.add(handle)
+        self._local.ctx = handle
+        return (self.OK, self.CUcontext(handle))
+
+    def cuCtxDestroy(self, ctx: Any) -> tuple[Any]:
+        with self._lock:
+            if int(ctx) not in self._contexts:
+                return (self.CUresult.CUDA_ERROR_INVALID_CONTEXT,)
+            self._contexts.discard(int(ctx))
+        if getattr(self._local, "ctx", 0) == int(ctx):
+            self._local.ctx = 0
         return (self.OK,)
 
     def cuCtxGetCurrent(self) -> tuple[Any, Any]:
@@ -380,7 +439,7 @@ class SimulatedDriver:
         if code is not None:
             return (code,)
         handle = int(ctx) if ctx is not None else 0
-        if handle not in (0, self._ctx_handle):
+        if handle not in (0, self._ctx_handle) and handle not in self._contexts:
             return (self.CUresult.CUDA_ERROR_INVALID_CONTEXT,)
         self._local.ctx = handle
         return (self.OK,)
@@ -395,9 +454,9 @@ class SimulatedDriver:
 
     # ---- memory ------------------------------------------------------------------------------------
     def _allocate(self, nbytes: int, pinned: bool) -> _Allocation:
-        buffer = ctypes.create_string_buffer(nbytes + GUARD_BYTES + 64)
+        buffer = ctypes.create_string_buffer(nbytes + GUARD_BYTES + ALIGNMENT)
         start = ctypes.addressof(buffer)
-        base = (start + 63) // 64 * 64  # cudaMalloc alignment is at least 256; 64 is enough here
+        base = (start + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT  # cuMemAlloc's: at least 256 bytes
         if not pinned:
             ctypes.memset(base, 0xCD, nbytes)  # fresh device memory holds garbage
         ctypes.memmove(base + nbytes, _GUARD, GUARD_BYTES)

@@ -18,7 +18,12 @@ the API calls crystal-rt makes and the rules of TensorRT 10's Python API that ma
   ``IExecutionContext.set_tensor_address`` must be given an address for every I/O tensor before
   ``execute_async_v3(stream)``, which returns a bool and queues the inference on the simulated
   stream: it reads the input from simulated device memory, runs ONNX Runtime (CPU), and writes the
-  outputs (in the engine's dtypes) to the output addresses.
+  outputs (in the engine's dtypes) to the output addresses. A tensor address not 256-byte aligned is
+  refused (``setTensorAddress`` returns False), as TensorRT documents.
+* Runtimes, engines and execution contexts belong to the CUDA context current when they were made
+  (the primary one where none was, as the CUDA runtime picks it): used under another context
+  (``cuCtxCreate``), or after that primary context was destroyed (released to 0 and made again),
+  they log an error and fail. ``live_objects()`` counts those not yet released.
 
 What it cannot prove: TensorRT's numerics (FP16/INT8 kernels, TF32, tactic choices: the graph runs
 in ONNX Runtime's FP32 or Q/DQ arithmetic), its plugins' own code, timing, memory use.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import enum
 import json
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +48,8 @@ if TYPE_CHECKING:
     from .sim_driver import SimulatedDriver
 
 PLAN_MAGIC = b"CRTSIMPLAN1\n"
+#: IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment."
+ADDRESS_ALIGNMENT = 256
 #: ONNX op -> the TensorRT plugin onnx-tensorrt maps it to
 OP_PLUGINS = {"RoiAlign": "ROIAlign_TRT"}
 #: ops TensorRT 10's ONNX parser cannot import
@@ -204,12 +212,37 @@ class SimulatedTensorRT:
         self.version = version
         self.plugins: set[str] = set()
         self.lock = threading.Lock()
+        self.live: weakref.WeakSet[Any] = weakref.WeakSet()  # runtimes, engines, execution contexts
+
+    def live_objects(self) -> dict[str, int]:
+        """How many runtimes, engines and execution contexts are alive (not yet released)."""
+        counts: dict[str, int] = {}
+        for obj in list(self.live):
+            kind = type(obj).__name__.strip("_").lower()
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    def in_its_context(self, obj: Any, what: str, logger: Any) -> bool:
+        """TensorRT objects belong to the CUDA context current when they were made (the primary one
+        where none was): using one under another context, or after the primary context it was made
+        in was destroyed (released to 0; a new one since), is refused."""
+        here = self.driver.context_identity()
+        if here == obj.context:
+            return True
+        where = (
+            "the CUDA context it was created in is gone"
+            if here[0] == obj.context[0]
+            else "another CUDA context is current than the one it was created in"
+        )
+        self.log(logger, Severity.ERROR, f"{what}: {where} (a TensorRT object is bound to its CUDA context)")
+        return False
 
     def module(self) -> ModuleType:
         mod = ModuleType("tensorrt")
         mod.__file__ = "<crystal-rt simulated TensorRT>"
         mod.__version__ = self.version  # type: ignore[attr-defined]
         mod.__simulated__ = True  # type: ignore[attr-defined]
+        mod.simulation = self  # type: ignore[attr-defined]  # for SimulatedGpu.tensorrt_objects()
         for obj in (
             ILogger,
             Logger,
@@ -526,6 +559,8 @@ class _Runtime:
     def __init__(self, sim: SimulatedTensorRT, logger: Any) -> None:
         self.sim, self.logger = sim, logger
         self.engine_host_code_allowed = False
+        self.context = sim.driver.context_identity()
+        sim.live.add(self)
 
     def _fail(self, kind: str, **fields: str) -> _Engine | None:
         """Log TensorRT's messages for a plan it refuses; returns None, as deserialize does."""
@@ -534,7 +569,12 @@ class _Runtime:
         return None
 
     def deserialize_cuda_engine(self, plan: Any) -> _Engine | None:
-        parsed = read_plan(bytes(plan))
+        if not self.sim.in_its_context(self, "deserializeCudaEngine", self.logger):
+            return None
+        return self._deserialize(bytes(plan))
+
+    def _deserialize(self, plan: bytes) -> _Engine | None:
+        parsed = read_plan(plan)
         if parsed is None:
             return self._fail("not_a_plan")
         header, onnx_bytes = parsed
@@ -580,6 +620,8 @@ class _Engine:
         )
         self.name = "crystal-rt simulated engine"
         self.device_memory_size = self.device_memory_size_v2 = 64 << 20  # activation memory asked for
+        self.context = sim.driver.context_identity()
+        sim.live.add(self)
 
     @property
     def num_io_tensors(self) -> int:
@@ -604,7 +646,9 @@ class _Engine:
 
     def create_execution_context(
         self, strategy: ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy.STATIC
-    ) -> _Context:
+    ) -> _Context | None:
+        if not self.sim.in_its_context(self, "createExecutionContext", self.logger):
+            return None
         return _Context(self, ExecutionContextAllocationStrategy(strategy))
 
     def __del__(self) -> None:
@@ -617,6 +661,8 @@ class _Context:
         self.strategy = strategy
         self.addresses: dict[str, int] = {}
         self._device_memory = 0
+        self.context = engine.context
+        engine.sim.live.add(self)
 
     @property
     def device_memory(self) -> int:
@@ -642,6 +688,13 @@ class _Context:
         if name not in self.engine._by_name:
             self.engine.sim.log(self.engine.logger, Severity.ERROR, f"setTensorAddress: no tensor {name}")
             return False
+        if int(memory) % ADDRESS_ALIGNMENT:  # "The pointer must have at least 256-byte alignment."
+            self.engine.sim.log(
+                self.engine.logger,
+                Severity.ERROR,
+                f"setTensorAddress: the address of {name} ({int(memory):#x}) is not 256-byte aligned",
+            )
+            return False
         self.addresses[name] = int(memory)
         return True
 
@@ -654,7 +707,7 @@ class _Context:
     def execute_async_v3(self, stream_handle: int) -> bool:
         engine, sim = self.engine, self.engine.sim
         driver = sim.driver
-        if not driver.context_current():
+        if not sim.in_its_context(self, "enqueueV3", engine.logger):
             return False
         if self.strategy == ExecutionContextAllocationStrategy.USER_MANAGED and not self._device_memory:
             sim.log(engine.logger, Severity.ERROR, _NO_DEVICE_MEMORY)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...cuda.driver import as_stream, check, ensure_context, synchronize
+from ...cuda.driver import as_stream, check, ensure_context, hold_context, release_context, synchronize
 from ...cuda.driver import driver as cuda_driver
 from ...errors import InvalidModel
 from ...geometry import CORE_INPUT, CORE_OUTPUTS
@@ -70,6 +70,9 @@ class DeviceBackend(Backend):
         self._local = threading.local()
         self._states: list[DeviceState] = []
         self._lock = threading.Lock()
+        self._holds_context = False
+        hold_context(device)  # released by close(), after everything made in it is freed
+        self._holds_context = True
 
     def _check_io(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
         if list(inputs) != [CORE_INPUT] or sorted(outputs) != sorted(CORE_OUTPUTS):
@@ -98,6 +101,9 @@ class DeviceBackend(Backend):
     def engine_turn(self) -> AbstractContextManager[object]:
         """Held around the engine's run (override to serialise threads that share engine memory)."""
         return nullcontext()
+
+    def _close_engine(self) -> None:
+        """Free what the backend shares between threads (the engine, its runtime), in the context."""
 
     # --- per-thread state -------------------------------------------------------------------------
     def _state(self) -> DeviceState:
@@ -198,15 +204,22 @@ class DeviceBackend(Backend):
         return state.session
 
     def close(self) -> None:
-        """Free every thread's stream, buffers and engine object (callable from any thread)."""
+        """Free every thread's stream, buffers and engine object, then the engine, then this backend's
+        hold on the primary context (callable from any thread; a second call does nothing)."""
 
         with self._lock:
             states, self._states = self._states, []
-        if states:
-            ensure_context(self.device_index)
-        for state in states:
-            self._free(state)
-        self._local = threading.local()
+            holds, self._holds_context = self._holds_context, False
+        if not holds:
+            return
+        ensure_context(self.device_index)
+        try:
+            for state in states:
+                self._free(state)
+            self._close_engine()
+        finally:
+            self._local = threading.local()
+            release_context(self.device_index)
 
 
 class DeviceEngineSession(DeviceSession):

@@ -80,19 +80,23 @@ class OrtGpuBackend(DeviceBackend):
             if not cache.is_absolute():  # stored relative to the engine folder
                 self.provider_options["trt_engine_cache_path"] = str(self.path.parent / cache)
         self._init_state(device)
-        ok, why = probe(self.provider)
-        if not ok:
-            raise BackendUnavailable(f"this engine runs on {self.provider}, and {why}", path=self.path)
-        ensure_context(device)
-        self._options = session_options(1)
-        # the engine's tensors, from a session on this device (the one the first thread then uses)
-        first = self._session(None)
-        self.shapes, self.dtypes = {}, {}
-        for info in [*first.get_inputs(), *first.get_outputs()]:
-            self.shapes[info.name] = tuple(int(d) for d in info.shape)
-            self.dtypes[info.name] = np.dtype(_NP.get(info.type, np.float32))
-        self._check_io([i.name for i in first.get_inputs()], [o.name for o in first.get_outputs()])
-        del first
+        try:
+            ok, why = probe(self.provider)
+            if not ok:
+                raise BackendUnavailable(f"this engine runs on {self.provider}, and {why}", path=self.path)
+            ensure_context(device)
+            self._options = session_options(1)
+            # the engine's tensors, from a session on this device (the one the first thread then uses)
+            first = self._session(None)
+            self.shapes, self.dtypes = {}, {}
+            for info in [*first.get_inputs(), *first.get_outputs()]:
+                self.shapes[info.name] = tuple(int(d) for d in info.shape)
+                self.dtypes[info.name] = np.dtype(_NP.get(info.type, np.float32))
+            self._check_io([i.name for i in first.get_inputs()], [o.name for o in first.get_outputs()])
+            del first
+        except BaseException:
+            self.close()  # a backend that failed to open holds nothing
+            raise
 
     def _session(self, stream: Any) -> Any:
         providers = provider_chain(self.provider, self.provider_options, self.device_index, stream)

@@ -59,49 +59,54 @@ class TensorRTBackend(DeviceBackend):
 
         self.path = Path(plan)
         self.manifest = manifest
-        self._init_state(device)
-        trt = load_tensorrt("Running a TensorRT engine")
-        self._trt = trt
-        ensure_context(device)
-        logger = get_logger(trt)
-        mark = logger.mark()
-        init_plugins(trt, logger)  # before deserializing: a Mask R-CNN plan uses ROIAlign_TRT
-        self.runtime: trt_types.Runtime = create(trt.Runtime, logger, "runtime")
-        if manifest is not None and manifest.build_options.get("version_compatible"):
-            self.runtime.engine_host_code_allowed = True
-        engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if engine is None and out_of_memory(logger.since(mark)):
-            raise CudaError(
-                f"out of GPU memory loading this plan ({summarize(logger.since(mark))})",
-                code="CUDA_ERROR_OUT_OF_MEMORY",
-                path=self.path,
-            )
-        if engine is None:
-            hint = manifest.rebuild_hint() if manifest else "rebuild it with crystal-rt build-engine"
-            raise EngineIncompatible(
-                f"TensorRT cannot load this plan ({summarize(logger.since(mark))}); {hint}", path=self.path
-            )
-        self.engine: trt_types.ICudaEngine = engine
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.dtypes: dict[str, np.dtype[Any]] = {}
-        inputs: list[str] = []
-        outputs: list[str] = []
-        for i in range(engine.num_io_tensors):
-            tname = engine.get_tensor_name(i)
-            self.shapes[tname] = tuple(int(d) for d in engine.get_tensor_shape(tname))
-            self.dtypes[tname] = np.dtype(trt.nptype(engine.get_tensor_dtype(tname)))
-            is_input = engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT
-            (inputs if is_input else outputs).append(tname)
-        self._check_io(inputs, outputs)
         self._scratch: DeviceBuffer | None = None  # shared activation memory (share_activations)
-        self._engine_lock = threading.Lock()  # serialises the contexts that share it
-        if share_activations is None:
-            share_activations = integrated_gpu(device)
-        if share_activations and _user_managed_strategy(trt) is not None:
-            size = int(
-                getattr(engine, "device_memory_size_v2", 0) or getattr(engine, "device_memory_size", 0)
-            )
-            self._scratch = DeviceBuffer(max(size, 1))
+        self._init_state(device)
+        try:
+            trt = load_tensorrt("Running a TensorRT engine")
+            self._trt = trt
+            ensure_context(device)
+            logger = get_logger(trt)
+            mark = logger.mark()
+            init_plugins(trt, logger)  # before deserializing: a Mask R-CNN plan uses ROIAlign_TRT
+            self.runtime: trt_types.Runtime = create(trt.Runtime, logger, "runtime")
+            if manifest is not None and manifest.build_options.get("version_compatible"):
+                self.runtime.engine_host_code_allowed = True
+            engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if engine is None and out_of_memory(logger.since(mark)):
+                raise CudaError(
+                    f"out of GPU memory loading this plan ({summarize(logger.since(mark))})",
+                    code="CUDA_ERROR_OUT_OF_MEMORY",
+                    path=self.path,
+                )
+            if engine is None:
+                hint = manifest.rebuild_hint() if manifest else "rebuild it with crystal-rt build-engine"
+                raise EngineIncompatible(
+                    f"TensorRT cannot load this plan ({summarize(logger.since(mark))}); {hint}",
+                    path=self.path,
+                )
+            self.engine: trt_types.ICudaEngine = engine
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.dtypes: dict[str, np.dtype[Any]] = {}
+            inputs: list[str] = []
+            outputs: list[str] = []
+            for i in range(engine.num_io_tensors):
+                tname = engine.get_tensor_name(i)
+                self.shapes[tname] = tuple(int(d) for d in engine.get_tensor_shape(tname))
+                self.dtypes[tname] = np.dtype(trt.nptype(engine.get_tensor_dtype(tname)))
+                is_input = engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT
+                (inputs if is_input else outputs).append(tname)
+            self._check_io(inputs, outputs)
+            self._engine_lock = threading.Lock()  # serialises the contexts that share it
+            if share_activations is None:
+                share_activations = integrated_gpu(device)
+            if share_activations and _user_managed_strategy(trt) is not None:
+                size = int(
+                    getattr(engine, "device_memory_size_v2", 0) or getattr(engine, "device_memory_size", 0)
+                )
+                self._scratch = DeviceBuffer(max(size, 1))
+        except BaseException:
+            self.close()  # a backend that failed to open holds nothing
+            raise
 
     @property
     def shares_activations(self) -> bool:
@@ -137,14 +142,13 @@ class TensorRTBackend(DeviceBackend):
         """Held while this thread's engine runs when the contexts share one activation memory."""
         return self._engine_lock if self._scratch is not None else nullcontext()
 
-    def close(self) -> None:
-        """Free every thread's context, stream and buffers (callable from any thread)."""
-
-        super().close()
-        if self._scratch is not None:
-            ensure_context(self.device_index)
-            self._scratch.free()
-            self._scratch = None
+    def _close_engine(self) -> None:
+        """The shared activation memory, the engine and the runtime (the threads' contexts are gone)."""
+        scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch.free()
+        self.engine = None  # type: ignore[assignment]
+        self.runtime = None  # type: ignore[assignment]
 
 
 def _user_managed_strategy(trt: Any) -> Any:
