@@ -37,6 +37,26 @@ def test_fp32_clears_tf32_fp16_sets_its_flag(sim_gpu, demo_onnx: Path, tmp_path:
     assert "FP16" in _header(tmp_path / "fp16")["flags"]
 
 
+def test_weak_fp16_keeps_box_nms_and_roialign_in_fp32(
+    sim_gpu, demo_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BuilderFlag.FP16 (TensorRT 10.x) lets TensorRT choose FP16 for any layer; the contract keeps box
+    maths in FP32: every box, TopK/NMS and RoiAlign layer is pinned under OBEY_PRECISION_CONSTRAINTS,
+    and the simulated builder refuses a build that leaves one free."""
+    from crystal_rt.build.tensorrt import builder
+    from crystal_rt.errors import BuildError
+
+    manifest = build_engine(demo_onnx, tmp_path / "fp16", backend="tensorrt", precision="fp16")
+    header = _header(tmp_path / "fp16")
+    assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(header["flags"]) and header["fp32_pinned"] > 100
+    route = manifest.build_options["precision_route"]
+    assert route["fp32_pinned"].startswith("every layer outside /backbone/")
+    monkeypatch.setattr(builder, "pin_box_layers", lambda trt, network: [])  # planted: nothing pinned
+    monkeypatch.setenv("CRYSTAL_RT_CACHE", str(tmp_path / "fresh-cache"))  # no cached plan to reuse
+    with pytest.raises(BuildError, match=r"box, NMS or RoiAlign layers may run in FP16"):
+        build_engine(demo_onnx, tmp_path / "free", backend="tensorrt", precision="fp16")
+
+
 def test_version_compatible_plan_carries_roialign(
     demo_onnx: Path, real_images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -292,6 +292,14 @@ class _Network:
         self.source: str | None = None
         self.tensors: list[_Tensor] = []
         self.plugins: list[str] = []
+        self.layers: list[_Layer] = []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, index: int) -> _Layer:
+        return self.layers[index]
 
     @property
     def num_inputs(self) -> int:
@@ -300,6 +308,92 @@ class _Network:
     @property
     def num_outputs(self) -> int:
         return sum(t.mode == "OUTPUT" for t in self.tensors)
+
+
+class _LayerTensor:
+    def __init__(self, name: str, dtype: DataType) -> None:
+        self.name, self.dtype = name, dtype
+
+
+class _Layer:
+    """One ONNX node as a layer (named after it, as onnx-tensorrt names them): its tensors' types, the
+    precision and output types a caller pinned (None: TensorRT chooses)."""
+
+    def __init__(self, name: str, op: str, inputs: list[_LayerTensor], outputs: list[_LayerTensor]) -> None:
+        self.name, self.op = name, op
+        self._inputs, self._outputs = inputs, outputs
+        self.precision: DataType | None = None
+        self.output_types: dict[int, DataType] = {}
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    def get_input(self, index: int) -> _LayerTensor:
+        return self._inputs[index]
+
+    def get_output(self, index: int) -> _LayerTensor:
+        return self._outputs[index]
+
+    def set_output_type(self, index: int, dtype: DataType) -> None:
+        self.output_types[index] = DataType(dtype)
+
+
+#: ONNX elem_type -> TensorRT DataType (what the core graph holds)
+_FROM_ONNX = {1: DataType.FLOAT, 10: DataType.HALF, 7: DataType.INT64, 6: DataType.INT32, 9: DataType.BOOL,
+              2: DataType.UINT8, 3: DataType.INT8}  # fmt: skip
+#: the ONNX scopes of the core graph's convolutional parts; a layer elsewhere that computes in floating
+#: point is box arithmetic, anchors, TopK/NMS or RoiAlign, which a weakly typed FP16 build must pin
+_CONV_SCOPES = ("/backbone/", "/rpn/head/", "/roi_heads/box_head/", "/roi_heads/box_predictor/",
+                "/roi_heads/mask_head/", "/roi_heads/mask_predictor/")  # fmt: skip
+_BOX_OPS = {"NonMaxSuppression", "TopK", "RoiAlign"}
+
+
+def _layers(model: bytes) -> list[_Layer]:
+    """The graph's nodes as layers, with their tensors' types from ONNX shape inference."""
+    onnx = require("onnx", "The simulated TensorRT's layers", extra="export")
+    proto = onnx.shape_inference.infer_shapes(onnx.load_from_string(model))
+    graph = proto.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+
+    def tensor(name: str) -> _LayerTensor:
+        return _LayerTensor(name, _FROM_ONNX.get(types.get(name, 1), DataType.FLOAT))
+
+    return [
+        _Layer(n.name, n.op_type, [tensor(i) for i in n.input if i], [tensor(o) for o in n.output])
+        for n in graph.node
+    ]
+
+
+def _must_stay_fp32(layer: _Layer) -> bool:
+    """Box, NMS or RoiAlign work: a layer outside the convolutional scopes that touches floats."""
+    if layer.name.startswith(_CONV_SCOPES) or not layer.name.startswith(("/rpn/", "/roi_heads/")):
+        return False
+    floats = {DataType.FLOAT, DataType.HALF}
+    touches = [layer.get_input(i).dtype for i in range(layer.num_inputs)]
+    touches += [layer.get_output(i).dtype for i in range(layer.num_outputs)]
+    return layer.op in _BOX_OPS or any(t in floats for t in touches)
+
+
+def _left_free(layer: _Layer) -> bool:
+    """Whether a weakly typed FP16 build may still run ``layer`` (or write its outputs) in FP16."""
+    if layer.precision != DataType.FLOAT:
+        return True
+    floats = {DataType.FLOAT, DataType.HALF}
+    return any(
+        layer.get_output(i).dtype in floats and layer.output_types.get(i) != DataType.FLOAT
+        for i in range(layer.num_outputs)
+    )
 
 
 class _ParserError:
@@ -389,6 +483,7 @@ class _OnnxParser:
         if self.errors:
             return False
         self.network.onnx, self.network.source, self.network.tensors = model, path, tensors
+        self.network.layers = _layers(model)
         self.network.plugins = sorted({OP_PLUGINS[op] for _, op in ops if op in OP_PLUGINS})
         return True
 
@@ -464,6 +559,21 @@ class _Builder:
     def create_builder_config(self) -> _BuilderConfig:
         return _BuilderConfig()
 
+    def _fp32_kept(self, network: _Network, config: _BuilderConfig) -> bool:
+        """The BuilderFlag.FP16 rule: a weakly typed build may run any layer in FP16 unless its precision
+        and output types are pinned to FP32 and OBEY_PRECISION_CONSTRAINTS is set. A box, NMS or
+        RoiAlign layer left free fails the build here (crystal-rt's contract keeps them FP32)."""
+        free = [layer for layer in network.layers if _must_stay_fp32(layer) and _left_free(layer)]
+        if not free and BuilderFlag.OBEY_PRECISION_CONSTRAINTS in config.flags:
+            return True
+        what = (
+            f"{len(free)} box, NMS or RoiAlign layers may run in FP16 (first: {free[0].name}, {free[0].op})"
+            if free
+            else "layer precisions are pinned but OBEY_PRECISION_CONSTRAINTS is not set"
+        )
+        self.sim.log(self.logger, Severity.ERROR, f"crystal-rt simulated builder: {what}; pin them to FP32")
+        return False
+
     def build_serialized_network(self, network: _Network, config: _BuilderConfig) -> IHostMemory | None:
         if network.onnx is None:
             self.sim.log(
@@ -480,6 +590,8 @@ class _Builder:
                 return None
         major, minor = self.sim.driver.compute_capability
         strongly = bool(network.flags & (1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+        if BuilderFlag.FP16 in config.flags and not strongly and not self._fp32_kept(network, config):
+            return None
         header = {
             "format": 1,
             "version": self.sim.version,
@@ -494,6 +606,7 @@ class _Builder:
             "tensors": [t.__dict__ for t in network.tensors],
             "workspace": config.pools.get(MemoryPoolType.WORKSPACE),
         }
+        header["fp32_pinned"] = sum(layer.precision == DataType.FLOAT for layer in network.layers)
         if config._timing is not None:
             config._timing.data = b"CRTSIMTIMING:" + self.sim.version.encode()
         return IHostMemory(PLAN_MAGIC + json.dumps(header).encode() + b"\n" + network.onnx)

@@ -24,7 +24,7 @@ from ...errors import BackendUnavailable, BuildError, CrystalRtError, CudaError,
 from ...runtime.tensorrt.plugins import init_plugins
 from ...runtime.tensorrt.trtlog import create, get_logger, out_of_memory, summarize
 from .options import HARDWARE_COMPAT_LEVELS, BuildOptions
-from .precision import PrecisionRoute
+from .precision import PrecisionRoute, pin_box_layers
 from .progress import make_monitor
 
 
@@ -233,6 +233,9 @@ def build_plan(
     mark = logger.mark()
     builder = create(trt.Builder, logger, "builder")
     network, parser = parse_onnx(trt, builder, onnx_path, route.strongly_typed, say)
+    pinned = pin_box_layers(trt, network) if route.pin_fp32 else []
+    if route.pin_fp32 and say is not None:
+        say(f"FP16 for the convolutional layers; {len(pinned)} box, NMS and RoiAlign layers pinned to FP32")
     config = builder.create_builder_config()
     configure(trt, config, options, route, target_cc=target_cc)
     plugin_libraries = serialize_vc_plugins(config, parser) if options.version_compatible else []

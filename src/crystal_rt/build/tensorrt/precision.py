@@ -3,7 +3,10 @@
 
 * fp32: the FP32 graph (no calibration record), strongly typed where the flag exists.
 * fp16: where ``trt.BuilderFlag.FP16`` exists (TensorRT 10.x, JetPack 6's 10.3) it is set on the FP32
-  graph (weakly typed, as the flag requires); where it does not (TensorRT >= 11, TensorRT-RTX), an
+  graph (weakly typed, as the flag requires), with every layer outside the convolutional parts
+  (backbone, FPN, RPN head, box and mask heads) pinned to FP32 under ``OBEY_PRECISION_CONSTRAINTS``:
+  box decoding, anchors, TopK and NMS inputs and ``ROIAlign_TRT`` (which accepts half) stay FP32, as
+  docs/contract.md promises (:func:`pin_box_layers`); where it does not (TensorRT >= 11, TensorRT-RTX), an
   AutoCast FP16 graph made for tensorrt is required and built strongly typed. An AutoCast graph is
   also accepted where the flag exists (built strongly typed, without the flag).
 * int8: a Q/DQ graph calibrated for tensorrt, strongly typed.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from ...calibration.metadata import CalibrationInfo
 from ...errors import BackendUnavailable
@@ -32,14 +36,55 @@ class PrecisionRoute:
     #: flags TensorRT sets by default that this precision must clear: FP32 clears TF32 (on by default,
     #: it runs FP32 convolutions and matrix products in TF32 on Ampere and newer, Orin included)
     cleared_flags: tuple[str, ...] = ()
+    #: weakly typed FP16: the layers outside :data:`FP16_SCOPES` are pinned to FP32
+    pin_fp32: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "strongly_typed": self.strongly_typed,
             "builder_flags": list(self.builder_flags),
             "cleared_flags": list(self.cleared_flags),
             "graph": self.graph,
         }
+        if self.pin_fp32:
+            data["fp32_pinned"] = "every layer outside " + ", ".join(FP16_SCOPES)
+        return data
+
+
+#: where a weakly typed FP16 build may choose FP16 (the ONNX node scopes of the core graph's
+#: convolutional parts, which TensorRT names its layers after); every other layer is pinned to FP32
+FP16_SCOPES = (
+    "/backbone/",
+    "/rpn/head/",
+    "/roi_heads/box_head/",
+    "/roi_heads/box_predictor/",
+    "/roi_heads/mask_head/",
+    "/roi_heads/mask_predictor/",
+)
+
+
+def pin_box_layers(trt: ModuleType, network: Any) -> list[str]:
+    """Pin every layer of ``network`` outside :data:`FP16_SCOPES` that reads or writes floating point to
+    FP32 (its precision, and the type of each floating output); returns their names. With
+    ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS`` TensorRT then keeps them in FP32: box decoding, TopK,
+    NMS (whose outputs are indices, but whose inputs are boxes and scores) and ``ROIAlign_TRT``."""
+    floating = {trt.float32, trt.float16}
+    pinned: list[str] = []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        name = str(layer.name)
+        if name.startswith(FP16_SCOPES):
+            continue
+        tensors = [layer.get_input(i) for i in range(layer.num_inputs)]
+        outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
+        if not any(t is not None and t.dtype in floating for t in [*tensors, *outputs]):
+            continue  # integer and bool layers (shapes, indices) have no FP16 to fall into
+        layer.precision = trt.float32
+        for i, out in enumerate(outputs):
+            if out.dtype in floating:
+                layer.set_output_type(i, trt.float32)
+        pinned.append(name)
+    return pinned
 
 
 def has_strongly_typed(trt: ModuleType) -> bool:
@@ -74,7 +119,12 @@ def route_precision(
     if precision == "fp16":
         if info is None:
             if has_fp16_flag(trt):
-                return PrecisionRoute("fp16", strongly_typed=False, builder_flags=("FP16",))
+                return PrecisionRoute(
+                    "fp16",
+                    strongly_typed=False,
+                    builder_flags=("FP16", "OBEY_PRECISION_CONSTRAINTS"),
+                    pin_fp32=True,
+                )
             raise BackendUnavailable(
                 "this TensorRT has no FP16 builder flag (TensorRT >= 11): build from an AutoCast FP16 "
                 "graph: crystal-rt calibrate FP32.onnx --precision fp16 --target tensorrt",
