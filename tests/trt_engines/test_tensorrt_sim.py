@@ -253,3 +253,21 @@ def test_fp16_io_plan_is_converted_on_the_host(sim_gpu, tmp_path: Path) -> None:
     assert result.devices["engine"] == "cuda:0" and result.devices["paste"] == "cpu"
     assert [round(i.score, 3) for i in result.instances] == [0.9, 0.8]
     assert result.instances[0].box == (4.0, 4.0, 40.0, 24.0)  # network pixels / letterbox scale 0.5
+
+
+def test_a_failure_quotes_its_own_threads_log(sim_gpu) -> None:
+    """The TensorRT logger is one per process; what one thread's failed call quotes is what TensorRT
+    logged on that thread, never another thread's lines logged at the same time."""
+    import threading
+
+    from crystal_rt.runtime.tensorrt.trtlog import get_logger, summarize
+
+    trt = sim_gpu.tensorrt
+    logger = get_logger(trt)
+    mark = logger.mark()
+    logger.log(trt.ILogger.Severity.ERROR, "mine: enqueue failed")
+    other = threading.Thread(target=lambda: logger.log(trt.ILogger.Severity.ERROR, "theirs: build failed"))
+    other.start()
+    other.join()
+    assert logger.since(mark) == ["[ERROR] mine: enqueue failed"]
+    assert "theirs" not in summarize(logger.since(mark))

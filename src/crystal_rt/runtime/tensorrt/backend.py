@@ -131,11 +131,11 @@ class TensorRTBackend(DeviceBackend):
         return context
 
     def _enqueue(self, state: DeviceState) -> None:
+        logger = get_logger(self._trt)
+        mark = logger.mark()
         if not state.handle.execute_async_v3(state.stream_handle):
-            logger = get_logger(self._trt)
             raise InferenceError(
-                f"TensorRT failed to enqueue the engine ({summarize(list(logger.lines)[-3:])})",
-                path=self.path,
+                f"TensorRT failed to enqueue the engine ({summarize(logger.since(mark))})", path=self.path
             )
 
     def engine_turn(self) -> AbstractContextManager[object]:

@@ -24,7 +24,9 @@ def get_logger(trt: ModuleType) -> Any:
     """The process-wide capturing logger for ``trt`` (a ``trt.ILogger`` subclass instance).
 
     It has ``lines`` (recent warnings and errors), ``mark()``/``since(mark)`` to read what one step
-    logged, and ``echo``, an optional callable receiving each kept line."""
+    logged *on the calling thread* (TensorRT logs from the thread that called it; another thread's
+    build or enqueue must not be quoted as this one's failure), and ``echo``, an optional callable
+    receiving each kept line."""
     key = getattr(trt, "__name__", "tensorrt")
     with _LOCK:
         if key not in _LOGGERS:
@@ -40,6 +42,7 @@ def _make_logger(trt: ModuleType) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.lines: deque[str] = deque(maxlen=500)
+            self._threads: deque[int] = deque(maxlen=500)  # who logged each of ``lines``
             self.count = 0
             self.echo: Callable[[str], None] | None = None
             self._lock = threading.Lock()
@@ -53,6 +56,7 @@ def _make_logger(trt: ModuleType) -> Any:
             line = f"[{name}] {msg}"
             with self._lock:
                 self.lines.append(line)
+                self._threads.append(threading.get_ident())
                 self.count += 1
             if self.echo is not None:
                 self.echo(line)
@@ -61,9 +65,14 @@ def _make_logger(trt: ModuleType) -> Any:
             return self.count
 
         def since(self, mark: int) -> list[str]:
+            """The lines this thread's calls logged since ``mark``."""
+            me = threading.get_ident()
             with self._lock:
-                new = self.count - mark
-                return list(self.lines)[-new:] if new > 0 else []
+                new = min(self.count - mark, len(self.lines))
+                if new <= 0:
+                    return []
+                pairs = zip(list(self.lines)[-new:], list(self._threads)[-new:], strict=True)
+                return [line for line, who in pairs if who == me]
 
     return CapturingLogger()
 
