@@ -65,16 +65,20 @@ def test_version_compatible_plan_carries_roialign(
     from crystal_rt.build.tensorrt import builder
 
     vc = BuildOptions(version_compatible=True)
-    with simulated_gpu():
+    with simulated_gpu() as gpu:
         manifest = build_engine(demo_onnx, tmp_path / "vc", backend="tensorrt", tensorrt=vc)
+        # trtexec's sequence: the parser's VC plugin libraries also go into the builder's registry
+        assert gpu.tensorrt.simulation.loaded_libraries("builder") == ["libnvinfer_vc_plugin.so"]
     assert manifest.build_options["serialized_plugins"] == ["libnvinfer_vc_plugin.so"]
     assert _header(tmp_path / "vc")["plugins_serialized"] == ["libnvinfer_vc_plugin.so"]
     # it loads on its own TensorRT and on TensorRT 11 (10 -> 11 is allowed for version-compatible plans)
     for version in ("10.16.0.sim", "11.1.0.sim"):
-        with simulated_gpu(tensorrt_version=version), Detector.load(tmp_path / "vc") as det:
+        with simulated_gpu(tensorrt_version=version) as gpu, Detector.load(tmp_path / "vc") as det:
             assert len(det.detect(real_images[0]).instances) > 0
+            # and into the runtime's, as trtexec does at inference time (--dynamicPlugins)
+            assert gpu.tensorrt.simulation.loaded_libraries("runtime") == ["libnvinfer_vc_plugin.so"]
     # built as before the fix (flag only, no plugins serialized): the plan does not load
-    monkeypatch.setattr(builder, "serialize_vc_plugins", lambda config, parser: [])
+    monkeypatch.setattr(builder, "serialize_vc_plugins", lambda config, parser, builder=None: [])
     monkeypatch.setenv("CRYSTAL_RT_CACHE", str(tmp_path / "other-cache"))  # not the cached good plan
     with simulated_gpu():
         build_engine(demo_onnx, tmp_path / "bare", backend="tensorrt", tensorrt=vc)

@@ -213,6 +213,11 @@ class SimulatedTensorRT:
         self.plugins: set[str] = set()
         self.lock = threading.Lock()
         self.live: weakref.WeakSet[Any] = weakref.WeakSet()  # runtimes, engines, execution contexts
+        self.registries: list[tuple[str, _PluginRegistry]] = []  # every builder's and runtime's
+
+    def loaded_libraries(self, owner: str) -> list[str]:
+        """Plugin libraries loaded into the registries of every ``"builder"`` or ``"runtime"``."""
+        return [lib for kind, registry in self.registries if kind == owner for lib in registry.libraries]
 
     def live_objects(self) -> dict[str, int]:
         """How many runtimes, engines and execution contexts are alive (not yet released)."""
@@ -283,6 +288,17 @@ class SimulatedTensorRT:
 
 
 # ---- building --------------------------------------------------------------------------------------
+
+
+class _PluginRegistry:
+    """``IPluginRegistry``: what ``load_library`` loaded (the simulated libraries always load)."""
+
+    def __init__(self) -> None:
+        self.libraries: list[str] = []
+
+    def load_library(self, path: str) -> object:
+        self.libraries.append(str(path))
+        return object()  # the handle TensorRT returns
 
 
 class _Network:
@@ -552,6 +568,11 @@ class _Builder:
     def __init__(self, sim: SimulatedTensorRT, logger: Any) -> None:
         self.sim, self.logger = sim, logger
         self.platform_has_fast_fp16 = True
+        self.registry = _PluginRegistry()
+        sim.registries.append(("builder", self.registry))
+
+    def get_plugin_registry(self) -> _PluginRegistry:
+        return self.registry
 
     def create_network(self, flags: int = 0) -> _Network:
         return _Network(int(flags))
@@ -674,6 +695,11 @@ class _Runtime:
         self.engine_host_code_allowed = False
         self.context = sim.driver.context_identity()
         sim.live.add(self)
+        self.registry = _PluginRegistry()
+        sim.registries.append(("runtime", self.registry))
+
+    def get_plugin_registry(self) -> _PluginRegistry:
+        return self.registry
 
     def _fail(self, kind: str, **fields: str) -> _Engine | None:
         """Log TensorRT's messages for a plan it refuses; returns None, as deserialize does."""

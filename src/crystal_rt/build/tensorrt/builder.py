@@ -21,7 +21,7 @@ from typing import Any
 from ...cuda.driver import check, ensure_context
 from ...cuda.driver import driver as cuda_driver
 from ...errors import BackendUnavailable, BuildError, CrystalRtError, CudaError, InvalidModel
-from ...runtime.tensorrt.plugins import init_plugins
+from ...runtime.tensorrt.plugins import init_plugins, load_plugin_libraries
 from ...runtime.tensorrt.trtlog import create, get_logger, out_of_memory, summarize
 from .options import HARDWARE_COMPAT_LEVELS, BuildOptions
 from .precision import PrecisionRoute, pin_box_layers
@@ -150,10 +150,11 @@ def configure(
     return load_timing_cache(config, options.timing_cache)
 
 
-def serialize_vc_plugins(config: Any, parser: Any) -> list[str]:
-    """Put the plugin libraries the graph uses into a version-compatible plan, as trtexec does: such
-    a plan runs on TensorRT's lean runtime, which does not see the process's plugin registry (the
-    RoiAlign of every Mask R-CNN is the ``ROIAlign_TRT`` plugin). Returns the libraries."""
+def serialize_vc_plugins(config: Any, parser: Any, builder: Any = None) -> list[str]:
+    """Put the plugin libraries the graph uses into a version-compatible plan and load them into the
+    builder's plugin registry, as trtexec does (``modelToBuildEnv``, TensorRT 10.3): such a plan runs
+    on TensorRT's lean runtime, which does not see the process's plugin registry (the RoiAlign of
+    every Mask R-CNN is the ``ROIAlign_TRT`` plugin). Returns the libraries."""
     used = getattr(parser, "get_used_vc_plugin_libraries", None)
     libraries = [str(lib) for lib in used()] if callable(used) else []
     if libraries:
@@ -163,6 +164,8 @@ def serialize_vc_plugins(config: Any, parser: Any) -> list[str]:
                 "cannot serialize plugins into a plan; build without --version-compatible"
             )
         config.plugins_to_serialize = libraries
+        if builder is not None:
+            load_plugin_libraries(builder, libraries)
     return libraries
 
 
@@ -238,7 +241,7 @@ def build_plan(
         say(f"FP16 for the convolutional layers; {len(pinned)} box, NMS and RoiAlign layers pinned to FP32")
     config = builder.create_builder_config()
     configure(trt, config, options, route, target_cc=target_cc)
-    plugin_libraries = serialize_vc_plugins(config, parser) if options.version_compatible else []
+    plugin_libraries = serialize_vc_plugins(config, parser, builder) if options.version_compatible else []
 
     monitor = make_monitor(trt, show=progress)  # also without a bar: Ctrl-C cancels through it
     if monitor is not None:

@@ -29,7 +29,7 @@ from ...errors import CudaError, EngineIncompatible, InferenceError
 from ..artifacts import Manifest
 from ..backends.device import DeviceBackend, DeviceState
 from .modules import load_tensorrt
-from .plugins import init_plugins
+from .plugins import init_plugins, load_plugin_libraries
 from .trtlog import create, get_logger, out_of_memory, summarize
 
 if TYPE_CHECKING:
@@ -71,6 +71,10 @@ class TensorRTBackend(DeviceBackend):
             self.runtime: trt_types.Runtime = create(trt.Runtime, logger, "runtime")
             if manifest is not None and manifest.build_options.get("version_compatible"):
                 self.runtime.engine_host_code_allowed = True
+                # as trtexec does at inference time (its --dynamicPlugins): the plan's plugin libraries
+                load_plugin_libraries(
+                    self.runtime, list(manifest.build_options.get("serialized_plugins", []))
+                )
             engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None and out_of_memory(logger.since(mark)):
                 raise CudaError(
