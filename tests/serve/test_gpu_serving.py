@@ -49,6 +49,16 @@ def test_http_on_tensorrt_equals_onnxruntime(
             assert bad.status_code == 422 and bad.json()["error"]["type"] == "InvalidImage"
 
 
+def test_every_worker_is_warmed_at_start(sim_gpu, demo_trt_engine: Path) -> None:
+    """On a device backend each worker thread holds its own context, stream, buffers and modules: all
+    of them are made at start-up (readyz says ready only then), none on a first request."""
+    with Detector.load(demo_trt_engine) as trt:
+        app = create_app(trt, max_body_bytes=16 * 2**20, max_concurrency=3, queue_size=4)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.get("/readyz").status_code == 200
+            assert trt.backend.live_contexts() == 3  # one per worker (it was 1 before)
+
+
 def test_watch_on_tensorrt_equals_onnxruntime(
     sim_gpu, demo_trt_engine: Path, demo_ort_engine: Path, real_images: list[Path], tmp_path: Path
 ) -> None:

@@ -38,6 +38,7 @@ a ``warning`` to restart the service to load the new engine.
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -106,6 +107,10 @@ def status_for(error: CrystalRtError) -> int:
 
 def error_body(kind: str, message: str, source: str | None) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, "input": source}}
+
+
+#: how long a warm-up call waits for the other worker threads to start (each warms its own thread)
+WARMUP_BARRIER_SECONDS = 60.0
 
 
 def warmup_image(size: int) -> "np.ndarray":
@@ -322,16 +327,29 @@ def create_app(
         body = error_body(type(error).__name__, error.message, error.path or source)
         return JSONResponse(body, status_code=status, headers=headers)
 
+    # A device backend keeps per-thread state (CUDA context current, stream, buffers, kernel modules,
+    # execution context or ORT session): warm every worker thread, not just the first one, so that no
+    # request pays for it. The barrier makes the pool start one thread per warm-up call.
+    on_device = getattr(detector.backend, "device", "cpu") != "cpu"
+    workers_to_warm = max_concurrency if on_device else 1
+    barrier = threading.Barrier(workers_to_warm)
+
     def warm() -> float:
+        barrier.wait(timeout=WARMUP_BARRIER_SECONDS)
         t0 = perf_counter()
         detector.detect_pixels(warmup_image(max(detector.preprocess.resize.hw)), name="<warmup>")
         return (perf_counter() - t0) * 1e3
+
+    async def warm_all() -> float:
+        loop = asyncio.get_running_loop()
+        times = await asyncio.gather(*(loop.run_in_executor(pool[0], warm) for _ in range(workers_to_warm)))
+        return max(times)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if warmup:
             try:
-                state.warmup_ms = await asyncio.get_running_loop().run_in_executor(pool[0], warm)
+                state.warmup_ms = await warm_all()
             except Exception as exc:  # reported by /readyz; the process stays up for /healthz
                 state.warmup_error = (
                     str(exc) if isinstance(exc, CrystalRtError) else f"{type(exc).__name__}: {exc}"
