@@ -267,3 +267,31 @@ def test_tensorrt_objects_belong_to_their_context(sim_gpu: SimulatedGpu, demo_tr
     ok(d.cuMemFree(ok(d.cuMemAlloc(16))))
     assert engine.create_execution_context() is None and "context it was created in is gone" in messages[-1]
     assert runtime.deserialize_cuda_engine(b"x") is None and "gone" in messages[-1]
+
+
+def test_shared_memory_counts_static_and_dynamic(drv) -> None:
+    """Without opting in, a block has 48 KiB of shared memory, static (__shared__ arrays, read from the
+    CUBIN) and dynamic together; MAX_DYNAMIC_SHARED_SIZE_BYTES opts in up to the arch's limit."""
+    from crystal_rt.cuda.launches import KernelLaunch
+    from crystal_rt.cuda.module import Module, launch
+
+    module = Module("clahe", arch="sm_89")
+    function = module.function("clahe_hist_lut_u8")
+    attrs = drv.CUfunction_attribute
+    static = ok(drv.cuFuncGetAttribute(attrs.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, function))
+    assert static == 8208  # the histogram scan buffer and a counter
+    dynamic = 48 * 1024 - static + 64  # under 48 KiB alone, over it with the static part
+    code = drv.cuLaunchKernel(function, 1, 1, 1, 256, 1, 1, dynamic, 0, 1, 0)[0]
+    assert code == drv.CUresult.CUDA_ERROR_INVALID_VALUE and "+ 8208 static" in drv.messages[-1]
+    too_much = drv.cuFuncSetAttribute(
+        function, attrs.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 99 * 1024
+    )
+    assert too_much[0] == drv.CUresult.CUDA_ERROR_INVALID_VALUE  # compute 8.9: 99 KiB a block in all
+    # crystal-rt's launcher opts in when static + dynamic passes 48 KiB (the launch itself is made to fail
+    # after the check, so that the kernel never runs on these made-up arguments)
+    drv.fail_next("cuLaunchKernel", drv.CUresult.CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES)
+    spec = KernelLaunch("clahe_hist_lut_u8", (1, 1, 1), (256, 1, 1), (), (), dynamic)
+    with pytest.raises(Exception, match="OUT_OF_RESOURCES"):
+        launch(function, spec)
+    opted = ok(drv.cuFuncGetAttribute(attrs.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, function))
+    assert opted == dynamic

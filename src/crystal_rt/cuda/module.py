@@ -78,6 +78,17 @@ def _module_load_error(exc: CudaError, name: str, arch: str) -> CudaError:
     return CudaError(f"the {name} kernels do not load ({exc.code}): {reason}", code=exc.code)
 
 
+#: a block's shared memory (static + dynamic) without opting in with MAX_DYNAMIC_SHARED_SIZE_BYTES
+SMEM_WITHOUT_OPT_IN = 48 * 1024
+
+
+def static_shared_bytes(function: Any) -> int:
+    """The kernel's static shared memory (its ``__shared__`` arrays), as the driver reports it."""
+    drv = driver()
+    attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES
+    return int(check(drv.cuFuncGetAttribute(attr, function), "cuFuncGetAttribute"))
+
+
 def launch(function: Any, spec: KernelLaunch, stream: Any = None) -> None:
     """Launch ``function`` with ``spec``'s geometry and parameters on ``stream`` (see as_stream)."""
     drv = driver()
@@ -85,7 +96,7 @@ def launch(function: Any, spec: KernelLaunch, stream: Any = None) -> None:
         raise CudaError(f"{spec.kernel}: {len(spec.args)} arguments for {len(spec.argtypes)} parameters")
     holders = [t(a) for a, t in zip(spec.args, spec.argtypes, strict=True)]
     pointers = (ctypes.c_void_p * len(holders))(*(ctypes.addressof(h) for h in holders))
-    if spec.shared_bytes > 48 * 1024:
+    if spec.shared_bytes and spec.shared_bytes + static_shared_bytes(function) > SMEM_WITHOUT_OPT_IN:
         attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         check(drv.cuFuncSetAttribute(function, attr, spec.shared_bytes), "cuFuncSetAttribute")
     check(

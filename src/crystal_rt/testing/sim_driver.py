@@ -40,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import re
+import struct
 import threading
 import time
 from collections import deque
@@ -66,6 +67,46 @@ def _real_driver() -> Any:
 def _ptx_cuda_major(isa_major: int) -> int:
     """The CUDA major whose driver first loads PTX of this ISA major (ISA 8.x: CUDA 12, 9.x: CUDA 13)."""
     return isa_major + 4 if isa_major >= 8 else 11
+
+
+#: shared memory per block: without opting in (static + dynamic), and the most a kernel may opt in to
+#: (cudaDevAttrMaxSharedMemoryPerBlockOptin, by compute capability; CUDA programming guide)
+SMEM_DEFAULT_LIMIT = 48 * 1024
+SMEM_OPTIN_LIMIT = {
+    (7, 5): 64 * 1024,
+    (8, 0): 163 * 1024,
+    (8, 6): 99 * 1024,
+    (8, 7): 163 * 1024,
+    (8, 9): 99 * 1024,
+    (9, 0): 227 * 1024,
+    (10, 0): 227 * 1024,
+    (12, 0): 99 * 1024,
+}
+
+
+def static_shared_bytes(image: bytes) -> dict[str, int]:
+    """Static shared memory per kernel of a CUBIN (the sizes of its ``.nv.shared.<kernel>`` sections);
+    empty for PTX, whose shared variables are not per kernel until the driver compiles it."""
+    if image[:4] != b"\x7fELF" or image[4] != 2:  # ELF64 only
+        return {}
+    shoff = struct.unpack_from("<Q", image, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", image, 0x3A)
+
+    def section(index: int) -> tuple[int, int, int]:
+        name, _type, _flags, _addr, offset, size = struct.unpack_from(
+            "<IIQQQQ", image, shoff + index * shentsize
+        )
+        return name, offset, size
+
+    names = section(shstrndx)[1]
+    found: dict[str, int] = {}
+    for index in range(shnum):
+        name_at, _, size = section(index)
+        start = names + name_at
+        name = image[start : image.index(b"\0", start)].decode(errors="replace")
+        if name.startswith(".nv.shared."):
+            found[name[len(".nv.shared.") :]] = int(size)
+    return found
 
 
 class SimulatedFault(Exception):
@@ -114,6 +155,7 @@ class _Function:
     module: EmulatedModule
     kernel: EmulatedKernel
     attributes: dict[int, int] = field(default_factory=dict)
+    static_smem: int = 0
 
 
 @dataclass(frozen=True)
@@ -175,6 +217,7 @@ class SimulatedDriver:
         self._streams: dict[int, _Stream] = {}
         self._events: dict[int, _Event] = {}
         self._modules: dict[int, EmulatedModule] = {}
+        self._static_smem: dict[int, dict[str, int]] = {}  # module -> kernel -> static shared bytes
         self._functions: dict[int, _Function] = {}
         self._sticky: Any = None
         self._sticky_message = ""
@@ -802,6 +845,7 @@ class SimulatedDriver:
         with self._lock:
             handle = next(self._handles)
             self._modules[handle] = module
+            self._static_smem[handle] = static_shared_bytes(data)
         return (self.OK, self.CUmodule(handle))
 
     def cuModuleUnload(self, hmod: Any) -> tuple[Any]:
@@ -824,16 +868,42 @@ class SimulatedDriver:
             if kernel is None:
                 return (self.CUresult.CUDA_ERROR_NOT_FOUND, None)
             handle = next(self._handles)
-            self._functions[handle] = _Function(handle, module, kernel)
+            static = self._static_smem.get(int(hmod), {}).get(kernel.name, 0)
+            self._functions[handle] = _Function(handle, module, kernel, static_smem=static)
         return (self.OK, self.CUfunction(handle))
+
+    def _optin_limit(self) -> int:
+        return SMEM_OPTIN_LIMIT.get(self.compute_capability, 99 * 1024)
 
     def cuFuncSetAttribute(self, hfunc: Any, attrib: Any, value: int) -> tuple[Any]:
         with self._lock:
             func = self._functions.get(int(hfunc))
             if func is None:
                 return (self.CUresult.CUDA_ERROR_INVALID_HANDLE,)
+            dynamic = int(self.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
+            if int(attrib) == dynamic and int(value) + func.static_smem > self._optin_limit():
+                return self._err(
+                    self.CUresult.CUDA_ERROR_INVALID_VALUE,
+                    f"{func.kernel.name}: {value} + {func.static_smem} static bytes of shared memory, more "
+                    f"than the {self._optin_limit()} compute {self.compute_capability} allows a block",
+                )
             func.attributes[int(attrib)] = int(value)
         return (self.OK,)
+
+    def cuFuncGetAttribute(self, attrib: Any, hfunc: Any) -> tuple[Any, int]:
+        with self._lock:
+            func = self._functions.get(int(hfunc))
+            if func is None:
+                return (self.CUresult.CUDA_ERROR_INVALID_HANDLE, 0)
+            attrs = self.CUfunction_attribute
+            if int(attrib) == int(attrs.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES):
+                return (self.OK, func.static_smem)
+            if int(attrib) == int(attrs.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES):
+                default = SMEM_DEFAULT_LIMIT - func.static_smem
+                return (self.OK, func.attributes.get(int(attrib), default))
+            if int(attrib) == int(attrs.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK):
+                return (self.OK, 1024)
+        return (self.CUresult.CUDA_ERROR_INVALID_VALUE, 0)
 
     def cuLaunchKernel(
         self,
@@ -908,13 +978,16 @@ class SimulatedDriver:
             return invalid, f"{name}: bad launch {grid} x {block}"
         if grid[0] >= 2**31 or max(grid[1:]) > 65535 or block[2] > 64:
             return invalid, f"{name}: grid {grid} exceeds the limits"
+        static = func.static_smem
         limit = func.attributes.get(
-            int(self.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), 48 * 1024
+            int(self.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES),
+            SMEM_DEFAULT_LIMIT - static,  # without opting in, static + dynamic <= 48 KiB
         )
-        if smem > limit:
+        if smem > limit or static + smem > self._optin_limit():
             return invalid, (
-                f"{name}: {smem} bytes of dynamic shared memory, more than the {limit} allowed "
-                "(cuFuncSetAttribute MAX_DYNAMIC_SHARED_SIZE_BYTES)"
+                f"{name}: {smem} bytes of dynamic shared memory (+ {static} static), more than the {limit} "
+                "allowed (cuFuncSetAttribute MAX_DYNAMIC_SHARED_SIZE_BYTES opts in up to "
+                f"{self._optin_limit() - static})"
             )
         if extra not in (0, None) or not isinstance(params, int) or not params:
             return invalid, f"{name}: the simulated driver takes kernelParams as the address of a void* array"
