@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -175,22 +176,35 @@ def images_below(folder: Path, limit: int = 3) -> tuple[int, list[Path]]:
 
 
 def _check_size(
-    width: int, height: int, label: str, max_pixels: int, *, samples: int = 1, sample_bytes: int = 1
+    width: int,
+    height: int,
+    label: str,
+    max_pixels: int,
+    *,
+    depth: int = 1,
+    samples: int = 1,
+    sample_bytes: int = 1,
+    what: str = "image",
 ) -> None:
-    if width <= 0 or height <= 0:
+    """Refuse a declared allocation (the image, or a TIFF tile, strip or JPEG segment: ``what``) of
+    width x height x depth pixels over ``max_pixels``, before anything is decoded."""
+    if what == "image" and (width <= 0 or height <= 0):
         raise InvalidImage(f"image has zero size ({width}x{height})", path=label)
     pixel_bytes = max(1, samples) * max(1, sample_bytes)
-    cost = width * height * max(1.0, pixel_bytes / 4)
+    pixels = max(0, width) * max(0, height) * max(1, depth)
+    cost = pixels * max(1.0, pixel_bytes / 4)
     if cost <= max_pixels:
         return
+    size = f"{width}x{height}" if depth <= 1 else f"{width}x{height}x{depth} (ImageDepth {depth})"
+    subject = size if what == "image" else f"its {what} of {size}"
     if pixel_bytes <= 4:
         raise ImageTooLarge(
-            f"image too large: {width}x{height} = {width * height} pixels, more than the limit of "
+            f"image too large: {subject} = {pixels} pixels, more than the limit of "
             f"{max_pixels}; refused before decoding",
             path=label,
         )
     raise ImageTooLarge(
-        f"image too large: {width}x{height} pixels of {samples} sample(s) x {sample_bytes} byte(s) count as "
+        f"image too large: {subject} pixels of {samples} sample(s) x {sample_bytes} byte(s) count as "
         f"{int(cost)} pixels (a pixel of more than 4 bytes counts bytes / 4), more than the limit of "
         f"{max_pixels}; refused before decoding",
         path=label,
@@ -202,7 +216,7 @@ def _decode(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         raise InvalidImage("empty file", path=label)
     if data[:4] in _TIFF_MAGICS:
 
-        def check_size(width: int, height: int, **kwargs: int) -> None:
+        def check_size(width: int, height: int, **kwargs: Any) -> None:
             _check_size(width, height, label, max_pixels, **kwargs)
 
         pixels, bits = decode_tiff(data, label, check_size)
