@@ -778,6 +778,21 @@ def test_png_jpeg_bmp_bombs_are_refused_before_decoding() -> None:
         assert "refused before decoding" in str(err.value) and "10000x9000" in str(err.value)
 
 
+def test_file_over_max_bytes_is_refused_unread(tmp_path: Path) -> None:
+    path = _save(tmp_path / "big.png", Image.fromarray(_noise((40, 40))), "PNG")
+    size = path.stat().st_size
+    with pytest.raises(ImageTooLarge) as err:
+        read_image(path, max_bytes=size - 1)
+    assert f"file too large: {size} bytes, more than the limit of {size - 1}; not read" in str(err.value)
+    assert read_image(path, max_bytes=size).shape == (40, 40)
+
+
+def test_special_files_are_refused_by_kind(tmp_path: Path) -> None:
+    """(A named pipe: tests/serve/test_bad_inputs.py, guarded against the hang it caused.)"""
+    _expect_error(Path("/dev/null"), "is a character device, not a regular file", "/dev/null")
+    _expect_error(tmp_path, "is a directory, not an image file", str(tmp_path))
+
+
 def test_zero_size_png_header_is_refused(tmp_path: Path) -> None:
     (tmp_path / "zero.png").write_bytes(_png_claiming(0, 8))
     _expect_error(tmp_path / "zero.png", "", "zero.png")

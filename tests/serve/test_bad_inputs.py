@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import threading
@@ -188,6 +189,52 @@ def test_library_missing_file(detector: Detector, tmp_path: Path) -> None:
         detector.detect(tmp_path / "gone.png")
     assert err.value.message == "file not found" and err.value.path == str(tmp_path / "gone.png")
     assert len(detector.detect(GOOD).instances) >= 0
+
+
+def _detect_in_thread(detector: Detector, path: Path) -> BaseException | None:
+    """``detector.detect(path)``'s error; fails the test if the call blocks (then a writer is opened
+    on the FIFO so that the blocked open returns)."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            detector.detect(path)
+            outcome.append(None)
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # lets the blocked open() return
+        thread.join(10)
+        pytest.fail(f"detect({path.name}) blocked on a named pipe")
+    return outcome[0]
+
+
+def test_library_named_pipe_is_refused_unread(detector: Detector, tmp_path: Path) -> None:
+    """A FIFO with no writer made open() block for ever (issue 29, item 8)."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    error = _detect_in_thread(detector, fifo)
+    assert isinstance(error, InvalidImage), error
+    assert "is a named pipe (FIFO), not a regular file; refused unread" in error.message
+    assert error.path == str(fifo)
+    assert detector.detect(GOOD).width == 128
+
+
+@pytest.mark.parametrize("via_link", [False, True], ids=["device", "link-to-device"])
+def test_library_dev_zero_is_refused_unread(detector: Detector, tmp_path: Path, via_link: bool) -> None:
+    """/dev/zero was read until memory ran out (issue 29, item 8); a link to it is the same file."""
+    path = Path("/dev/zero")
+    if via_link:
+        path = tmp_path / "zero.png"
+        path.symlink_to("/dev/zero")
+    with pytest.raises(InvalidImage) as err:
+        detector.detect(path)
+    assert "is a character device, not a regular file; refused unread" in err.value.message
+    assert err.value.path == str(path)
 
 
 def test_library_exif_rotation_matches_rotated_pixels(detector: Detector) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ from ..errors import ImageTooLarge, InvalidImage
 from .tiff import decode_tiff, is_8_or_16_bit, unsupported_pixel_type
 
 DEFAULT_MAX_PIXELS: int = 80_000_000
+#: the largest image file read from a path (as ``watch --max-file-mb``'s default)
+DEFAULT_MAX_BYTES: int = 512 * 2**20
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,9 +95,10 @@ def read_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> np.ndarray:
     """Decode ``source`` (a path, encoded bytes or an array) into a uint8/uint16 gray or RGB array."""
-    return read_image_info(source, max_pixels=max_pixels, name=name).pixels
+    return read_image_info(source, max_pixels=max_pixels, name=name, max_bytes=max_bytes).pixels
 
 
 def read_image_info(
@@ -102,25 +106,69 @@ def read_image_info(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DecodedImage:
-    """:func:`read_image`'s pixels with the bit depth the file gives (:class:`DecodedImage`)."""
+    """:func:`read_image`'s pixels with the bit depth the file gives (:class:`DecodedImage`); a path
+    must name a regular file of at most ``max_bytes`` (:func:`read_file_bytes`)."""
     if isinstance(source, np.ndarray):
         return DecodedImage(_normalise(source, name or "<array>"))
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(bytes(source), name or "<bytes>", max_pixels)
     path = _as_path(source, name)
     label = name or str(path)
-    if path.is_dir():
-        raise InvalidImage("is a directory, not an image file", path=label)
+    return _decode(read_file_bytes(path, label, max_bytes), label, max_pixels)
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file that is not a regular file is (None for a regular file)."""
+    kinds = (
+        (stat.S_ISDIR, "is a directory, not an image file"),
+        (stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file; refused unread"),
+        (stat.S_ISCHR, "is a character device, not a regular file; refused unread"),
+        (stat.S_ISBLK, "is a block device, not a regular file; refused unread"),
+        (stat.S_ISSOCK, "is a socket, not a regular file; refused unread"),
+    )
+    for test, what in kinds:
+        if test(mode):
+            return what
+    return None if stat.S_ISREG(mode) else "is not a regular file; refused unread"
+
+
+def read_file_bytes(path: Path, label: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """A regular file's bytes, at most ``max_bytes``: anything else (a folder, a named pipe, a device
+    such as /dev/zero, a socket) is refused before it is read (stat), a file swapped for one
+    between the stat and the open is refused after it (opened without blocking, then fstat), and a
+    file larger than ``max_bytes`` is refused having read at most ``max_bytes + 1`` bytes."""
     try:
-        data = path.read_bytes()
+        what = _not_regular(os.stat(path).st_mode)
+        if what is not None:
+            raise InvalidImage(what, path=label)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            what = _not_regular(info.st_mode)
+            if what is not None:
+                raise InvalidImage(what, path=label)
+            if info.st_size > max_bytes:
+                raise _file_too_large(str(info.st_size), max_bytes, label)
+            data = fh.read(info.st_size + 1)
+            if len(data) > info.st_size:  # grown since the fstat
+                data += fh.read(max_bytes + 1 - len(data))
     except FileNotFoundError as exc:
         raise InvalidImage("file not found", path=label) from exc
     except PermissionError as exc:
         raise InvalidImage("permission denied", path=label) from exc
     except OSError as exc:
         raise InvalidImage(f"cannot read file: {exc.strerror or exc}", path=label) from exc
-    return _decode(data, label, max_pixels)
+    if len(data) > max_bytes:
+        raise _file_too_large(f"at least {len(data)}", max_bytes, label)
+    return data
+
+
+def _file_too_large(size: str, max_bytes: int, label: str) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"file too large: {size} bytes, more than the limit of {max_bytes}; not read", path=label
+    )
 
 
 def _as_path(source: object, name: str | None) -> Path:
