@@ -35,6 +35,7 @@ from crystal_rt.errors import (
     InvalidImage,
     MissingDependency,
 )
+from crystal_rt.runtime.backends.base import Backend
 from crystal_rt.runtime.detector import Detector
 from crystal_rt.serve.http import create_app
 from crystal_rt.serve.watch import Watcher, WatchOptions
@@ -460,6 +461,98 @@ def test_sixteen_threads_share_one_detector(detector: Detector) -> None:
     assert not errors and len(results) == 16
     for index, d in results.items():
         assert d == expected[index % len(images)]
+
+
+class _GatedBackend(Backend):
+    """The real ONNX Runtime backend, each ``infer`` held at a gate until the test opens it: puts a
+    call in flight at a known moment (the engine itself runs unchanged)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner, self.name, self.device = inner, inner.name, inner.device
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def infer(self, images: np.ndarray) -> Any:
+        self.entered.set()
+        assert self.gate.wait(60)
+        return self.inner.infer(images)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_close_waits_for_the_call_in_flight_and_refuses_later_ones(tiny: Any) -> None:
+    """close() during a call: the call finishes with its result, close() returns after it, a call
+    made once close() has begun raises InvalidOption (was: InferenceError 'NoneType' object has no
+    attribute 'run'; issue 29, item 9)."""
+    from crystal_rt.errors import InvalidOption
+
+    loaded = Detector.load(tiny.engine_dir, threads=1)
+    gated = _GatedBackend(loaded.backend)
+    det = Detector(gated, loaded.model, loaded.preprocess)
+    outcome: dict[str, Any] = {}
+
+    def in_flight() -> None:
+        try:
+            outcome["result"] = det.detect(BASE)
+        except BaseException as exc:  # reported below
+            outcome["result"] = exc
+
+    caller = threading.Thread(target=in_flight)
+    caller.start()
+    assert gated.entered.wait(60)  # the call is inside the engine
+    closer = threading.Thread(target=det.close)
+    closer.start()
+    closer.join(0.5)
+    late_error: BaseException | None = None
+    try:
+        det.detect(BASE)
+    except BaseException as exc:  # reported below
+        late_error = exc
+    gated.gate.set()
+    caller.join(60)
+    closer.join(60)
+    assert not closer.is_alive() and not caller.is_alive()
+    assert not isinstance(outcome["result"], BaseException), outcome["result"]
+    assert outcome["result"].width == 128
+    assert isinstance(late_error, InvalidOption) and "this Detector is closed" in late_error.message
+    with pytest.raises(InvalidOption, match="this Detector is closed"):
+        det.detect_pixels(BASE)
+
+
+def test_threads_hammering_detect_while_close_is_called(tiny: Any) -> None:
+    """8 threads call detect in a loop; close() mid-way: every call returns a result or raises
+    InvalidOption, never another error, and each thread ends on InvalidOption."""
+    from crystal_rt.errors import InvalidOption
+
+    det = Detector.load(tiny.engine_dir, threads=1)
+    image = make_drop(3, 64, 80).image
+    done = threading.Semaphore(0)
+    unexpected: list[BaseException] = []
+    last: dict[int, BaseException] = {}
+
+    def hammer(index: int) -> None:
+        while True:
+            try:
+                det.detect(image)
+                done.release()
+            except InvalidOption as exc:
+                last[index] = exc
+                return
+            except BaseException as exc:  # reported below
+                unexpected.append(exc)
+                done.release()
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for _ in range(24):  # calls running in every thread
+        assert done.acquire(timeout=60)
+    det.close()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert unexpected == []
+    assert len(last) == 8 and all("this Detector is closed" in str(e) for e in last.values())
 
 
 def test_closed_detector_and_non_image_inputs_are_typed(tiny: Any) -> None:
