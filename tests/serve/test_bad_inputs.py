@@ -403,22 +403,103 @@ ENGINE_KINDS = [
 
 @pytest.mark.parametrize("kind", ENGINE_KINDS)
 def test_bad_engine(kind: str, tiny: Any, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
-    from crystal_rt.cli import main as cli_main
 
     engine, error, fragment = _bad_engine(kind, tiny, tmp_path)
     with pytest.raises(error) as err:
         Detector.load(engine)
     assert fragment in str(err.value)
-    (tmp_path / "in").mkdir()
+    _commands_refuse_in_one_line(engine, fragment, tmp_path, capsys)
+
+
+def _commands_refuse_in_one_line(engine: Path, fragment: str, tmp_path: Path, capsys: Any) -> None:
+    """``serve``, ``watch`` and ``detect`` on ``engine``: exit 1, one ``error:`` line with ``fragment``."""
+    from crystal_rt.cli import main as cli_main
+
+    (tmp_path / "in").mkdir(exist_ok=True)
+    (tmp_path / "in" / "good.png").write_bytes(GOOD)
     for argv in (
         ["serve", str(engine)],
         ["watch", str(engine), str(tmp_path / "in"), "-o", str(tmp_path / "o")],
+        ["detect", str(engine), str(tmp_path / "in"), "-o", str(tmp_path / "d")],
     ):
         capsys.readouterr()
         assert cli_main.main(argv) == 1
         err_text = capsys.readouterr().err.strip()
-        assert err_text.startswith("error:") and "Traceback" not in err_text
-        assert len(err_text.splitlines()) == 1 and fragment in err_text
+        assert err_text.startswith("error:") and "Traceback" not in err_text, err_text
+        assert len(err_text.splitlines()) == 1 and fragment in err_text, err_text
+
+
+def _outside_copy(model: Path, tmp_path: Path) -> Path:
+    """The engine's model file copied outside the engine folder (same bytes, so size and SHA-256
+    match the manifest: only where it lies is wrong)."""
+    outside = tmp_path / "elsewhere" / model.name
+    outside.parent.mkdir()
+    shutil.copyfile(model, outside)
+    return outside
+
+
+def _malformed_manifest(kind: str, manifest: Path, model: Path, tmp_path: Path) -> str:
+    """Spoil ``manifest`` one way; the fragment its refusal must carry."""
+    if kind == "deeply-nested":  # was RecursionError
+        manifest.write_text(
+            '{"format": "crystal-rt-engine", "build_options": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        )
+        return "engine manifest nested too deeply to parse"
+    if kind == "nested-past-the-limit":
+        data = json.loads(manifest.read_text())
+        data["build_options"] = {"x": json.loads("[" * 40 + "]" * 40)}
+        manifest.write_text(json.dumps(data))
+        return "engine manifest nested more than 32 levels deep"
+    if kind == "engine-file-list":  # was TypeError
+        _edit_manifest(manifest, engine_file=[model.name])
+        return "engine_file must be a string, got list"
+    if kind == "engine-bytes-infinite":  # was OverflowError
+        _edit_manifest(manifest, engine_bytes=float("inf"))
+        return "engine_bytes must be a whole number of bytes"
+    if kind == "preprocess-not-an-object":
+        _edit_manifest(manifest, preprocess="clahe")
+        return "preprocess must be an object, got str"
+    if kind == "engine-file-absolute":  # was: the file outside loaded
+        _edit_manifest(manifest, engine_file=str(_outside_copy(model, tmp_path)))
+        return "engine_file must be a file name in the manifest's folder"
+    if kind == "engine-file-dotdot":
+        _outside_copy(model, tmp_path)
+        _edit_manifest(manifest, engine_file=f"../elsewhere/{model.name}")
+        return "engine_file must be a file name in the manifest's folder, got '../elsewhere/tiny.onnx'"
+    if kind == "engine-file-link-out":
+        outside = _outside_copy(model, tmp_path)
+        model.unlink()
+        model.symlink_to(outside)
+        return "engine_file tiny.onnx is a link out of the engine folder"
+    if kind == "over-1-MiB":  # valid JSON, padded
+        manifest.write_text(manifest.read_text() + " " * 2**20)
+        return "engine manifest larger than 1048576 bytes (a manifest is a few KB); not read"
+    raise AssertionError(kind)
+
+
+MANIFEST_KINDS = [
+    "deeply-nested",
+    "nested-past-the-limit",
+    "engine-file-list",
+    "engine-bytes-infinite",
+    "preprocess-not-an-object",
+    "engine-file-absolute",
+    "engine-file-dotdot",
+    "engine-file-link-out",
+    "over-1-MiB",
+]
+
+
+@pytest.mark.parametrize("kind", MANIFEST_KINDS)
+def test_malformed_manifest(kind: str, tiny: Any, tmp_path: Path, capsys: Any) -> None:
+    """One EngineIncompatible naming the manifest from Detector.load, serve, watch and detect, never
+    a traceback; never an engine file outside the manifest's folder (issue 29, item 7)."""
+    dst, manifest, model = _engine_copy(tiny, tmp_path)
+    fragment = _malformed_manifest(kind, manifest, model, tmp_path)
+    with pytest.raises(EngineIncompatible) as err:
+        Detector.load(dst)
+    assert fragment in err.value.message and err.value.path == str(manifest)
+    _commands_refuse_in_one_line(dst, fragment, tmp_path, capsys)
 
 
 # --- datasets and threads ---------------------------------------------------------------------

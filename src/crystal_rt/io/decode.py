@@ -357,7 +357,8 @@ def _open_pillow(data: bytes, label: str, max_pixels: int) -> Image.Image:
 def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     im = _open_pillow(data, label, max_pixels)
     with im:
-        _check_size(im.width, im.height, label, max_pixels, **_pillow_pixel(im.mode))
+        samples, sample_bytes = _pillow_pixel(im.mode)
+        _check_size(im.width, im.height, label, max_pixels, samples=samples, sample_bytes=sample_bytes)
         kind = im.format or "image"
         try:
             im.load()
@@ -387,14 +388,14 @@ def _int32_as_uint16(arr: np.ndarray, label: str) -> np.ndarray:
     return arr.astype(np.uint16)
 
 
-def _pillow_pixel(mode: str) -> dict[str, int]:
+def _pillow_pixel(mode: str) -> tuple[int, int]:
     """Samples per pixel and bytes per sample of a Pillow mode (for the size check)."""
     try:
         bands = int(Image.getmodebands(mode))
     except (KeyError, ValueError):
         bands = 1
     sample_bytes = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
-    return {"samples": bands, "sample_bytes": sample_bytes}
+    return bands, sample_bytes
 
 
 def _normalise(arr: np.ndarray, label: str) -> np.ndarray:

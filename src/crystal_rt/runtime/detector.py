@@ -16,7 +16,6 @@ import platform
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from time import perf_counter
 
 import numpy as np
@@ -277,29 +276,25 @@ def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
         from .backends.ort_gpu import check_ort_gpu_manifest, open_ort_gpu
 
         check_ort_gpu_manifest(manifest)
-        _check_engine_file(manifest, Path(engine))
+        _check_engine_file(manifest)
         return open_ort_gpu(manifest)  # type: ignore[no-any-return]
     elif manifest.backend == "tensorrt":
         from .tensorrt.backend import TensorRTBackend
         from .tensorrt.compat import check_manifest
 
         check_manifest(manifest)  # TensorRT version and compute capability, before the plan is read
-        _check_engine_file(manifest, Path(engine))
+        _check_engine_file(manifest)
         return TensorRTBackend(engine, manifest=manifest)
     else:
         raise EngineIncompatible(f"unknown backend {manifest.backend!r}", path=manifest.path)
-    _check_engine_file(manifest, Path(engine))
+    _check_engine_file(manifest)
     from .backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(engine, threads=threads)
 
 
-def _check_engine_file(manifest: Manifest, engine: Path) -> None:
-    if not engine.is_file():
-        raise EngineIncompatible(
-            f"the manifest names {manifest.engine_file}, which is missing; {manifest.rebuild_hint()}",
-            path=manifest.path,
-        )
+def _check_engine_file(manifest: Manifest) -> None:
+    engine = manifest.checked_engine_path()  # a regular file in the manifest's folder
     size = engine.stat().st_size
     if size != manifest.engine_bytes:
         raise EngineIncompatible(
