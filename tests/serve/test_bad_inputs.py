@@ -99,6 +99,33 @@ def _float_nan_tiff() -> bytes:
     return _tiff(arr)
 
 
+def _retagged_tiff(arr: np.ndarray, changes: dict[int, tuple[int, int]], **kw: Any) -> bytes:
+    """A TIFF of ``arr`` with first-page tags renumbered and set ({old code: (new code, value)}):
+    how the bombs' few bytes are written (tests/io/test_decode.py builds the same)."""
+    data = _tiff(arr, **kw)
+    out = bytearray(data)
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        for code, (new_code, value) in changes.items():
+            tag = tif.pages.first.tags[code]
+            struct.pack_into("<H", out, tag.offset, new_code)
+            struct.pack_into("<I" if int(tag.dtype) == 4 else "<H", out, tag.valueoffset, value)
+    return bytes(out)
+
+
+def _depth_bomb(side: int, depth: int) -> bytes:
+    """side x side, ImageDepth (32997) ``depth``: a private tag renumbered."""
+    zeros = np.zeros((side, side), np.uint8)
+    return _retagged_tiff(
+        zeros, {65000: (32997, depth)}, compression="zlib", extratags=[(65000, "I", 1, 1, True)]
+    )
+
+
+def _tile_bomb() -> bytes:
+    """16x16 pixels in one 32768 x 32768 Zstd tile (TileWidth / TileLength rewritten)."""
+    zeros = np.zeros((16, 16), np.uint8)
+    return _retagged_tiff(zeros, {322: (322, 32768), 323: (323, 32768)}, compression="zstd", tile=(16, 16))
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -161,6 +188,21 @@ CASES = [
     Case("bomb-20000x20000", "bomb.png", lambda: png_claiming(20000, 20000), "image too large", 413),
     Case(
         "bomb-png16-colour", "bomb16.png", lambda: png_claiming(20000, 20000, 16, 2), "image too large", 413
+    ),
+    Case(
+        "bomb-tiff-image-depth",
+        "depth.tif",
+        lambda: _depth_bomb(1000, 3000),
+        "1000x1000x3000 (ImageDepth 3000) = 3000000000 pixels",
+        413,
+    ),
+    Case("bomb-tiff-tile", "tile.tif", _tile_bomb, "its tile of 32768x32768 = 1073741824 pixels", 413),
+    Case("tiff-volume", "volume.tif", lambda: _depth_bomb(16, 3), "unsupported TIFF layout: ImageDepth 3"),
+    Case(
+        "png-compressed-tiff",
+        "pngc.tif",
+        lambda: _tiff(RGB, compression="png", tile=(16, 16), photometric="rgb"),
+        "unsupported TIFF compression PNG (34933)",
     ),
 ]
 IDS = [c.id for c in CASES]
