@@ -18,7 +18,11 @@ content, never from the suffix:
   hand to Ghostscript), PDF, PSD, GIF, ...; those are refused by name.
 
 Only the header is read before the size is checked, so a decompression bomb is refused before a
-single pixel is decoded. ``max_pixels`` counts pixels of up to 4 bytes (8-bit gray, RGB, RGBA); a
+single pixel is decoded; for TIFF every allocation the header declares counts (the page with its
+ImageDepth, one tile or strip, each JPEG segment's frame; ``crystal_rt.io.tiff``). A path must
+name a regular file (a named pipe, a device such as ``/dev/zero``, a socket or a folder is refused
+unread) of at most ``max_bytes`` (512 MiB by default; no more than that plus one byte is read).
+``max_pixels`` counts pixels of up to 4 bytes (8-bit gray, RGB, RGBA); a
 pixel with more (16-bit colour, dozens of TIFF samples) counts as its bytes / 4 pixels, since it
 costs that much memory: a 16-bit RGBA PNG of 50 M pixels counts 100 M. Alpha is dropped, never
 composited. Palette images become RGB (even when the palette is gray, so that a palette always

@@ -18,6 +18,13 @@ Samples of 1..7 bits (bilevel, 4-bit gray) are scaled to 8 bits (``v * 255 / (2^
 16-bit page's significant bits come from BitsPerSample 9..15 (packed), or MaxSampleValue (281) /
 SMaxSampleValue (341) below 65535; they go back with the pixels (the runtime expands them,
 ``crystal_rt.runtime.bit_depth``). Pixel types other than 8/16-bit unsigned are refused.
+
+Before any pixel is decoded, every allocation the header declares is checked against the size
+limit (:func:`check_declared_sizes`): the page (width x height x ImageDepth x samples x bytes), one
+tile or strip, and for JPEG each segment's frame header (libjpeg allocates what the segment says,
+whatever the tile size). Volumes (ImageDepth > 1) and compressions whose decoders size their output
+from their own data (PNG, WebP, JPEG 2000, JPEG XL, LERC, ...: not :data:`BOUNDED_COMPRESSIONS`)
+are refused by name.
 """
 
 from __future__ import annotations
