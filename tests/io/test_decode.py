@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import time
 import warnings
 import zlib
@@ -14,7 +15,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from crystal_rt.errors import InvalidImage
+from crystal_rt.errors import ImageTooLarge, InvalidImage
 from crystal_rt.io.decode import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -43,6 +44,12 @@ def _noise(shape: tuple[int, ...], dtype: type = np.uint8, high: int = 256) -> n
 def _save(path: Path, im: Image.Image, fmt: str, **kwargs: object) -> Path:
     im.save(path, format=fmt, **kwargs)
     return path
+
+
+def _save_bytes(im: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
 
 
 def _png16(arr_rgb_or_gray: np.ndarray) -> bytes:
@@ -626,6 +633,164 @@ def test_many_samples_per_pixel_count_in_max_pixels(tmp_path: Path) -> None:
     (tmp_path / "rgba16.png").write_bytes(_png_claiming(9000, 8000, depth=16, colour=6))  # 72 M pixels
     err = _expect_error(tmp_path / "rgba16.png", "count as 144000000 pixels", "rgba16.png")
     assert "refused before decoding" in str(err)
+
+
+# --- bombs that declare their allocation elsewhere than width x height (issue 29) ----------------
+
+
+class _Decoded(BaseException):
+    """Raised in place of decoding: a bomb's pixels must never be decoded (not an Exception, so that
+    no decoder's error handling turns it into an InvalidImage)."""
+
+
+@pytest.fixture
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every decoder's pixel step (tifffile's page.asarray, Pillow's load, cv2.imdecode) raises."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise _Decoded("the pixels were decoded")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", refuse)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", refuse)
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+
+
+def _retag(data: bytes, changes: dict[int, tuple[int, int]]) -> bytes:
+    """``data`` with the first page's tags ``code`` renumbered and set: {old code: (new code, value)}
+    (LONG or SHORT values in the IFD entry): how a bomb's few bytes are written."""
+    out = bytearray(data)
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        for code, (new_code, value) in changes.items():
+            tag = tif.pages.first.tags[code]
+            struct.pack_into("<H", out, tag.offset, new_code)
+            struct.pack_into("<I" if int(tag.dtype) == 4 else "<H", out, tag.valueoffset, value)
+    return bytes(out)
+
+
+def _tiff_bytes(arr: np.ndarray, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kwargs)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _image_depth_bomb(side: int, depth: int) -> bytes:
+    """A side x side Deflate TIFF whose ImageDepth (32997) says ``depth`` planes: a private tag that
+    tifffile writes, renumbered (tifffile refuses to write ImageDepth as an extra tag)."""
+    plain = _tiff_bytes(
+        np.zeros((side, side), np.uint8), compression="zlib", extratags=[(65000, "I", 1, 1, True)]
+    )
+    return _retag(plain, {65000: (32997, depth)})
+
+
+def _tile_bomb(tile: int, compression: str) -> bytes:
+    """A 16x16 image stored in one ``tile`` x ``tile`` tile (TileWidth and TileLength rewritten)."""
+    plain = _tiff_bytes(np.zeros((16, 16), np.uint8), compression=compression, tile=(16, 16))
+    return _retag(plain, {322: (322, tile), 323: (323, tile)})
+
+
+@pytest.mark.usefixtures("no_decoding")
+def test_tiff_image_depth_bomb_is_refused_unread() -> None:
+    """The issue's bomb: a 1000x1000 TIFF of ImageDepth 3000 (3 GB decoded) in 1.4 KB."""
+    bomb = _image_depth_bomb(1000, 3000)
+    assert len(bomb) < 2000
+    with pytest.raises(ImageTooLarge) as err:
+        read_image(bomb, name="depth.tif")
+    assert "1000x1000x3000 (ImageDepth 3000) = 3000000000 pixels" in str(err.value)
+    assert "refused before decoding" in str(err.value) and err.value.path == "depth.tif"
+
+
+@pytest.mark.usefixtures("no_decoding")
+def test_tiff_volume_within_the_limit_is_refused_unread() -> None:
+    _expect_error(
+        _image_depth_bomb(16, 3), "unsupported TIFF layout: ImageDepth 3", "vol.tif", name="vol.tif"
+    )
+    with pytest.raises(ImageTooLarge, match="16x16x3 "):  # the depth counts in the limit
+        read_image(_image_depth_bomb(16, 3), name="vol.tif", max_pixels=16 * 16 * 3 - 1)
+
+
+@pytest.mark.usefixtures("no_decoding")
+@pytest.mark.parametrize("compression", ["zstd", "zlib"])
+def test_tiff_tile_bomb_is_refused_unread(compression: str) -> None:
+    """The issue's other bomb: a 16x16 image in one 32768 x 32768 tile (1 GB decoded)."""
+    bomb = _tile_bomb(32768, compression)
+    assert len(bomb) < 1000
+    with pytest.raises(ImageTooLarge) as err:
+        read_image(bomb, name="tile.tif")
+    assert "its tile of 32768x32768 = 1073741824 pixels, more than the limit of 80000000" in str(err.value)
+    assert "refused before decoding" in str(err.value)
+    with pytest.raises(ImageTooLarge, match="its tile of 1024x1024"):  # a tile counts however small the image
+        read_image(_tile_bomb(1024, compression), name="tile.tif", max_pixels=1024 * 1024 - 1)
+
+
+def _jpeg_tile_claiming(width: int, height: int) -> bytes:
+    """A 16x16 JPEG-compressed tiled TIFF whose tile's frame header (SOF) claims width x height."""
+    data = bytearray(_tiff_bytes(_noise((16, 16, 3)), compression="jpeg", tile=(16, 16)))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        offset = int(tif.pages.first.dataoffsets[0])
+    sof = data.index(b"\xff\xc0", offset)
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+@pytest.mark.usefixtures("no_decoding")
+def test_jpeg_tile_declaring_more_than_its_tile_is_refused_unread() -> None:
+    """libjpeg allocates what the segment's SOF says, not the tile size the TIFF tags give."""
+    with pytest.raises(ImageTooLarge, match="its JPEG tile 0 of 60000x60000 = 3600000000 pixels"):
+        read_image(_jpeg_tile_claiming(60000, 60000), name="jt.tif")
+    _expect_error(
+        _jpeg_tile_claiming(64, 64),
+        "JPEG tile 0 declares 64x64 pixels, more than its 16x16 tile; refused before decoding",
+        "jt.tif",
+        name="jt.tif",
+    )
+
+
+def test_tiled_jpeg_tiff_still_reads() -> None:
+    """Edge tiles (40x56 in 16x16 tiles) pass the frame check: the pixels tifffile decodes."""
+    data = _tiff_bytes(_noise((40, 56, 3)), compression="jpeg", tile=(16, 16))
+    out = read_image(data)
+    assert out.shape == (40, 56, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, tifffile.imread(io.BytesIO(data)))
+
+
+@pytest.mark.usefixtures("no_decoding")
+@pytest.mark.parametrize(("compression", "name"), [("png", "PNG (34933)"), ("webp", "WEBP (50001)")])
+def test_tiff_compression_sized_by_its_own_data_is_refused_unread(compression: str, name: str) -> None:
+    """PNG, WebP, JPEG 2000, ... tiles decode to whatever their own header says: refused by name."""
+    data = _tiff_bytes(_noise((16, 16, 3)), compression=compression, tile=(16, 16), photometric="rgb")
+    _expect_error(data, f"unsupported TIFF compression {name}", "c.tif", name="c.tif")
+
+
+@pytest.mark.usefixtures("no_decoding")
+def test_png_jpeg_bmp_bombs_are_refused_before_decoding() -> None:
+    """Over max_pixels (80 M) but under Pillow's own bomb error (179 M): only our check stops them."""
+    w, h = 10000, 9000
+    png = _png_claiming(w, h)
+    png16 = _png_claiming(w, h, depth=16, colour=2)  # the OpenCV path
+    jpeg = bytearray(_jpeg_bytes((16, 16, 3)))
+    sof = jpeg.index(b"\xff\xc0")
+    struct.pack_into(">HH", jpeg, sof + 5, h, w)
+    bmp = bytearray(_save_bytes(Image.fromarray(_noise((4, 4, 3))), "BMP"))
+    struct.pack_into("<ii", bmp, 18, w, h)  # BITMAPINFOHEADER width, height
+    for data in (png, png16, bytes(jpeg), bytes(bmp)):
+        with pytest.raises(ImageTooLarge) as err:
+            read_image(data, name="bomb")
+        assert "refused before decoding" in str(err.value) and "10000x9000" in str(err.value)
+
+
+def test_file_over_max_bytes_is_refused_unread(tmp_path: Path) -> None:
+    path = _save(tmp_path / "big.png", Image.fromarray(_noise((40, 40))), "PNG")
+    size = path.stat().st_size
+    with pytest.raises(ImageTooLarge) as err:
+        read_image(path, max_bytes=size - 1)
+    assert f"file too large: {size} bytes, more than the limit of {size - 1}; not read" in str(err.value)
+    assert read_image(path, max_bytes=size).shape == (40, 40)
+
+
+def test_special_files_are_refused_by_kind(tmp_path: Path) -> None:
+    """(A named pipe: tests/serve/test_bad_inputs.py, guarded against the hang it caused.)"""
+    _expect_error(Path("/dev/null"), "is a character device, not a regular file", "/dev/null")
+    _expect_error(tmp_path, "is a directory, not an image file", str(tmp_path))
 
 
 def test_zero_size_png_header_is_refused(tmp_path: Path) -> None:

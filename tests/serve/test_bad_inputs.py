@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import threading
@@ -34,6 +35,7 @@ from crystal_rt.errors import (
     InvalidImage,
     MissingDependency,
 )
+from crystal_rt.runtime.backends.base import Backend
 from crystal_rt.runtime.detector import Detector
 from crystal_rt.serve.http import create_app
 from crystal_rt.serve.watch import Watcher, WatchOptions
@@ -95,6 +97,33 @@ def _float_nan_tiff() -> bytes:
     arr = BASE.astype(np.float32) / 255
     arr[10, 10] = np.nan
     return _tiff(arr)
+
+
+def _retagged_tiff(arr: np.ndarray, changes: dict[int, tuple[int, int]], **kw: Any) -> bytes:
+    """A TIFF of ``arr`` with first-page tags renumbered and set ({old code: (new code, value)}):
+    how the bombs' few bytes are written (tests/io/test_decode.py builds the same)."""
+    data = _tiff(arr, **kw)
+    out = bytearray(data)
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        for code, (new_code, value) in changes.items():
+            tag = tif.pages.first.tags[code]
+            struct.pack_into("<H", out, tag.offset, new_code)
+            struct.pack_into("<I" if int(tag.dtype) == 4 else "<H", out, tag.valueoffset, value)
+    return bytes(out)
+
+
+def _depth_bomb(side: int, depth: int) -> bytes:
+    """side x side, ImageDepth (32997) ``depth``: a private tag renumbered."""
+    zeros = np.zeros((side, side), np.uint8)
+    return _retagged_tiff(
+        zeros, {65000: (32997, depth)}, compression="zlib", extratags=[(65000, "I", 1, 1, True)]
+    )
+
+
+def _tile_bomb() -> bytes:
+    """16x16 pixels in one 32768 x 32768 Zstd tile (TileWidth / TileLength rewritten)."""
+    zeros = np.zeros((16, 16), np.uint8)
+    return _retagged_tiff(zeros, {322: (322, 32768), 323: (323, 32768)}, compression="zstd", tile=(16, 16))
 
 
 @dataclass(frozen=True)
@@ -160,6 +189,21 @@ CASES = [
     Case(
         "bomb-png16-colour", "bomb16.png", lambda: png_claiming(20000, 20000, 16, 2), "image too large", 413
     ),
+    Case(
+        "bomb-tiff-image-depth",
+        "depth.tif",
+        lambda: _depth_bomb(1000, 3000),
+        "1000x1000x3000 (ImageDepth 3000) = 3000000000 pixels",
+        413,
+    ),
+    Case("bomb-tiff-tile", "tile.tif", _tile_bomb, "its tile of 32768x32768 = 1073741824 pixels", 413),
+    Case("tiff-volume", "volume.tif", lambda: _depth_bomb(16, 3), "unsupported TIFF layout: ImageDepth 3"),
+    Case(
+        "png-compressed-tiff",
+        "pngc.tif",
+        lambda: _tiff(RGB, compression="png", tile=(16, 16), photometric="rgb"),
+        "unsupported TIFF compression PNG (34933)",
+    ),
 ]
 IDS = [c.id for c in CASES]
 GOOD = png_bytes(BASE)
@@ -188,6 +232,52 @@ def test_library_missing_file(detector: Detector, tmp_path: Path) -> None:
         detector.detect(tmp_path / "gone.png")
     assert err.value.message == "file not found" and err.value.path == str(tmp_path / "gone.png")
     assert len(detector.detect(GOOD).instances) >= 0
+
+
+def _detect_in_thread(detector: Detector, path: Path) -> BaseException | None:
+    """``detector.detect(path)``'s error; fails the test if the call blocks (then a writer is opened
+    on the FIFO so that the blocked open returns)."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            detector.detect(path)
+            outcome.append(None)
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # lets the blocked open() return
+        thread.join(10)
+        pytest.fail(f"detect({path.name}) blocked on a named pipe")
+    return outcome[0]
+
+
+def test_library_named_pipe_is_refused_unread(detector: Detector, tmp_path: Path) -> None:
+    """A FIFO with no writer made open() block for ever (issue 29, item 8)."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    error = _detect_in_thread(detector, fifo)
+    assert isinstance(error, InvalidImage), error
+    assert "is a named pipe (FIFO), not a regular file; refused unread" in error.message
+    assert error.path == str(fifo)
+    assert detector.detect(GOOD).width == 128
+
+
+@pytest.mark.parametrize("via_link", [False, True], ids=["device", "link-to-device"])
+def test_library_dev_zero_is_refused_unread(detector: Detector, tmp_path: Path, via_link: bool) -> None:
+    """/dev/zero was read until memory ran out (issue 29, item 8); a link to it is the same file."""
+    path = Path("/dev/zero")
+    if via_link:
+        path = tmp_path / "zero.png"
+        path.symlink_to("/dev/zero")
+    with pytest.raises(InvalidImage) as err:
+        detector.detect(path)
+    assert "is a character device, not a regular file; refused unread" in err.value.message
+    assert err.value.path == str(path)
 
 
 def test_library_exif_rotation_matches_rotated_pixels(detector: Detector) -> None:
@@ -355,22 +445,103 @@ ENGINE_KINDS = [
 
 @pytest.mark.parametrize("kind", ENGINE_KINDS)
 def test_bad_engine(kind: str, tiny: Any, tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
-    from crystal_rt.cli import main as cli_main
 
     engine, error, fragment = _bad_engine(kind, tiny, tmp_path)
     with pytest.raises(error) as err:
         Detector.load(engine)
     assert fragment in str(err.value)
-    (tmp_path / "in").mkdir()
+    _commands_refuse_in_one_line(engine, fragment, tmp_path, capsys)
+
+
+def _commands_refuse_in_one_line(engine: Path, fragment: str, tmp_path: Path, capsys: Any) -> None:
+    """``serve``, ``watch`` and ``detect`` on ``engine``: exit 1, one ``error:`` line with ``fragment``."""
+    from crystal_rt.cli import main as cli_main
+
+    (tmp_path / "in").mkdir(exist_ok=True)
+    (tmp_path / "in" / "good.png").write_bytes(GOOD)
     for argv in (
         ["serve", str(engine)],
         ["watch", str(engine), str(tmp_path / "in"), "-o", str(tmp_path / "o")],
+        ["detect", str(engine), str(tmp_path / "in"), "-o", str(tmp_path / "d")],
     ):
         capsys.readouterr()
         assert cli_main.main(argv) == 1
         err_text = capsys.readouterr().err.strip()
-        assert err_text.startswith("error:") and "Traceback" not in err_text
-        assert len(err_text.splitlines()) == 1 and fragment in err_text
+        assert err_text.startswith("error:") and "Traceback" not in err_text, err_text
+        assert len(err_text.splitlines()) == 1 and fragment in err_text, err_text
+
+
+def _outside_copy(model: Path, tmp_path: Path) -> Path:
+    """The engine's model file copied outside the engine folder (same bytes, so size and SHA-256
+    match the manifest: only where it lies is wrong)."""
+    outside = tmp_path / "elsewhere" / model.name
+    outside.parent.mkdir()
+    shutil.copyfile(model, outside)
+    return outside
+
+
+def _malformed_manifest(kind: str, manifest: Path, model: Path, tmp_path: Path) -> str:
+    """Spoil ``manifest`` one way; the fragment its refusal must carry."""
+    if kind == "deeply-nested":  # was RecursionError
+        manifest.write_text(
+            '{"format": "crystal-rt-engine", "build_options": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        )
+        return "engine manifest nested too deeply to parse"
+    if kind == "nested-past-the-limit":
+        data = json.loads(manifest.read_text())
+        data["build_options"] = {"x": json.loads("[" * 40 + "]" * 40)}
+        manifest.write_text(json.dumps(data))
+        return "engine manifest nested more than 32 levels deep"
+    if kind == "engine-file-list":  # was TypeError
+        _edit_manifest(manifest, engine_file=[model.name])
+        return "engine_file must be a string, got list"
+    if kind == "engine-bytes-infinite":  # was OverflowError
+        _edit_manifest(manifest, engine_bytes=float("inf"))
+        return "engine_bytes must be a whole number of bytes"
+    if kind == "preprocess-not-an-object":
+        _edit_manifest(manifest, preprocess="clahe")
+        return "preprocess must be an object, got str"
+    if kind == "engine-file-absolute":  # was: the file outside loaded
+        _edit_manifest(manifest, engine_file=str(_outside_copy(model, tmp_path)))
+        return "engine_file must be a file name in the manifest's folder"
+    if kind == "engine-file-dotdot":
+        _outside_copy(model, tmp_path)
+        _edit_manifest(manifest, engine_file=f"../elsewhere/{model.name}")
+        return "engine_file must be a file name in the manifest's folder, got '../elsewhere/tiny.onnx'"
+    if kind == "engine-file-link-out":
+        outside = _outside_copy(model, tmp_path)
+        model.unlink()
+        model.symlink_to(outside)
+        return "engine_file tiny.onnx is a link out of the engine folder"
+    if kind == "over-1-MiB":  # valid JSON, padded
+        manifest.write_text(manifest.read_text() + " " * 2**20)
+        return "engine manifest larger than 1048576 bytes (a manifest is a few KB); not read"
+    raise AssertionError(kind)
+
+
+MANIFEST_KINDS = [
+    "deeply-nested",
+    "nested-past-the-limit",
+    "engine-file-list",
+    "engine-bytes-infinite",
+    "preprocess-not-an-object",
+    "engine-file-absolute",
+    "engine-file-dotdot",
+    "engine-file-link-out",
+    "over-1-MiB",
+]
+
+
+@pytest.mark.parametrize("kind", MANIFEST_KINDS)
+def test_malformed_manifest(kind: str, tiny: Any, tmp_path: Path, capsys: Any) -> None:
+    """One EngineIncompatible naming the manifest from Detector.load, serve, watch and detect, never
+    a traceback; never an engine file outside the manifest's folder (issue 29, item 7)."""
+    dst, manifest, model = _engine_copy(tiny, tmp_path)
+    fragment = _malformed_manifest(kind, manifest, model, tmp_path)
+    with pytest.raises(EngineIncompatible) as err:
+        Detector.load(dst)
+    assert fragment in err.value.message and err.value.path == str(manifest)
+    _commands_refuse_in_one_line(dst, fragment, tmp_path, capsys)
 
 
 # --- datasets and threads ---------------------------------------------------------------------
@@ -413,6 +584,98 @@ def test_sixteen_threads_share_one_detector(detector: Detector) -> None:
     assert not errors and len(results) == 16
     for index, d in results.items():
         assert d == expected[index % len(images)]
+
+
+class _GatedBackend(Backend):
+    """The real ONNX Runtime backend, each ``infer`` held at a gate until the test opens it: puts a
+    call in flight at a known moment (the engine itself runs unchanged)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner, self.name, self.device = inner, inner.name, inner.device
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def infer(self, images: np.ndarray) -> Any:
+        self.entered.set()
+        assert self.gate.wait(60)
+        return self.inner.infer(images)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_close_waits_for_the_call_in_flight_and_refuses_later_ones(tiny: Any) -> None:
+    """close() during a call: the call finishes with its result, close() returns after it, a call
+    made once close() has begun raises InvalidOption (was: InferenceError 'NoneType' object has no
+    attribute 'run'; issue 29, item 9)."""
+    from crystal_rt.errors import InvalidOption
+
+    loaded = Detector.load(tiny.engine_dir, threads=1)
+    gated = _GatedBackend(loaded.backend)
+    det = Detector(gated, loaded.model, loaded.preprocess)
+    outcome: dict[str, Any] = {}
+
+    def in_flight() -> None:
+        try:
+            outcome["result"] = det.detect(BASE)
+        except BaseException as exc:  # reported below
+            outcome["result"] = exc
+
+    caller = threading.Thread(target=in_flight)
+    caller.start()
+    assert gated.entered.wait(60)  # the call is inside the engine
+    closer = threading.Thread(target=det.close)
+    closer.start()
+    closer.join(0.5)
+    late_error: BaseException | None = None
+    try:
+        det.detect(BASE)
+    except BaseException as exc:  # reported below
+        late_error = exc
+    gated.gate.set()
+    caller.join(60)
+    closer.join(60)
+    assert not closer.is_alive() and not caller.is_alive()
+    assert not isinstance(outcome["result"], BaseException), outcome["result"]
+    assert outcome["result"].width == 128
+    assert isinstance(late_error, InvalidOption) and "this Detector is closed" in late_error.message
+    with pytest.raises(InvalidOption, match="this Detector is closed"):
+        det.detect_pixels(BASE)
+
+
+def test_threads_hammering_detect_while_close_is_called(tiny: Any) -> None:
+    """8 threads call detect in a loop; close() mid-way: every call returns a result or raises
+    InvalidOption, never another error, and each thread ends on InvalidOption."""
+    from crystal_rt.errors import InvalidOption
+
+    det = Detector.load(tiny.engine_dir, threads=1)
+    image = make_drop(3, 64, 80).image
+    done = threading.Semaphore(0)
+    unexpected: list[BaseException] = []
+    last: dict[int, BaseException] = {}
+
+    def hammer(index: int) -> None:
+        while True:
+            try:
+                det.detect(image)
+                done.release()
+            except InvalidOption as exc:
+                last[index] = exc
+                return
+            except BaseException as exc:  # reported below
+                unexpected.append(exc)
+                done.release()
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for _ in range(24):  # calls running in every thread
+        assert done.acquire(timeout=60)
+    det.close()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert unexpected == []
+    assert len(last) == 8 and all("this Detector is closed" in str(e) for e in last.values())
 
 
 def test_closed_detector_and_non_image_inputs_are_typed(tiny: Any) -> None:

@@ -18,7 +18,11 @@ content, never from the suffix:
   hand to Ghostscript), PDF, PSD, GIF, ...; those are refused by name.
 
 Only the header is read before the size is checked, so a decompression bomb is refused before a
-single pixel is decoded. ``max_pixels`` counts pixels of up to 4 bytes (8-bit gray, RGB, RGBA); a
+single pixel is decoded; for TIFF every allocation the header declares counts (the page with its
+ImageDepth, one tile or strip, each JPEG segment's frame; ``crystal_rt.io.tiff``). A path must
+name a regular file (a named pipe, a device such as ``/dev/zero``, a socket or a folder is refused
+unread) of at most ``max_bytes`` (512 MiB by default; no more than that plus one byte is read).
+``max_pixels`` counts pixels of up to 4 bytes (8-bit gray, RGB, RGBA); a
 pixel with more (16-bit colour, dozens of TIFF samples) counts as its bytes / 4 pixels, since it
 costs that much memory: a 16-bit RGBA PNG of 50 M pixels counts 100 M. Alpha is dropped, never
 composited. Palette images become RGB (even when the palette is gray, so that a palette always
@@ -35,11 +39,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -49,6 +55,8 @@ from ..errors import ImageTooLarge, InvalidImage
 from .tiff import decode_tiff, is_8_or_16_bit, unsupported_pixel_type
 
 DEFAULT_MAX_PIXELS: int = 80_000_000
+#: the largest image file read from a path (as ``watch --max-file-mb``'s default)
+DEFAULT_MAX_BYTES: int = 512 * 2**20
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -91,9 +99,10 @@ def read_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> np.ndarray:
     """Decode ``source`` (a path, encoded bytes or an array) into a uint8/uint16 gray or RGB array."""
-    return read_image_info(source, max_pixels=max_pixels, name=name).pixels
+    return read_image_info(source, max_pixels=max_pixels, name=name, max_bytes=max_bytes).pixels
 
 
 def read_image_info(
@@ -101,25 +110,69 @@ def read_image_info(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DecodedImage:
-    """:func:`read_image`'s pixels with the bit depth the file gives (:class:`DecodedImage`)."""
+    """:func:`read_image`'s pixels with the bit depth the file gives (:class:`DecodedImage`); a path
+    must name a regular file of at most ``max_bytes`` (:func:`read_file_bytes`)."""
     if isinstance(source, np.ndarray):
         return DecodedImage(_normalise(source, name or "<array>"))
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(bytes(source), name or "<bytes>", max_pixels)
     path = _as_path(source, name)
     label = name or str(path)
-    if path.is_dir():
-        raise InvalidImage("is a directory, not an image file", path=label)
+    return _decode(read_file_bytes(path, label, max_bytes), label, max_pixels)
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file that is not a regular file is (None for a regular file)."""
+    kinds = (
+        (stat.S_ISDIR, "is a directory, not an image file"),
+        (stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file; refused unread"),
+        (stat.S_ISCHR, "is a character device, not a regular file; refused unread"),
+        (stat.S_ISBLK, "is a block device, not a regular file; refused unread"),
+        (stat.S_ISSOCK, "is a socket, not a regular file; refused unread"),
+    )
+    for test, what in kinds:
+        if test(mode):
+            return what
+    return None if stat.S_ISREG(mode) else "is not a regular file; refused unread"
+
+
+def read_file_bytes(path: Path, label: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """A regular file's bytes, at most ``max_bytes``: anything else (a folder, a named pipe, a device
+    such as /dev/zero, a socket) is refused before it is read (stat), a file swapped for one
+    between the stat and the open is refused after it (opened without blocking, then fstat), and a
+    file larger than ``max_bytes`` is refused having read at most ``max_bytes + 1`` bytes."""
     try:
-        data = path.read_bytes()
+        what = _not_regular(os.stat(path).st_mode)
+        if what is not None:
+            raise InvalidImage(what, path=label)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            what = _not_regular(info.st_mode)
+            if what is not None:
+                raise InvalidImage(what, path=label)
+            if info.st_size > max_bytes:
+                raise _file_too_large(str(info.st_size), max_bytes, label)
+            data = fh.read(info.st_size + 1)
+            if len(data) > info.st_size:  # grown since the fstat
+                data += fh.read(max_bytes + 1 - len(data))
     except FileNotFoundError as exc:
         raise InvalidImage("file not found", path=label) from exc
     except PermissionError as exc:
         raise InvalidImage("permission denied", path=label) from exc
     except OSError as exc:
         raise InvalidImage(f"cannot read file: {exc.strerror or exc}", path=label) from exc
-    return _decode(data, label, max_pixels)
+    if len(data) > max_bytes:
+        raise _file_too_large(f"at least {len(data)}", max_bytes, label)
+    return data
+
+
+def _file_too_large(size: str, max_bytes: int, label: str) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"file too large: {size} bytes, more than the limit of {max_bytes}; not read", path=label
+    )
 
 
 def _as_path(source: object, name: str | None) -> Path:
@@ -175,22 +228,35 @@ def images_below(folder: Path, limit: int = 3) -> tuple[int, list[Path]]:
 
 
 def _check_size(
-    width: int, height: int, label: str, max_pixels: int, *, samples: int = 1, sample_bytes: int = 1
+    width: int,
+    height: int,
+    label: str,
+    max_pixels: int,
+    *,
+    depth: int = 1,
+    samples: int = 1,
+    sample_bytes: int = 1,
+    what: str = "image",
 ) -> None:
-    if width <= 0 or height <= 0:
+    """Refuse a declared allocation (the image, or a TIFF tile, strip or JPEG segment: ``what``) of
+    width x height x depth pixels over ``max_pixels``, before anything is decoded."""
+    if what == "image" and (width <= 0 or height <= 0):
         raise InvalidImage(f"image has zero size ({width}x{height})", path=label)
     pixel_bytes = max(1, samples) * max(1, sample_bytes)
-    cost = width * height * max(1.0, pixel_bytes / 4)
+    pixels = max(0, width) * max(0, height) * max(1, depth)
+    cost = pixels * max(1.0, pixel_bytes / 4)
     if cost <= max_pixels:
         return
+    size = f"{width}x{height}" if depth <= 1 else f"{width}x{height}x{depth} (ImageDepth {depth})"
+    subject = size if what == "image" else f"its {what} of {size}"
     if pixel_bytes <= 4:
         raise ImageTooLarge(
-            f"image too large: {width}x{height} = {width * height} pixels, more than the limit of "
+            f"image too large: {subject} = {pixels} pixels, more than the limit of "
             f"{max_pixels}; refused before decoding",
             path=label,
         )
     raise ImageTooLarge(
-        f"image too large: {width}x{height} pixels of {samples} sample(s) x {sample_bytes} byte(s) count as "
+        f"image too large: {subject} pixels of {samples} sample(s) x {sample_bytes} byte(s) count as "
         f"{int(cost)} pixels (a pixel of more than 4 bytes counts bytes / 4), more than the limit of "
         f"{max_pixels}; refused before decoding",
         path=label,
@@ -202,7 +268,7 @@ def _decode(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         raise InvalidImage("empty file", path=label)
     if data[:4] in _TIFF_MAGICS:
 
-        def check_size(width: int, height: int, **kwargs: int) -> None:
+        def check_size(width: int, height: int, **kwargs: Any) -> None:
             _check_size(width, height, label, max_pixels, **kwargs)
 
         pixels, bits = decode_tiff(data, label, check_size)
@@ -295,7 +361,8 @@ def _open_pillow(data: bytes, label: str, max_pixels: int) -> Image.Image:
 def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     im = _open_pillow(data, label, max_pixels)
     with im:
-        _check_size(im.width, im.height, label, max_pixels, **_pillow_pixel(im.mode))
+        samples, sample_bytes = _pillow_pixel(im.mode)
+        _check_size(im.width, im.height, label, max_pixels, samples=samples, sample_bytes=sample_bytes)
         kind = im.format or "image"
         try:
             im.load()
@@ -325,14 +392,14 @@ def _int32_as_uint16(arr: np.ndarray, label: str) -> np.ndarray:
     return arr.astype(np.uint16)
 
 
-def _pillow_pixel(mode: str) -> dict[str, int]:
+def _pillow_pixel(mode: str) -> tuple[int, int]:
     """Samples per pixel and bytes per sample of a Pillow mode (for the size check)."""
     try:
         bands = int(Image.getmodebands(mode))
     except (KeyError, ValueError):
         bands = 1
     sample_bytes = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
-    return {"samples": bands, "sample_bytes": sample_bytes}
+    return bands, sample_bytes
 
 
 def _normalise(arr: np.ndarray, label: str) -> np.ndarray:

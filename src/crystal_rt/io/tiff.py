@@ -18,6 +18,13 @@ Samples of 1..7 bits (bilevel, 4-bit gray) are scaled to 8 bits (``v * 255 / (2^
 16-bit page's significant bits come from BitsPerSample 9..15 (packed), or MaxSampleValue (281) /
 SMaxSampleValue (341) below 65535; they go back with the pixels (the runtime expands them,
 ``crystal_rt.runtime.bit_depth``). Pixel types other than 8/16-bit unsigned are refused.
+
+Before any pixel is decoded, every allocation the header declares is checked against the size
+limit (:func:`check_declared_sizes`): the page (width x height x ImageDepth x samples x bytes), one
+tile or strip, and for JPEG each segment's frame header (libjpeg allocates what the segment says,
+whatever the tile size). Volumes (ImageDepth > 1) and compressions whose decoders size their output
+from their own data (PNG, WebP, JPEG 2000, JPEG XL, LERC, ...: not :data:`BOUNDED_COMPRESSIONS`)
+are refused by name.
 """
 
 from __future__ import annotations
@@ -36,25 +43,138 @@ MAX_SAMPLE_VALUE, S_MAX_SAMPLE_VALUE = 281, 341
 INK_SET, YCBCR_COEFFICIENTS, REFERENCE_BLACK_WHITE = 332, 529, 532
 _JPEG_COMPRESSIONS = (6, 7)  # old-style and new-style JPEG: tifffile decodes them to RGB
 _CHECK_SIZE = Callable[..., None]
+#: compressions whose decoders write into a buffer of the tile or strip size the tags declare (JPEG:
+#: checked against each segment's frame header); others size their output from their own data
+BOUNDED_COMPRESSIONS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 32773, 32946, 34925, 50000, 50013})
 
 
 def decode_tiff(data: bytes, label: str, check_size: _CHECK_SIZE) -> tuple[np.ndarray, int | None]:
     """The first page as (H, W) or (H, W, 3) uint8/uint16 as its photometric interpretation says,
     and its significant bits (16-bit pages that say so; else None). ``check_size(width, height,
-    samples=, sample_bytes=)`` runs on the header, before any pixel is decoded."""
+    depth=, samples=, sample_bytes=, what=)`` runs on every allocation the header declares (the
+    page, each tile or strip, each JPEG segment's frame) before any pixel is decoded."""
     try:
         with tifffile.TiffFile(BytesIO(data)) as tif:
             page = tif.pages.first  # a multi-page file: the first page only
-            height, width = int(page.imagelength), int(page.imagewidth)
-            samples = int(page.samplesperpixel)
-            check_size(width, height, samples=samples, sample_bytes=(int(page.bitspersample) + 7) // 8)
+            check_declared_sizes(page, data, label, check_size)
             _check_photometric(page, label)
+            _check_layout(page, label)
             arr = page.asarray()
             return _interpret(page, _as_hws(page, arr, label), label)
     except (InvalidImage, MemoryError):
         raise
     except Exception as exc:
         raise InvalidImage(f"truncated or corrupt TIFF: {_reason(exc)}", path=label) from exc
+
+
+def check_declared_sizes(page: Any, data: bytes, label: str, check_size: _CHECK_SIZE) -> None:
+    """Refuse, before decoding, a page whose declared allocations exceed the limit (``check_size``)
+    or cannot be known: the page (width x height x ImageDepth x samples x bytes), one tile or strip
+    (what each decoder allocates), and for JPEG the frame each segment declares (libjpeg allocates
+    what the segment's SOF says, whatever the tile size); a compression whose decoder sizes its
+    output from its own embedded header (JPEG 2000, WebP, PNG, LERC, ...) is refused by name."""
+    height, width, depth = int(page.imagelength), int(page.imagewidth), int(page.imagedepth)
+    samples = int(page.samplesperpixel)
+    sample_bytes = max(1, (int(page.bitspersample) + 7) // 8)
+    check_size(width, height, depth=depth, samples=samples, sample_bytes=sample_bytes, what="image")
+    contig_samples = samples if page.planarconfig != tifffile.PLANARCONFIG.SEPARATE else 1
+    if page.is_tiled:
+        chunk = (int(page.tilewidth), int(page.tilelength), max(1, int(page.tiledepth)), "tile")
+    else:
+        rows = min(max(1, int(page.rowsperstrip)), max(1, height))
+        chunk = (width, rows, 1, "strip")
+    check_size(
+        chunk[0], chunk[1], depth=chunk[2], samples=contig_samples, sample_bytes=sample_bytes, what=chunk[3]
+    )
+    if int(page.compression) in _JPEG_COMPRESSIONS:
+        _check_jpeg_segments(page, data, chunk, check_size, label)
+
+
+def _check_layout(page: Any, label: str) -> None:
+    """Refuse, before decoding, a volume (ImageDepth > 1) and a compression whose decoder sizes its
+    output from its own data (not in :data:`BOUNDED_COMPRESSIONS`)."""
+    depth = int(page.imagedepth)
+    if depth > 1:
+        raise InvalidImage(
+            f"unsupported TIFF layout: ImageDepth {depth} (a volume of {depth} planes); "
+            "one plane per page is read",
+            path=label,
+        )
+    compression = int(page.compression)
+    if compression not in BOUNDED_COMPRESSIONS:
+        raise InvalidImage(
+            f"unsupported TIFF compression {_compression_name(compression)}: its decoder takes the "
+            "image size from its own data, which cannot be checked before decoding; convert it to an "
+            "uncompressed, LZW, Deflate, Zstd or JPEG TIFF",
+            path=label,
+        )
+
+
+def _compression_name(code: int) -> str:
+    try:
+        return f"{tifffile.COMPRESSION(code).name} ({code})"
+    except ValueError:
+        return str(code)
+
+
+def _check_jpeg_segments(
+    page: Any,
+    data: bytes,
+    chunk: tuple[int, int, int, str],
+    check_size: _CHECK_SIZE,
+    label: str,
+) -> None:
+    """Each JPEG segment's frame (SOF) within the limit and within its tile or strip."""
+    width, height, _, what = chunk
+    fallback = _jpeg_frame(bytes(page.jpegheader or b"")) or _jpeg_frame(bytes(page.jpegtables or b""))
+    for index, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts, strict=False)):
+        frame = _jpeg_frame(data[int(offset) : int(offset) + int(count)]) or fallback
+        if frame is None:
+            continue  # no frame header: libjpeg refuses it without allocating
+        frame_width, frame_height, components, precision = frame
+        check_size(
+            frame_width,
+            frame_height,
+            samples=components,
+            sample_bytes=2 if precision > 8 else 1,
+            what=f"JPEG {what} {index}",
+        )
+        if frame_width > width or frame_height > height:
+            raise InvalidImage(
+                f"corrupt TIFF: JPEG {what} {index} declares {frame_width}x{frame_height} pixels, more "
+                f"than its {width}x{height} {what}; refused before decoding",
+                path=label,
+            )
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, components, precision) of a JPEG stream's first frame header (SOFn), read
+    from its markers without decoding; None where there is none before the scan."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before it
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            header = data[i + 4 : i + 10]  # precision, height, width, components (SOF; JPEG-LS SOF55)
+            if len(header) < 6:
+                return None
+            height = int.from_bytes(header[1:3], "big")
+            width = int.from_bytes(header[3:5], "big")
+            return width, height, header[5], header[0]
+        i += 2 + length
+    return None
 
 
 def _reason(exc: Exception) -> str:

@@ -5,14 +5,17 @@ Thread safety: a Detector holds no per-call state. The ONNX Runtime backend shar
 ``InferenceSession`` between threads (its ``run`` is thread-safe); the TensorRT backend gives each
 thread its own execution context, stream and buffers; so one Detector may be called from many
 threads at once. The torch reference backend is also re-entrant (inference mode, no module state
-changes).
+changes). ``close()`` waits for the calls in flight to finish, then releases the engine; a call that
+starts once ``close()`` has begun raises ``InvalidOption`` (never a backend error).
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from time import perf_counter
 
 import numpy as np
@@ -52,6 +55,8 @@ class Detector:
     ) -> None:
         self.backend = backend
         self._closed = False
+        self._in_flight = 0  # calls running; close() waits for them
+        self._state = threading.Condition()
         self.model = model
         self.preprocess = preprocess
         self.score_threshold = check_threshold(
@@ -139,23 +144,23 @@ class Detector:
 
         ``bit_depth`` (1..16): the significant bits of a 16-bit image, over the Detector's and the
         file's (TIFF MaxSampleValue / BitsPerSample, PNG sBIT)."""
-        self._backend()  # a closed Detector says so before anything else
-        t0 = perf_counter()
-        if name is None and isinstance(image, str | os.PathLike):
-            name = str(image)
-        if score_threshold is not None:
-            check_threshold(score_threshold, name)
-        check_bit_depth(bit_depth)
-        decoded = read_image_info(image, max_pixels=self.max_pixels, name=name)
-        decode_ms = (perf_counter() - t0) * 1e3
-        return self.detect_pixels(
-            decoded,
-            name=name,
-            score_threshold=score_threshold,
-            decode_ms=decode_ms,
-            stages=stages,
-            bit_depth=bit_depth,
-        )
+        with self._call():  # a closed Detector says so before anything else
+            t0 = perf_counter()
+            if name is None and isinstance(image, str | os.PathLike):
+                name = str(image)
+            if score_threshold is not None:
+                check_threshold(score_threshold, name)
+            check_bit_depth(bit_depth)
+            decoded = read_image_info(image, max_pixels=self.max_pixels, name=name)
+            decode_ms = (perf_counter() - t0) * 1e3
+            return self._run(
+                decoded,
+                name=name,
+                score_threshold=score_threshold,
+                decode_ms=decode_ms,
+                stages=stages,
+                bit_depth=bit_depth,
+            )
 
     def detect_pixels(
         self,
@@ -170,12 +175,32 @@ class Detector:
         """Detect in already decoded pixels (as ``read_image`` returns them, or ``read_image_info``'s
         :class:`DecodedImage`, whose file bit depth counts); ``decode_ms`` is recorded. The bit depth
         of a 16-bit image: ``bit_depth``, else the Detector's, else the file's, else none (as is)."""
+        with self._call():
+            return self._run(
+                pixels,
+                name=name,
+                score_threshold=score_threshold,
+                decode_ms=decode_ms,
+                stages=stages,
+                bit_depth=bit_depth,
+            )
+
+    def _run(
+        self,
+        pixels: np.ndarray | DecodedImage,
+        *,
+        name: str | None,
+        score_threshold: float | None,
+        decode_ms: float,
+        stages: StagePolicy | None,
+        bit_depth: int | None,
+    ) -> DetectionResult:
         file_bits = pixels.bit_depth if isinstance(pixels, DecodedImage) else None
         array = pixels.pixels if isinstance(pixels, DecodedImage) else pixels
         bits = resolve_bit_depth(check_bit_depth(bit_depth), self.bit_depth, file_bits)
         return run_pipeline(
             array,
-            backend=self._backend(),
+            backend=self.backend,
             model=self.model,
             spec=self.preprocess,
             score_threshold=self.score_threshold if score_threshold is None else score_threshold,
@@ -190,14 +215,32 @@ class Detector:
 
     def _backend(self) -> Backend:
         if self._closed:
-            raise InvalidOption("this Detector is closed; load the engine again")
+            raise _closed_error()
         return self.backend
 
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """One call in flight: refused once ``close()`` has begun; ``close()`` waits for it."""
+        with self._state:
+            if self._closed:
+                raise _closed_error()
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                self._state.notify_all()
+
     def close(self) -> None:
-        """Release the engine (idempotent); a closed Detector refuses further calls."""
-        if not self._closed:
+        """Release the engine (idempotent): calls already running finish first (this waits for
+        them); calls made from now on raise ``InvalidOption``."""
+        with self._state:
+            if self._closed:
+                return
             self._closed = True
-            self.backend.close()
+            self._state.wait_for(lambda: self._in_flight == 0)
+        self.backend.close()
 
     def __enter__(self) -> Detector:
         return self
@@ -210,6 +253,10 @@ class Detector:
             f"Detector(backend={self.backend.name!r}, arch={self.model.arch!r}, "
             f"input={'x'.join(map(str, self.preprocess.input_hw))}, score_threshold={self.score_threshold})"
         )
+
+
+def _closed_error() -> InvalidOption:
+    return InvalidOption("this Detector is closed; load the engine again")
 
 
 def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
@@ -229,29 +276,25 @@ def open_backend(manifest: Manifest, *, threads: int | None = None) -> Backend:
         from .backends.ort_gpu import check_ort_gpu_manifest, open_ort_gpu
 
         check_ort_gpu_manifest(manifest)
-        _check_engine_file(manifest, Path(engine))
+        _check_engine_file(manifest)
         return open_ort_gpu(manifest)  # type: ignore[no-any-return]
     elif manifest.backend == "tensorrt":
         from .tensorrt.backend import TensorRTBackend
         from .tensorrt.compat import check_manifest
 
         check_manifest(manifest)  # TensorRT version and compute capability, before the plan is read
-        _check_engine_file(manifest, Path(engine))
+        _check_engine_file(manifest)
         return TensorRTBackend(engine, manifest=manifest)
     else:
         raise EngineIncompatible(f"unknown backend {manifest.backend!r}", path=manifest.path)
-    _check_engine_file(manifest, Path(engine))
+    _check_engine_file(manifest)
     from .backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(engine, threads=threads)
 
 
-def _check_engine_file(manifest: Manifest, engine: Path) -> None:
-    if not engine.is_file():
-        raise EngineIncompatible(
-            f"the manifest names {manifest.engine_file}, which is missing; {manifest.rebuild_hint()}",
-            path=manifest.path,
-        )
+def _check_engine_file(manifest: Manifest) -> None:
+    engine = manifest.checked_engine_path()  # a regular file in the manifest's folder
     size = engine.stat().st_size
     if size != manifest.engine_bytes:
         raise EngineIncompatible(
