@@ -57,11 +57,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
-import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -154,6 +155,79 @@ def fit_name(name: str, limit: int = 255) -> str:
     return f"{head}~{digest}"
 
 
+class _Changed(Exception):
+    """The file is no longer what the scan saw (rewritten, or replaced by a link or special file)."""
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a special file"
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_below(root: Path, rel: str) -> int:
+    """A read-only descriptor of ``root/rel`` opened without following a symbolic link in any part
+    of ``rel`` (each folder opened relative to the last with ``O_NOFOLLOW``), and without blocking
+    on a FIFO; OSError (ELOOP, ENOTDIR) where a link is met."""
+    parts = rel.split("/")
+    flags = os.O_RDONLY | _CLOEXEC | getattr(os, "O_BINARY", 0)
+    if not (_NOFOLLOW and os.open in os.supports_dir_fd):  # Windows: check, then open
+        path = root.joinpath(*parts)
+        for part in [path, *path.parents]:
+            if part == root:
+                break
+            if part.is_symlink():
+                raise OSError(errno.ELOOP, "a symbolic link is on the way", str(part))
+        return os.open(path, flags)
+    folder_flags = flags | _NOFOLLOW | getattr(os, "O_DIRECTORY", 0)
+    fd = os.open(root, os.O_RDONLY | _CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for name in parts[:-1]:
+            inner = os.open(name, folder_flags, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(parts[-1], flags | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def output_intact(path: Path) -> bool:
+    """Whether a result file the journal lists is there whole: a regular, non-empty file; a
+    ``.json`` that parses; a ``.png`` with PNG's first and last bytes (a power loss before the data
+    reached the disk leaves an empty, zero-filled or missing file)."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return False
+        if path.name.endswith(".json"):
+            json.loads(path.read_bytes())
+        elif path.name.endswith(".png"):
+            with path.open("rb") as fh:
+                head = fh.read(len(_PNG_SIGNATURE))
+                fh.seek(max(0, st.st_size - len(_PNG_END)))
+                return head == _PNG_SIGNATURE and fh.read() == _PNG_END
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _name_max(folder: Path) -> int:
     try:
         return int(os.pathconf(folder, "PC_NAME_MAX"))
@@ -203,6 +277,9 @@ class Watcher:
         self.points_path = self.out_dir / POINTS_NAME
         self.name_max = _name_max(self.out_dir)
         self._seen: dict[str, FileState] = {}
+        self._since: dict[str, tuple[FileState, float]] = {}  # state and when it was first seen so
+        self._not_regular: dict[str, str] = {}  # links and special files of the last scan: what they are
+        self._final_look = False  # the last poll of a --once run: no later look will come
         self._failures: dict[str, _Failure] = {}
         self._closed = False
         self._lock: OutputLock | None = None
@@ -220,6 +297,8 @@ class Watcher:
             self.journal = Journal(self.out_dir / JOURNAL_NAME)
             if self.journal.repaired:
                 log.warning("%s: cut a torn last line (%d bytes)", JOURNAL_NAME, self.journal.repaired)
+            self._clean_temporary_files()
+            self._check_outputs()
             self._points: dict[str, list[list[str]]] = self._points_from_journal()
             self._points_size = -1  # points.csv's size after our last write (-1: unknown)
             self._points_dirty = "csv" in self.options.formats
@@ -254,6 +333,45 @@ class Watcher:
         if self.report is None:
             log.log(level, message, *args)
 
+    # --- start-up -----------------------------------------------------------------------------
+    def _clean_temporary_files(self) -> None:
+        """Remove the temporary files (``.NAME.XXXXXXXX.tmp``) a killed run left in OUT_DIR: this
+        watcher holds OUT_DIR's lock, so no other writer of ours is using them."""
+        from ..io.writers import TEMP_NAME
+
+        removed = 0
+        for folder, _dirs, files in os.walk(self.out_dir):
+            for name in files:
+                if not TEMP_NAME.fullmatch(name):
+                    continue
+                path = Path(folder, name)
+                with contextlib.suppress(OSError):
+                    if stat.S_ISREG(path.lstat().st_mode):
+                        path.unlink()
+                        removed += 1
+        if removed:
+            log.warning("removed %d temporary file(s) left by an interrupted run", removed)
+
+    def _check_outputs(self) -> None:
+        """Take back from the journal every image whose results are missing or do not parse (a
+        power loss under an older version, which did not fsync them, or a file removed by hand):
+        the image is processed again when it is still in IN_DIR as it was."""
+        for rel, entry in self.journal.latest_ok.items():
+            outputs = entry.get("outputs")
+            if not isinstance(outputs, list):
+                continue
+            broken = [str(name) for name in outputs if not output_intact(self.out_dir / str(name))]
+            if broken:
+                key = journal_key(rel, FileState(int(entry["size"]), int(entry["mtime_ns"])))
+                if self.journal.entries.get(key) is entry:
+                    del self.journal.entries[key]
+                log.warning(
+                    "%s: %s missing or unreadable; the image is processed again if it is still in the "
+                    "input folder",
+                    display_name(rel),
+                    ", ".join(display_name(name) for name in broken),
+                )
+
     # --- scanning -----------------------------------------------------------------------------
     def _matches(self, name: str) -> bool:
         lower = name.lower()
@@ -272,8 +390,10 @@ class Watcher:
                     inside_out = Path(entry.path).resolve() == self.out_dir
                     if self.options.recursive and not entry.name.startswith(".") and not inside_out:
                         yield from self._walk(Path(entry.path), rel + "/")
-                elif self._matches(entry.name) and entry.is_file():
-                    st = entry.stat()
+                elif self._matches(entry.name):
+                    st = entry.stat(follow_symlinks=False)  # a link is not followed out of IN_DIR
+                    if not stat.S_ISREG(st.st_mode):
+                        self._not_regular[rel] = _kind(st.st_mode)
                     yield rel, FileState(st.st_size, st.st_mtime_ns)
             except OSError:  # vanished between listing and stat
                 continue
@@ -281,6 +401,7 @@ class Watcher:
     def scan(self) -> dict[str, FileState]:
         """Candidate files (relative path -> size and mtime), journaled ones left out."""
         self._hold()
+        self._not_regular = {}
         return {
             rel: st for rel, st in self._walk(self.in_dir, "") if journal_key(rel, st) not in self.journal
         }
@@ -290,12 +411,18 @@ class Watcher:
         ``stop`` is set: a stop takes effect after the current file). A file that failed waits for
         its back-off unless it changed."""
         self._hold()
+        assert self._lock is not None
+        self._lock.check()  # OUT_DIR removed or replaced under us: stop (OutputBusy)
         if self._points_dirty:
             self._sync_points()
         now = self.clock()
         current = self.scan()
         for rel in [r for r in self._failures if r not in current]:
             del self._failures[rel]
+        self._since = {
+            rel: since if (since := self._since.get(rel)) is not None and since[0] == state else (state, now)
+            for rel, state in current.items()
+        }
         outcomes: list[Outcome] = []
         for rel, state in current.items():
             if (limit is not None and len(outcomes) >= limit) or (stop is not None and stop.is_set()):
@@ -308,8 +435,19 @@ class Watcher:
                     del self._failures[rel]
                 elif now < failure.next_try:
                     continue
-            if state.size == 0:
-                if now - state.mtime < self.options.empty_grace_seconds:
+            kind = self._not_regular.get(rel)
+            future = state.mtime > now
+            if kind is not None:
+                outcome = self._quarantine(
+                    rel,
+                    state,
+                    InvalidImage(
+                        f"{kind}, not a regular file: not read (links and special files in the input "
+                        "folder are not followed)"
+                    ),
+                )
+            elif state.size == 0:
+                if self._age(rel, state, now) < self.options.empty_grace_seconds:
                     continue
                 outcome = self._quarantine(
                     rel,
@@ -317,10 +455,16 @@ class Watcher:
                     InvalidImage(
                         f"empty file (0 bytes) for more than {self.options.empty_grace_seconds:g} s"
                     ),
-                    copy=False,
                 )
-            elif now - state.mtime >= self.options.stable_seconds:
+            elif self._age(rel, state, now) >= self.options.stable_seconds or (future and self._final_look):
                 outcome = self.process(rel, state)
+                if future and outcome.status == "ok":
+                    note = (
+                        f"its modification time is {state.mtime - now:.0f} s ahead of this computer's "
+                        "clock (the writer's clock?): judged stable by its size and time stamp alone"
+                    )
+                    message = f"{outcome.message}; {note}" if outcome.message else note
+                    outcome = dataclasses.replace(outcome, message=message)
             else:
                 continue
             if outcome.status == "error":
@@ -337,6 +481,13 @@ class Watcher:
         self._seen = current
         return outcomes
 
+    def _age(self, rel: str, state: FileState, now: float) -> float:
+        """How long ``rel`` has been as it is: its mtime's age, or, when longer (or the mtime is in
+        the future: a writer's clock ahead of ours), how long this watcher has seen it unchanged."""
+        since = self._since.get(rel)
+        seen_for = now - since[1] if since is not None and since[0] == state else 0.0
+        return max(now - state.mtime, seen_for)
+
     def run(
         self, stop: threading.Event | None = None, *, once: bool = False, max_files: int | None = None
     ) -> WatchStats:
@@ -345,6 +496,7 @@ class Watcher:
         try:
             return self._run(stop, once=once, max_files=max_files)
         finally:
+            self._final_look = False
             self.release()
 
     def _run(self, stop: threading.Event | None, *, once: bool, max_files: int | None) -> WatchStats:
@@ -366,6 +518,7 @@ class Watcher:
                 break
             if once and stats.polls >= 2:
                 break
+            self._final_look = once  # the second look of --once: files with future mtimes are taken
             stop.wait(self.options.poll_seconds)
         if self._points_dirty:
             self._sync_points()
@@ -405,37 +558,70 @@ class Watcher:
 
     def _read(self, rel: str, state: FileState) -> tuple[Any, float] | Outcome:
         """The decoded image (pixels and the file's bit depth) and the decode time, or the file's
-        outcome (quarantined, changed)."""
+        outcome (quarantined, changed). The file is opened without following links (none in its
+        path either) and read once; a quarantine copy is made of the bytes read."""
         from ..io.decode import read_image_info
 
         path = self.in_dir / rel
-        if state.size > self.options.max_bytes:
-            too_large = ImageTooLarge(
-                f"file too large: {state.size} bytes, more than the limit of {self.options.max_bytes}"
-                " (--max-file-mb); not read"
-            )
-            return self._quarantine(rel, state, too_large, copy=False)
+        t0 = perf_counter()
+        read = self._read_bytes(rel, state)
+        if isinstance(read, Outcome):
+            return read
+        data, mode = read
         try:
-            t0 = perf_counter()
-            image = read_image_info(path, max_pixels=self.detector.max_pixels, name=display_name(rel))
+            image = read_image_info(data, max_pixels=self.detector.max_pixels, name=display_name(rel))
             decode_ms = (perf_counter() - t0) * 1e3
         except MemoryError:
             error: CrystalRtError = ImageTooLarge("not enough memory to decode this image")
-            return self._quarantine(rel, state, error, copy=False)
+            return self._quarantine(rel, state, error)
         except Exception as exc:  # InvalidImage, or a decoder fault: the file's problem, not ours
             if self._state(path) != state:  # vanished or rewritten: not the file's fault
                 return Outcome(rel, "changed", message=str(exc))
             if not isinstance(exc, InvalidImage):
                 exc = InvalidImage(f"cannot be decoded: {type(exc).__name__}: {exc}")
-            return self._quarantine(rel, state, exc)
+            return self._quarantine(rel, state, exc, copy=(data, mode))
         if self._state(path) != state:
             return Outcome(rel, "changed", message="changed while being read; retried at a later poll")
         return image, decode_ms
 
+    def _read_bytes(self, rel: str, state: FileState) -> tuple[bytes, int] | Outcome:
+        """``rel``'s bytes and permission bits, read through a descriptor opened without following
+        a link in any part of the path (``O_NOFOLLOW`` part by part), or the file's outcome:
+        "changed" when it is no longer the regular file of ``state`` (rewritten, or a link or a FIFO
+        swapped in since the scan), quarantined when it cannot be read or is too large."""
+        if state.size > self.options.max_bytes:
+            too_large = ImageTooLarge(
+                f"file too large: {state.size} bytes, more than the limit of {self.options.max_bytes}"
+                " (--max-file-mb); not read"
+            )
+            return self._quarantine(rel, state, too_large)
+        try:
+            return self._read_fd(rel, state)
+        except _Changed as exc:
+            return Outcome(rel, "changed", message=str(exc))
+        except OSError as exc:
+            if self._state(self.in_dir / rel) != state:  # vanished or rewritten: not the file's fault
+                return Outcome(rel, "changed", message=f"cannot read: {exc.strerror or exc}")
+            problem = "permission denied" if isinstance(exc, PermissionError) else "cannot read file"
+            return self._quarantine(rel, state, InvalidImage(f"{problem}: {exc.strerror or exc}"))
+        except MemoryError:
+            return self._quarantine(rel, state, ImageTooLarge("not enough memory to read this file"))
+
+    def _read_fd(self, rel: str, state: FileState) -> tuple[bytes, int]:
+        fd = _open_below(self.in_dir, rel)
+        with open(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _Changed(f"now {_kind(st.st_mode)}; looked at again at a later poll")
+            if FileState(st.st_size, st.st_mtime_ns) != state:
+                raise _Changed("changed since the last poll; retried at a later poll")
+            data = fh.read(self.options.max_bytes + 1)
+        return data, stat.S_IMODE(st.st_mode)
+
     @staticmethod
     def _state(path: Path) -> FileState | None:
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
             return None
         return FileState(st.st_size, st.st_mtime_ns)
@@ -555,9 +741,12 @@ class Watcher:
         path = PurePosixPath(rel)
         return self.quarantine_dir / path.parent / fit_name(path.name, self.name_max)
 
-    def _quarantine(self, rel: str, state: FileState, error: CrystalRtError, *, copy: bool = True) -> Outcome:
-        """Record ``rel`` as quarantined (reason file, a copy of the file where ``copy``, journal);
-        the file itself is left where it is."""
+    def _quarantine(
+        self, rel: str, state: FileState, error: CrystalRtError, *, copy: tuple[bytes, int] | None = None
+    ) -> Outcome:
+        """Record ``rel`` as quarantined (reason file, journal) and, given ``copy`` (the bytes read
+        and the file's permission bits), keep a copy of them, never more readable than the file
+        was; the file itself is left where it is."""
         from ..io.writers import atomic_write_bytes
 
         dest = self._quarantine_path(rel)
@@ -565,15 +754,12 @@ class Watcher:
             dest = dest.with_name(f"{dest.stem}.{state.mtime_ns}{dest.suffix}")
         shown = display_name(rel)
         reason = f"{type(error).__name__}: {error.message}\nfile: {shown}\nsize: {state.size} bytes\n"
-        if copy:
-            tmp = dest.with_name(f".{dest.name[:40]}.{os.getpid()}.tmp")
+        if copy is not None:
+            data, mode = copy
             try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(self.in_dir / rel, tmp)
-                tmp.replace(dest)
+                atomic_write_bytes(dest, data, mode=mode & 0o666)
                 reason += "a copy is kept here; the file itself was left in the input folder\n"
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 reason += f"(no copy could be kept here: {exc.strerror or exc})\n"
         try:
             atomic_write_bytes(
