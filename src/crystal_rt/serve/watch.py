@@ -175,6 +175,8 @@ def _kind(mode: int) -> str:
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+#: what opening with O_NOFOLLOW gives where a link is met (EMLINK: FreeBSD; ENOTDIR: a folder link)
+_LINK_ERRORS = (errno.ELOOP, errno.EMLINK, errno.ENOTDIR)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
@@ -600,6 +602,8 @@ class Watcher:
         except _Changed as exc:
             return Outcome(rel, "changed", message=str(exc))
         except OSError as exc:
+            if exc.errno in _LINK_ERRORS:  # a link swapped in on the path since the scan
+                return Outcome(rel, "changed", message="a link is on its path now; not followed")
             if self._state(self.in_dir / rel) != state:  # vanished or rewritten: not the file's fault
                 return Outcome(rel, "changed", message=f"cannot read: {exc.strerror or exc}")
             problem = "permission denied" if isinstance(exc, PermissionError) else "cannot read file"
