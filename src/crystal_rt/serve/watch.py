@@ -602,8 +602,6 @@ class Watcher:
         except _Changed as exc:
             return Outcome(rel, "changed", message=str(exc))
         except OSError as exc:
-            if exc.errno in _LINK_ERRORS:  # a link swapped in on the path since the scan
-                return Outcome(rel, "changed", message="a link is on its path now; not followed")
             if self._state(self.in_dir / rel) != state:  # vanished or rewritten: not the file's fault
                 return Outcome(rel, "changed", message=f"cannot read: {exc.strerror or exc}")
             problem = "permission denied" if isinstance(exc, PermissionError) else "cannot read file"
@@ -612,7 +610,12 @@ class Watcher:
             return self._quarantine(rel, state, ImageTooLarge("not enough memory to read this file"))
 
     def _read_fd(self, rel: str, state: FileState) -> tuple[bytes, int]:
-        fd = _open_below(self.in_dir, rel)
+        try:
+            fd = _open_below(self.in_dir, rel)
+        except OSError as exc:
+            if exc.errno in _LINK_ERRORS:  # a link swapped in on the path since the scan
+                raise _Changed("a link is on its path now; not followed") from exc
+            raise
         with open(fd, "rb") as fh:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
