@@ -8,7 +8,9 @@ lock file is still locked too (so a watcher of an older version, which locks onl
 refused, and refuses us) and names the holder (``pid N on HOST``) for the message a second watcher
 gets. :meth:`OutputLock.check` tells whether OUT_DIR is still the folder that was locked (``rm -rf
 OUT_DIR`` and a new folder of the same name: a second watcher could lock that one), and the
-watcher stops when it is not.
+watcher stops when it is not. Where the file system cannot lock a folder (NFS emulates flock with
+write locks), the lock file alone is locked and :meth:`OutputLock.check` stops the watcher when
+that file was removed or replaced.
 
 On Windows (no locks on folders) the lock file is locked with ``msvcrt.locking``; Windows does not
 delete a file that is open, so the file cannot be removed from under the watcher there.

@@ -1,17 +1,31 @@
 """The hot-folder watcher: detect every image that lands in IN_DIR exactly once, results in OUT_DIR.
 
 How a file is picked up (as imager integrations do): it matches one of the patterns, is not a
-dotfile, its size is > 0, its size and mtime did not change between two polls, and its mtime is at
-least ``stable_seconds`` old. The folder is *polled* (``os.scandir``), not watched with inotify:
-polling works the same on local disks, NFS/SMB shares and FUSE mounts, where change notifications
-are missing or unreliable, and costs one directory listing per poll.
+dotfile, its size is > 0, its size and mtime did not change between two polls, and it has been so
+for at least ``stable_seconds``: its mtime is that old, or this watcher has seen it unchanged that
+long by its own clock (so a writer whose clock is ahead of ours, a camera's set to 2036, hides
+nothing). The last poll of a ``--once`` run takes a file whose mtime is in the future when it is
+unchanged between the two looks (there is no later look to wait for). The folder is *polled*
+(``os.scandir``), not watched with inotify: polling works the same on local disks, NFS/SMB shares
+and FUSE mounts, where change notifications are missing or unreliable, and costs one directory
+listing per poll.
+
+Only regular files are read, and no link is followed: a symbolic link, named pipe, socket or device
+file matching the patterns is quarantined by record (never opened, never copied), a link to a
+folder is not entered, and a file is opened part by part from IN_DIR with ``O_NOFOLLOW`` (a link
+swapped in after the scan is not followed) and read once: the decoder and a quarantine copy get
+those bytes.
 
 The watcher never moves, changes or deletes anything in IN_DIR (a writer may still hold a file
 there). OUT_DIR may not be IN_DIR or inside it (overlays would be fed back as inputs), and one
-watcher at a time owns OUT_DIR: it holds an exclusive lock on ``OUT_DIR/.crystal-rt-watch.lock``
-(``fcntl.flock``; ``msvcrt.locking`` on Windows), which the system releases when the process ends,
-however it ends, so a stale lock cannot block the next run; a second watcher on the same OUT_DIR
-(overlapping cron runs) is refused with :class:`~crystal_rt.errors.OutputBusy`.
+watcher at a time owns OUT_DIR (:mod:`.outlock`: an flock on the folder itself and on
+``OUT_DIR/.crystal-rt-watch.lock``), which the system releases when the process ends, however it
+ends, so a stale lock cannot block the next run; a second watcher on the same OUT_DIR (overlapping
+cron runs) is refused with :class:`~crystal_rt.errors.OutputBusy`, also when the lock file was
+deleted, and a watcher whose OUT_DIR was removed or replaced stops with it. On taking the lock the
+watcher removes the temporary files a killed run left in OUT_DIR (``.NAME.XXXXXXXX.tmp``) and
+takes back from the journal every image whose results are missing or do not parse (processed
+again if still in IN_DIR as it was).
 
 Per file, in this order (so that a crash at any point loses nothing and duplicates nothing):
 
@@ -20,7 +34,7 @@ Per file, in this order (so that a crash at any point loses nothing and duplicat
    ``a.png.json``, ``x.png.jpg`` -> ``x.png.jpg.json``), so names are unique per input and the
    same on every run; a name too long for the file system keeps its first bytes and gets ``~`` and
    a hash of the full name — plus ``.coco.json`` / ``.overlay.png`` when asked, each written to a
-   temporary name and renamed into place;
+   temporary name, fsynced, renamed into place and its folder fsynced (durable before step 3);
 3. one line appended to the journal ``OUT_DIR/.crystal-rt-journal.jsonl`` (fsync'd), keyed by
    relative path + size + mtime, holding the image's ``points.csv`` rows: this is the commit;
 4. ``OUT_DIR/points.csv`` (columns :data:`crystal_rt.io.writers.POINT_FIELDS`, the same as
@@ -40,7 +54,8 @@ processed again).
 A file that cannot be decoded (InvalidImage, or any other decoder failure, including running out
 of memory), is larger than ``max_bytes``, or has stayed empty (0 bytes) for ``empty_grace_seconds``
 is *quarantined*: journaled as quarantined, with ``OUT_DIR/quarantine/<relative path>.reason.txt``
-naming the error and a copy of the file beside it (no copy of an empty or too-large file). The file
+naming the error and a copy of the file beside it, never more readable than the file (no copy of
+an empty, too-large or unreadable file, a link or a special file). The file
 itself stays in IN_DIR: a writer that stalled longer than ``stable_seconds`` and later finishes the
 file changes its size and mtime, and the finished file is processed (its quarantine copy removed).
 Any other error (a full disk, an engine failure) is reported and the file is tried again later,
