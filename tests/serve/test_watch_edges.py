@@ -68,18 +68,18 @@ def test_result_files_are_durable_before_the_journal_commits(
     (in_dir / "sub" / "a.png").write_bytes(drop_pngs[0])
     watcher = Watcher(detector, _options(in_dir, out, recursive=True, formats=("json", "csv", "overlay")))
     calls: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_replace = os.fsync, Path.replace
 
     def fsync(fd: int) -> None:
         calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    def replace(src: Any, dst: Any, **kw: Any) -> None:
-        calls.append(("replace", os.fspath(dst)))
-        real_replace(src, dst, **kw)
+    def replace(self: Path, target: Any) -> Path:
+        calls.append(("replace", os.fspath(target)))
+        return real_replace(self, target)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "replace", replace)
     assert [o.status for o in watcher.run(once=True).outcomes] == ["ok"]
     monkeypatch.undo()
     journal = next(i for i, c in enumerate(calls) if c == ("fsync", str(out / JOURNAL_NAME)))

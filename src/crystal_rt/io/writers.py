@@ -48,7 +48,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
