@@ -377,11 +377,12 @@ class Watcher:
             outputs = entry.get("outputs")
             if not isinstance(outputs, list):
                 continue
+            key = journal_key(rel, FileState(int(entry["size"]), int(entry["mtime_ns"])))
+            if self.journal.entries.get(key) is not entry:  # tried again since, and quarantined
+                continue
             broken = [str(name) for name in outputs if not output_intact(self.out_dir / str(name))]
             if broken:
-                key = journal_key(rel, FileState(int(entry["size"]), int(entry["mtime_ns"])))
-                if self.journal.entries.get(key) is entry:
-                    del self.journal.entries[key]
+                del self.journal.entries[key]
                 log.warning(
                     "%s: %s missing or unreadable; the image is processed again if it is still in the "
                     "input folder",
