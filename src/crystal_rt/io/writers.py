@@ -13,9 +13,11 @@ single quote, as OWASP recommends against CSV injection (:func:`csv_text`).
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,22 +31,50 @@ POINT_FIELDS = ("image", "x", "y", "score", "label", "index")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file beside it (``.NAME.XXXXXXXX.tmp``, the
-    name cut to 40 characters) and a rename; nothing is left behind when it fails."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666) -> Path:
+    """Write ``data`` to ``path`` durably through a temporary file beside it (``.NAME.XXXXXXXX.tmp``,
+    the name cut to 40 characters, :data:`TEMP_NAME`): written, fsynced, renamed into place, and the
+    folder fsynced, so that once this returns the file survives a power loss with its whole content
+    (a journal that records it afterwards never points at an empty or missing file). Nothing is left
+    behind when it fails. ``mode`` is the new file's permission bits (less the umask)."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(21, "is a directory, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name[:40]}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "xb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+        with open(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
     return path
+
+
+#: the temporary names :func:`atomic_write_bytes` uses (and older versions' quarantine copies,
+#: ``.NAME.<pid>.tmp``): what a kill -9 mid-write leaves behind
+TEMP_NAME = re.compile(r"\..{1,40}\.(?:[0-9a-f]{8}|[0-9]{1,10})\.tmp", re.DOTALL)
+
+
+def fsync_folder(folder: str | os.PathLike[str]) -> None:
+    """Make the names in ``folder`` (a rename, a new file) durable; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems refuse fsync on a folder: nothing more to be done
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def csv_text(text: str) -> str:

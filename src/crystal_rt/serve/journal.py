@@ -36,7 +36,9 @@ def journal_key(rel: str, state: FileState) -> str:
 
 def append_durably(path: Path, data: bytes) -> int:
     """Append ``data`` to ``path`` and fsync; a failed or partial write is truncated away (so a
-    retry never follows a torn line). Returns the new size."""
+    retry never follows a torn line); a file it creates has its folder fsynced too (its name is
+    durable). Returns the new size."""
+    created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
     try:
         before = os.fstat(fd).st_size
@@ -49,9 +51,13 @@ def append_durably(path: Path, data: bytes) -> int:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, before)
             raise
-        return before + len(data)
     finally:
         os.close(fd)
+    if created:
+        from ..io.writers import fsync_folder
+
+        fsync_folder(path.parent)
+    return before + len(data)
 
 
 def _cut_torn_tail(path: Path) -> int:

@@ -1,17 +1,31 @@
 """The hot-folder watcher: detect every image that lands in IN_DIR exactly once, results in OUT_DIR.
 
 How a file is picked up (as imager integrations do): it matches one of the patterns, is not a
-dotfile, its size is > 0, its size and mtime did not change between two polls, and its mtime is at
-least ``stable_seconds`` old. The folder is *polled* (``os.scandir``), not watched with inotify:
-polling works the same on local disks, NFS/SMB shares and FUSE mounts, where change notifications
-are missing or unreliable, and costs one directory listing per poll.
+dotfile, its size is > 0, its size and mtime did not change between two polls, and it has been so
+for at least ``stable_seconds``: its mtime is that old, or this watcher has seen it unchanged that
+long by its own clock (so a writer whose clock is ahead of ours, a camera's set to 2036, hides
+nothing). The last poll of a ``--once`` run takes a file whose mtime is in the future when it is
+unchanged between the two looks (there is no later look to wait for). The folder is *polled*
+(``os.scandir``), not watched with inotify: polling works the same on local disks, NFS/SMB shares
+and FUSE mounts, where change notifications are missing or unreliable, and costs one directory
+listing per poll.
+
+Only regular files are read, and no link is followed: a symbolic link, named pipe, socket or device
+file matching the patterns is quarantined by record (never opened, never copied), a link to a
+folder is not entered, and a file is opened part by part from IN_DIR with ``O_NOFOLLOW`` (a link
+swapped in after the scan is not followed) and read once: the decoder and a quarantine copy get
+those bytes.
 
 The watcher never moves, changes or deletes anything in IN_DIR (a writer may still hold a file
 there). OUT_DIR may not be IN_DIR or inside it (overlays would be fed back as inputs), and one
-watcher at a time owns OUT_DIR: it holds an exclusive lock on ``OUT_DIR/.crystal-rt-watch.lock``
-(``fcntl.flock``; ``msvcrt.locking`` on Windows), which the system releases when the process ends,
-however it ends, so a stale lock cannot block the next run; a second watcher on the same OUT_DIR
-(overlapping cron runs) is refused with :class:`~crystal_rt.errors.OutputBusy`.
+watcher at a time owns OUT_DIR (:mod:`.outlock`: an flock on the folder itself and on
+``OUT_DIR/.crystal-rt-watch.lock``), which the system releases when the process ends, however it
+ends, so a stale lock cannot block the next run; a second watcher on the same OUT_DIR (overlapping
+cron runs) is refused with :class:`~crystal_rt.errors.OutputBusy`, also when the lock file was
+deleted, and a watcher whose OUT_DIR was removed or replaced stops with it. On taking the lock the
+watcher removes the temporary files a killed run left in OUT_DIR (``.NAME.XXXXXXXX.tmp``) and
+takes back from the journal every image whose results are missing or do not parse (processed
+again if still in IN_DIR as it was).
 
 Per file, in this order (so that a crash at any point loses nothing and duplicates nothing):
 
@@ -20,7 +34,7 @@ Per file, in this order (so that a crash at any point loses nothing and duplicat
    ``a.png.json``, ``x.png.jpg`` -> ``x.png.jpg.json``), so names are unique per input and the
    same on every run; a name too long for the file system keeps its first bytes and gets ``~`` and
    a hash of the full name — plus ``.coco.json`` / ``.overlay.png`` when asked, each written to a
-   temporary name and renamed into place;
+   temporary name, fsynced, renamed into place and its folder fsynced (durable before step 3);
 3. one line appended to the journal ``OUT_DIR/.crystal-rt-journal.jsonl`` (fsync'd), keyed by
    relative path + size + mtime, holding the image's ``points.csv`` rows: this is the commit;
 4. ``OUT_DIR/points.csv`` (columns :data:`crystal_rt.io.writers.POINT_FIELDS`, the same as
@@ -40,7 +54,8 @@ processed again).
 A file that cannot be decoded (InvalidImage, or any other decoder failure, including running out
 of memory), is larger than ``max_bytes``, or has stayed empty (0 bytes) for ``empty_grace_seconds``
 is *quarantined*: journaled as quarantined, with ``OUT_DIR/quarantine/<relative path>.reason.txt``
-naming the error and a copy of the file beside it (no copy of an empty or too-large file). The file
+naming the error and a copy of the file beside it, never more readable than the file (no copy of
+an empty, too-large or unreadable file, a link or a special file). The file
 itself stays in IN_DIR: a writer that stalled longer than ``stable_seconds`` and later finishes the
 file changes its size and mtime, and the finished file is processed (its quarantine copy removed).
 Any other error (a full disk, an engine failure) is reported and the file is tried again later,
@@ -57,11 +72,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
-import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -154,6 +170,81 @@ def fit_name(name: str, limit: int = 255) -> str:
     return f"{head}~{digest}"
 
 
+class _Changed(Exception):
+    """The file is no longer what the scan saw (rewritten, or replaced by a link or special file)."""
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a special file"
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+#: what opening with O_NOFOLLOW gives where a link is met (EMLINK: FreeBSD; ENOTDIR: a folder link)
+_LINK_ERRORS = (errno.ELOOP, errno.EMLINK, errno.ENOTDIR)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_below(root: Path, rel: str) -> int:
+    """A read-only descriptor of ``root/rel`` opened without following a symbolic link in any part
+    of ``rel`` (each folder opened relative to the last with ``O_NOFOLLOW``), and without blocking
+    on a FIFO; OSError (ELOOP, ENOTDIR) where a link is met."""
+    parts = rel.split("/")
+    flags = os.O_RDONLY | _CLOEXEC | getattr(os, "O_BINARY", 0)
+    if not (_NOFOLLOW and os.open in os.supports_dir_fd):  # Windows: check, then open
+        path = root.joinpath(*parts)
+        for part in [path, *path.parents]:
+            if part == root:
+                break
+            if part.is_symlink():
+                raise OSError(errno.ELOOP, "a symbolic link is on the way", str(part))
+        return os.open(path, flags)
+    folder_flags = flags | _NOFOLLOW | getattr(os, "O_DIRECTORY", 0)
+    fd = os.open(root, os.O_RDONLY | _CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for name in parts[:-1]:
+            inner = os.open(name, folder_flags, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(parts[-1], flags | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def output_intact(path: Path) -> bool:
+    """Whether a result file the journal lists is there whole: a regular, non-empty file; a
+    ``.json`` that parses; a ``.png`` with PNG's first and last bytes (a power loss before the data
+    reached the disk leaves an empty, zero-filled or missing file)."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return False
+        if path.name.endswith(".json"):
+            json.loads(path.read_bytes())
+        elif path.name.endswith(".png"):
+            with path.open("rb") as fh:
+                head = fh.read(len(_PNG_SIGNATURE))
+                fh.seek(max(0, st.st_size - len(_PNG_END)))
+                return head == _PNG_SIGNATURE and fh.read() == _PNG_END
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _name_max(folder: Path) -> int:
     try:
         return int(os.pathconf(folder, "PC_NAME_MAX"))
@@ -203,6 +294,9 @@ class Watcher:
         self.points_path = self.out_dir / POINTS_NAME
         self.name_max = _name_max(self.out_dir)
         self._seen: dict[str, FileState] = {}
+        self._since: dict[str, tuple[FileState, float]] = {}  # state and when it was first seen so
+        self._not_regular: dict[str, str] = {}  # links and special files of the last scan: what they are
+        self._final_look = False  # the last poll of a --once run: no later look will come
         self._failures: dict[str, _Failure] = {}
         self._closed = False
         self._lock: OutputLock | None = None
@@ -220,6 +314,8 @@ class Watcher:
             self.journal = Journal(self.out_dir / JOURNAL_NAME)
             if self.journal.repaired:
                 log.warning("%s: cut a torn last line (%d bytes)", JOURNAL_NAME, self.journal.repaired)
+            self._clean_temporary_files()
+            self._check_outputs()
             self._points: dict[str, list[list[str]]] = self._points_from_journal()
             self._points_size = -1  # points.csv's size after our last write (-1: unknown)
             self._points_dirty = "csv" in self.options.formats
@@ -254,6 +350,46 @@ class Watcher:
         if self.report is None:
             log.log(level, message, *args)
 
+    # --- start-up -----------------------------------------------------------------------------
+    def _clean_temporary_files(self) -> None:
+        """Remove the temporary files (``.NAME.XXXXXXXX.tmp``) a killed run left in OUT_DIR: this
+        watcher holds OUT_DIR's lock, so no other writer of ours is using them."""
+        from ..io.writers import TEMP_NAME
+
+        removed = 0
+        for folder, _dirs, files in os.walk(self.out_dir):
+            for name in files:
+                if not TEMP_NAME.fullmatch(name):
+                    continue
+                path = Path(folder, name)
+                with contextlib.suppress(OSError):
+                    if stat.S_ISREG(path.lstat().st_mode):
+                        path.unlink()
+                        removed += 1
+        if removed:
+            log.warning("removed %d temporary file(s) left by an interrupted run", removed)
+
+    def _check_outputs(self) -> None:
+        """Take back from the journal every image whose results are missing or do not parse (a
+        power loss under an older version, which did not fsync them, or a file removed by hand):
+        the image is processed again when it is still in IN_DIR as it was."""
+        for rel, entry in self.journal.latest_ok.items():
+            outputs = entry.get("outputs")
+            if not isinstance(outputs, list):
+                continue
+            key = journal_key(rel, FileState(int(entry["size"]), int(entry["mtime_ns"])))
+            if self.journal.entries.get(key) is not entry:  # tried again since, and quarantined
+                continue
+            broken = [str(name) for name in outputs if not output_intact(self.out_dir / str(name))]
+            if broken:
+                del self.journal.entries[key]
+                log.warning(
+                    "%s: %s missing or unreadable; the image is processed again if it is still in the "
+                    "input folder",
+                    display_name(rel),
+                    ", ".join(display_name(name) for name in broken),
+                )
+
     # --- scanning -----------------------------------------------------------------------------
     def _matches(self, name: str) -> bool:
         lower = name.lower()
@@ -272,8 +408,10 @@ class Watcher:
                     inside_out = Path(entry.path).resolve() == self.out_dir
                     if self.options.recursive and not entry.name.startswith(".") and not inside_out:
                         yield from self._walk(Path(entry.path), rel + "/")
-                elif self._matches(entry.name) and entry.is_file():
-                    st = entry.stat()
+                elif self._matches(entry.name):
+                    st = entry.stat(follow_symlinks=False)  # a link is not followed out of IN_DIR
+                    if not stat.S_ISREG(st.st_mode):
+                        self._not_regular[rel] = _kind(st.st_mode)
                     yield rel, FileState(st.st_size, st.st_mtime_ns)
             except OSError:  # vanished between listing and stat
                 continue
@@ -281,6 +419,7 @@ class Watcher:
     def scan(self) -> dict[str, FileState]:
         """Candidate files (relative path -> size and mtime), journaled ones left out."""
         self._hold()
+        self._not_regular = {}
         return {
             rel: st for rel, st in self._walk(self.in_dir, "") if journal_key(rel, st) not in self.journal
         }
@@ -290,12 +429,18 @@ class Watcher:
         ``stop`` is set: a stop takes effect after the current file). A file that failed waits for
         its back-off unless it changed."""
         self._hold()
+        assert self._lock is not None
+        self._lock.check()  # OUT_DIR removed or replaced under us: stop (OutputBusy)
         if self._points_dirty:
             self._sync_points()
         now = self.clock()
         current = self.scan()
         for rel in [r for r in self._failures if r not in current]:
             del self._failures[rel]
+        self._since = {
+            rel: since if (since := self._since.get(rel)) is not None and since[0] == state else (state, now)
+            for rel, state in current.items()
+        }
         outcomes: list[Outcome] = []
         for rel, state in current.items():
             if (limit is not None and len(outcomes) >= limit) or (stop is not None and stop.is_set()):
@@ -308,8 +453,19 @@ class Watcher:
                     del self._failures[rel]
                 elif now < failure.next_try:
                     continue
-            if state.size == 0:
-                if now - state.mtime < self.options.empty_grace_seconds:
+            kind = self._not_regular.get(rel)
+            future = state.mtime > now
+            if kind is not None:
+                outcome = self._quarantine(
+                    rel,
+                    state,
+                    InvalidImage(
+                        f"{kind}, not a regular file: not read (links and special files in the input "
+                        "folder are not followed)"
+                    ),
+                )
+            elif state.size == 0:
+                if self._age(rel, state, now) < self.options.empty_grace_seconds:
                     continue
                 outcome = self._quarantine(
                     rel,
@@ -317,10 +473,16 @@ class Watcher:
                     InvalidImage(
                         f"empty file (0 bytes) for more than {self.options.empty_grace_seconds:g} s"
                     ),
-                    copy=False,
                 )
-            elif now - state.mtime >= self.options.stable_seconds:
+            elif self._age(rel, state, now) >= self.options.stable_seconds or (future and self._final_look):
                 outcome = self.process(rel, state)
+                if future and outcome.status == "ok":
+                    note = (
+                        f"its modification time is {state.mtime - now:.0f} s ahead of this computer's "
+                        "clock (the writer's clock?): judged stable by its size and time stamp alone"
+                    )
+                    message = f"{outcome.message}; {note}" if outcome.message else note
+                    outcome = dataclasses.replace(outcome, message=message)
             else:
                 continue
             if outcome.status == "error":
@@ -337,6 +499,13 @@ class Watcher:
         self._seen = current
         return outcomes
 
+    def _age(self, rel: str, state: FileState, now: float) -> float:
+        """How long ``rel`` has been as it is: its mtime's age, or, when longer (or the mtime is in
+        the future: a writer's clock ahead of ours), how long this watcher has seen it unchanged."""
+        since = self._since.get(rel)
+        seen_for = now - since[1] if since is not None and since[0] == state else 0.0
+        return max(now - state.mtime, seen_for)
+
     def run(
         self, stop: threading.Event | None = None, *, once: bool = False, max_files: int | None = None
     ) -> WatchStats:
@@ -345,6 +514,7 @@ class Watcher:
         try:
             return self._run(stop, once=once, max_files=max_files)
         finally:
+            self._final_look = False
             self.release()
 
     def _run(self, stop: threading.Event | None, *, once: bool, max_files: int | None) -> WatchStats:
@@ -366,6 +536,7 @@ class Watcher:
                 break
             if once and stats.polls >= 2:
                 break
+            self._final_look = once  # the second look of --once: files with future mtimes are taken
             stop.wait(self.options.poll_seconds)
         if self._points_dirty:
             self._sync_points()
@@ -405,37 +576,75 @@ class Watcher:
 
     def _read(self, rel: str, state: FileState) -> tuple[Any, float] | Outcome:
         """The decoded image (pixels and the file's bit depth) and the decode time, or the file's
-        outcome (quarantined, changed)."""
+        outcome (quarantined, changed). The file is opened without following links (none in its
+        path either) and read once; a quarantine copy is made of the bytes read."""
         from ..io.decode import read_image_info
 
         path = self.in_dir / rel
-        if state.size > self.options.max_bytes:
-            too_large = ImageTooLarge(
-                f"file too large: {state.size} bytes, more than the limit of {self.options.max_bytes}"
-                " (--max-file-mb); not read"
-            )
-            return self._quarantine(rel, state, too_large, copy=False)
+        t0 = perf_counter()
+        read = self._read_bytes(rel, state)
+        if isinstance(read, Outcome):
+            return read
+        data, mode = read
         try:
-            t0 = perf_counter()
-            image = read_image_info(path, max_pixels=self.detector.max_pixels, name=display_name(rel))
+            image = read_image_info(data, max_pixels=self.detector.max_pixels, name=display_name(rel))
             decode_ms = (perf_counter() - t0) * 1e3
         except MemoryError:
             error: CrystalRtError = ImageTooLarge("not enough memory to decode this image")
-            return self._quarantine(rel, state, error, copy=False)
+            return self._quarantine(rel, state, error)
         except Exception as exc:  # InvalidImage, or a decoder fault: the file's problem, not ours
             if self._state(path) != state:  # vanished or rewritten: not the file's fault
                 return Outcome(rel, "changed", message=str(exc))
             if not isinstance(exc, InvalidImage):
                 exc = InvalidImage(f"cannot be decoded: {type(exc).__name__}: {exc}")
-            return self._quarantine(rel, state, exc)
+            return self._quarantine(rel, state, exc, copy=(data, mode))
         if self._state(path) != state:
             return Outcome(rel, "changed", message="changed while being read; retried at a later poll")
         return image, decode_ms
 
+    def _read_bytes(self, rel: str, state: FileState) -> tuple[bytes, int] | Outcome:
+        """``rel``'s bytes and permission bits, read through a descriptor opened without following
+        a link in any part of the path (``O_NOFOLLOW`` part by part), or the file's outcome:
+        "changed" when it is no longer the regular file of ``state`` (rewritten, or a link or a FIFO
+        swapped in since the scan), quarantined when it cannot be read or is too large."""
+        if state.size > self.options.max_bytes:
+            too_large = ImageTooLarge(
+                f"file too large: {state.size} bytes, more than the limit of {self.options.max_bytes}"
+                " (--max-file-mb); not read"
+            )
+            return self._quarantine(rel, state, too_large)
+        try:
+            return self._read_fd(rel, state)
+        except _Changed as exc:
+            return Outcome(rel, "changed", message=str(exc))
+        except OSError as exc:
+            if self._state(self.in_dir / rel) != state:  # vanished or rewritten: not the file's fault
+                return Outcome(rel, "changed", message=f"cannot read: {exc.strerror or exc}")
+            problem = "permission denied" if isinstance(exc, PermissionError) else "cannot read file"
+            return self._quarantine(rel, state, InvalidImage(f"{problem}: {exc.strerror or exc}"))
+        except MemoryError:
+            return self._quarantine(rel, state, ImageTooLarge("not enough memory to read this file"))
+
+    def _read_fd(self, rel: str, state: FileState) -> tuple[bytes, int]:
+        try:
+            fd = _open_below(self.in_dir, rel)
+        except OSError as exc:
+            if exc.errno in _LINK_ERRORS:  # a link swapped in on the path since the scan
+                raise _Changed("a link is on its path now; not followed") from exc
+            raise
+        with open(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _Changed(f"now {_kind(st.st_mode)}; looked at again at a later poll")
+            if FileState(st.st_size, st.st_mtime_ns) != state:
+                raise _Changed("changed since the last poll; retried at a later poll")
+            data = fh.read(self.options.max_bytes + 1)
+        return data, stat.S_IMODE(st.st_mode)
+
     @staticmethod
     def _state(path: Path) -> FileState | None:
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
             return None
         return FileState(st.st_size, st.st_mtime_ns)
@@ -555,9 +764,12 @@ class Watcher:
         path = PurePosixPath(rel)
         return self.quarantine_dir / path.parent / fit_name(path.name, self.name_max)
 
-    def _quarantine(self, rel: str, state: FileState, error: CrystalRtError, *, copy: bool = True) -> Outcome:
-        """Record ``rel`` as quarantined (reason file, a copy of the file where ``copy``, journal);
-        the file itself is left where it is."""
+    def _quarantine(
+        self, rel: str, state: FileState, error: CrystalRtError, *, copy: tuple[bytes, int] | None = None
+    ) -> Outcome:
+        """Record ``rel`` as quarantined (reason file, journal) and, given ``copy`` (the bytes read
+        and the file's permission bits), keep a copy of them, never more readable than the file
+        was; the file itself is left where it is."""
         from ..io.writers import atomic_write_bytes
 
         dest = self._quarantine_path(rel)
@@ -565,15 +777,12 @@ class Watcher:
             dest = dest.with_name(f"{dest.stem}.{state.mtime_ns}{dest.suffix}")
         shown = display_name(rel)
         reason = f"{type(error).__name__}: {error.message}\nfile: {shown}\nsize: {state.size} bytes\n"
-        if copy:
-            tmp = dest.with_name(f".{dest.name[:40]}.{os.getpid()}.tmp")
+        if copy is not None:
+            data, mode = copy
             try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(self.in_dir / rel, tmp)
-                tmp.replace(dest)
+                atomic_write_bytes(dest, data, mode=mode & 0o666)
                 reason += "a copy is kept here; the file itself was left in the input folder\n"
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 reason += f"(no copy could be kept here: {exc.strerror or exc})\n"
         try:
             atomic_write_bytes(
