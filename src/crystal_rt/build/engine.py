@@ -128,6 +128,8 @@ def build_engine(
     with tempfile.TemporaryDirectory(prefix="crystal-rt-build-") as tmp:
         source = src
         if is_checkpoint(src):
+            for module in ("torch", "torchvision", "onnx"):  # one sentence without the export extra
+                require(module, "Building an engine from a checkpoint (it is exported to ONNX first)")
             from ..export.api import export_checkpoint
 
             say(f"exporting {src} to the core ONNX")
