@@ -28,9 +28,11 @@ class _LogProgress(Progress):
     """Where stderr is not a terminal (CI logs, cron mail, a pipe), the bar is not drawn; instead a
     line ``description: N/TOTAL`` is printed at every tenth of the work, so a long run is not silent."""
 
+    quiet = False
+
     def advance(self, task_id: TaskID, advance: float = 1) -> None:
         super().advance(task_id, advance)
-        if not self.disable:
+        if not self.disable or self.quiet:
             return
         task = self._tasks[task_id]
         total = task.total or 0
@@ -41,17 +43,20 @@ class _LogProgress(Progress):
             info(f"{task.description}: {task.completed:.0f}/{total:.0f}")
 
 
-def progress() -> Progress:
-    """A progress bar on stderr (lines at every tenth when stderr is not a terminal, e.g. in CI logs)."""
-    return _LogProgress(
+def progress(*, quiet: bool = False) -> Progress:
+    """A progress bar on stderr (lines at every tenth when stderr is not a terminal, e.g. in CI
+    logs); ``quiet``: neither."""
+    bar = _LogProgress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
-        disable=not err_console.is_terminal,
+        disable=quiet or not err_console.is_terminal,
     )
+    bar.quiet = quiet
+    return bar
 
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -125,25 +130,28 @@ _SEPARATORS = "_-/. "
 
 
 def distinct_names(names: Sequence[str], width: int | None) -> list[str]:
-    """What tells ``names`` apart in a column ``width`` characters wide: where the longest does not
-    fit, the prefix they all share (up to a separator ``_ - / .`` or space) becomes ``…``, and a
-    name still too wide keeps its end (``…`` and its last characters: the well, the index, the
-    extension), and where that is shared too, it becomes ``…`` as well. Names are shown as :func:`printable` makes them."""
+    """What tells ``names`` apart in a column ``width`` characters wide. A name that does not fit
+    starts at the part where it differs from the name most like it (from the separator ``_ - / .``
+    or space before that point: the well in ``RMM3_01_…_A01_drop1.jpg``), after a ``…``, and is cut
+    with a ``…`` at the end, never shown by its shared start alone. Names are shown as
+    :func:`printable` makes them."""
     out = [printable(n) for n in names]
     if width is None or not out or max(map(len, out)) <= width:
         return out
-    if len(out) > 1:
-        prefix = os.path.commonprefix(out)
-        cut = max(prefix.rfind(c) for c in _SEPARATORS) + 1
-        if cut > 1:
-            out = [f"…{n[cut:]}" for n in out]
-        if max(map(len, out)) > width:  # then the end they share, too
-            suffix = os.path.commonprefix([n[::-1] for n in out])[::-1]
-            cut = min((i for i, c in enumerate(suffix) if c in _SEPARATORS), default=len(suffix))
-            if len(suffix) - cut > 1:
-                out = [f"{n[: len(n) - len(suffix) + cut]}…" for n in out]
-    width = max(width, 2)
-    return [n if len(n) <= width else f"…{n[len(n) - width + 1 :]}" for n in out]
+    width = max(width, 3)
+    short = []
+    for i, name in enumerate(out):
+        if len(name) <= width:
+            short.append(name)
+            continue
+        shared = max(
+            (len(os.path.commonprefix([name, other])) for j, other in enumerate(out) if j != i),  # noqa: RUF071
+            default=0,
+        )
+        start = max(name.rfind(c, 0, shared) for c in _SEPARATORS) + 1 if shared else 0
+        text = f"…{name[start:]}" if start else name
+        short.append(text if len(text) <= width else f"{text[: width - 1]}…")
+    return short
 
 
 def latency_table(
@@ -170,9 +178,7 @@ def latency_table(
             table.add_column(stage, justify="right", min_width=min(len(stage), 9), no_wrap=True)
         return table
 
-    cells = [
-        (count, *(f"{timings.get(s, 0.0):.1f}" for s in stages)) for _, count, timings in rows
-    ]
+    cells = [(count, *(f"{timings.get(s, 0.0):.1f}" for s in stages)) for _, count, timings in rows]
     medians = [f"{statistics.median(t.get(s, 0.0) for _, _, t in rows):.1f}" for s in stages]
     if name_width is None:
         others = table_of(False)
@@ -181,7 +187,7 @@ def latency_table(
         if median and rows:
             others.add_row("", *medians)
         used = Measurement.get(console, console.options, others).maximum
-        name_width = max(12, console.width - used - 3)  # the column's padding and rule
+        name_width = max(6, console.width - used - 3)  # the column's padding and rule
     table = table_of(True)
     names = distinct_names([name for name, _, _ in rows], name_width)
     for name, row in zip(names, cells, strict=True):

@@ -109,7 +109,9 @@ def test_convert_labelme_folder_cli(labelme_dir, tmp_path, capsys):
     assert main(["convert", str(labelme_dir), "-o", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == f"2 image(s), 3 instance(s), 1 class(es) (crystal) -> {out}"
-    assert lines[1] == f"file names: 2 relative to {out.parent}; train and evaluate find them without --images"
+    assert lines[1] == (
+        f"file names: 2 relative to {out.parent}; train and evaluate find them without --images"
+    )
     assert lines[2] == f"next: crystal-rt train --data {out} -o run/"
     data = json.loads(out.read_text())
     assert [im["file_name"] for im in data["images"]] == ["labelme/a.png", "train_images/b.png"]

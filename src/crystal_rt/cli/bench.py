@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from ..bench.environment import usable_cores
 from ..bench.report import latency_tables, write_json, write_plot
 from ..bench.runner import BenchConfig, load_images, run_bench, synthetic_images

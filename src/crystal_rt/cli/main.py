@@ -14,8 +14,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .._version import __version__
 from .._lazy import missing_dependency
+from .._version import __version__
 from ..console import err_console, show_library_warnings, shown
 from ..errors import CrystalRtError, KernelBuildError
 from ..testing import ENV_VAR, simulated_gpu_from_env

@@ -167,9 +167,7 @@ def run(args: argparse.Namespace) -> int:
     def on_validation(iteration: int, metrics: dict[str, Any]) -> None:
         parts = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
         mark = " (best so far)" if metrics.get("best") else ""
-        bar.console.print(
-            shown(f"validation at step {iteration}: {', '.join(parts)}{mark}"), highlight=False
-        )
+        bar.console.print(shown(f"validation at step {iteration}: {', '.join(parts)}{mark}"), highlight=False)
 
     hooks = Hooks(
         on_start=on_start,
