@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from ..build.engine import build_engine, check_precision, choose_backend
+from ..build.engine import build_engine, check_precision, choose_backend, is_checkpoint, require_export
 from ..build.tensorrt.options import BuildOptions
 from ..calibration.options import CalibrationOptions
 from ..console import console, err_console, note, shown
@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.calib is not None and args.precision != "int8":
         raise InvalidOption(f"--calib calibrates for --precision int8, not {args.precision}")
+    if args.model.is_file() and is_checkpoint(args.model):
+        require_export()  # before the backend is chosen and said: the one line is the error
     backend, reason = choose_backend(args.backend)
     if args.backend == "auto":
         note(f"--backend auto chose {backend}: {reason}")
