@@ -76,6 +76,8 @@ def test_detect_table_summary_overlays_and_contact_sheet(
     for well in WELLS:  # the well is on its row, not only the names' shared start
         assert sum(well in row for row in rows) == 1, captured.out
     assert max(len(line) for line in captured.out.splitlines()) <= 80
+    assert "instances" in captured.out and "total" in captured.out  # no column squeezed out
+    assert all(row.split("│")[2].strip().isdigit() for row in rows)
     # The summary for scripts: every image, its files, and the failure with why.
     data = json.loads(summary.read_text())
     assert (data["images"], data["succeeded"], data["failed"]) == (5, 4, 1)
@@ -84,7 +86,7 @@ def test_detect_table_summary_overlays_and_contact_sheet(
     ]
     by_name = {r["image"]: r for r in data["results"]}
     assert data["instances"] == sum(r["instances"] for r in data["results"])
-    for name, result in by_name.items():
+    for result in by_name.values():
         assert result["instances"] == json.loads((out / result["files"]["json"]).read_text())["num_instances"]
         assert (out / result["files"]["overlay"]).is_file()
     # JPEG inputs get JPEG overlays (a fraction of a PNG's size), the PNG input a PNG one.

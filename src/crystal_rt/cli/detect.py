@@ -22,7 +22,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from ..console import console, distinct_names, err_console, info, latency_table, progress, shown
+from ..console import console, distinct_names, err_console, latency_table, note, progress, shown
 from ..errors import CrystalRtError, InvalidOption, OutputNotWritten
 from ..io import RESULT_FORMATS as FORMATS
 from ..serve.watch import fit_name
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     pictures: list[Any] = []
     failed: list[tuple[str, CrystalRtError]] = []
     if not args.quiet:
-        info(f"detecting in {len(paths)} image(s) -> {shown(out)}")
+        note(f"detecting in {len(paths)} image(s) -> {out}")
     bar = progress(quiet=args.quiet)
     try:
         with bar:
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
         title = f"{len(results)} image(s) -> {shown(out)} (ms)"
         console.print(latency_table(title, table, "instances", (*STAGES, "total")))
     if sheet is not None and not args.quiet:
-        info(f"contact sheet: {shown(sheet)}")
+        note(f"contact sheet: {sheet}")
     if failed:
         err_console.print(f"[red]{len(failed)} of {len(paths)} image(s) could not be read[/]")
         return 1
