@@ -162,3 +162,12 @@ def test_overlay_labels(demo_ort_engine: Path, tmp_path: Path) -> None:
     text_score = np.count_nonzero(np.abs(pictures["score"] - pictures["off"]).sum(axis=2))
     text_index = np.count_nonzero(np.abs(pictures["index"] - pictures["off"]).sum(axis=2))
     assert 0 < text_index < text_score  # an index is a shorter label than "crystal 0.97"
+
+
+def test_detect_parser_choices_are_the_writers() -> None:
+    from crystal_rt.cli import detect
+    from crystal_rt.io import writers
+
+    assert detect.OVERLAY_FORMATS == writers.OVERLAY_FORMATS
+    assert detect.OVERLAY_LABELS == writers.OVERLAY_LABELS
+    assert detect.OVERLAY_SUFFIXES == writers.OVERLAY_SUFFIXES
