@@ -113,3 +113,32 @@ def test_install_hints_and_paths_keep_their_brackets(tmp_path: Path) -> None:
     assert "wrote eng[v2]/crystals.onnx" in err and "-> eng[v2]/crystals.onnx" in out
     code, out, err = results["cuda info"]
     assert code == 0 and 'pip install "crystal-rt[gpu]"' in out, out
+
+
+def test_an_unguarded_import_of_an_extra_is_still_one_line(monkeypatch, capsys) -> None:
+    """A code path that imports an optional package without require() (a new one, or one the
+    checks above do not reach) ends in the same one line, naming the extra, not a traceback."""
+    import pytest
+
+    from crystal_rt.cli import inspect
+    from crystal_rt.cli.main import main
+
+    def needs(name: str):
+        def run(args: object) -> int:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        return run
+
+    monkeypatch.setattr(inspect, "run", needs("torchvision.ops"))
+    assert main(["inspect", "x.onnx"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: crystal-rt inspect needs torchvision, which is not installed: "
+        'pip install "crystal-rt[export]"'
+    ]
+    monkeypatch.setattr(inspect, "run", needs("fastapi"))
+    assert main(["inspect", "x.onnx"]) == 1
+    assert 'pip install "crystal-rt[serve]"' in capsys.readouterr().err
+    monkeypatch.setattr(inspect, "run", needs("numpy"))  # a base dependency: a broken install, shown
+    with pytest.raises(ModuleNotFoundError):
+        main(["inspect", "x.onnx"])
