@@ -30,7 +30,7 @@ else:
 
 
 #: the latency table's count column: detections at the operating threshold / crystals generated
-FOUND_HEADER = "found/made"
+FOUND_HEADER = "found"
 
 # (height, width, rgb, bit depth) of the generated drops, in turn: imager sizes and formats.
 DEMO_IMAGES = ((1024, 1224, True, 8), (2028, 2532, False, 8), (768, 1024, False, 16), (600, 800, True, 8))
