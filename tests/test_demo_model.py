@@ -50,10 +50,14 @@ def test_finds_crystals_on_unseen_drops() -> None:
     assert report.map50 >= 0.7, report.to_dict()
 
 
-def test_demo_command(tmp_path: Path) -> None:
+def test_demo_command(tmp_path: Path, capsys) -> None:
     from crystal_rt.cli.main import main
 
     assert main(["demo", "-o", str(tmp_path), "--images", "1", "--threads", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # as one line: rich wraps at the width
+    # Issue 31: it says what its N/M counts and what the mAP is computed on.
+    assert "found: detections at score >= " in out and "/ crystals generated in the drop" in out
+    assert "mAP@0.50" in out and "every detection down to score 0.05" in out
     results = tmp_path / "results"
     assert (results / "drop-0.json").is_file() and (results / "drop-0.overlay.png").is_file()
     assert len((results / "points.csv").read_text().splitlines()) >= 2  # header + crystals

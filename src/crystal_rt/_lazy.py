@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import MissingDependency
 
-__all__ = ["LazyModule", "lazy_import", "require"]
+__all__ = ["LazyModule", "lazy_import", "missing_dependency", "require"]
 
 _EXTRA_FOR = {
     "torch": "export",
@@ -16,6 +16,23 @@ _EXTRA_FOR = {
     "onnx": "export",
     "onnxruntime": "cpu",
     "tensorrt": "gpu",
+    "cuda": "gpu",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "python_multipart": "serve",
+    "multipart": "serve",
+    "modelopt": "calibrate-trt",
+    "pytriton": "triton",
+    "tritonclient": "triton",
+}
+
+#: the pip package of an import name, where they differ
+_PACKAGE_FOR = {
+    "cuda": "cuda-python",
+    "python_multipart": "python-multipart",
+    "multipart": "python-multipart",
+    "modelopt": "nvidia-modelopt",
+    "pytriton": "nvidia-pytriton",
 }
 
 
@@ -33,6 +50,17 @@ def require(module: str, purpose: str, *, package: str | None = None, extra: str
         raise MissingDependency(
             package or top, extra or _EXTRA_FOR.get(top, "dev"), purpose, _HINT_FOR.get(top, "")
         ) from exc
+
+
+def missing_dependency(exc: ImportError, purpose: str) -> MissingDependency | None:
+    """The MissingDependency an ImportError of an optional package stands for (None: another
+    ImportError, e.g. a broken install of a base dependency, which stays a traceback)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top = exc.name.split(".", maxsplit=1)[0]
+    if top not in _EXTRA_FOR:
+        return None
+    return MissingDependency(_PACKAGE_FOR.get(top, top), _EXTRA_FOR[top], purpose, _HINT_FOR.get(top, ""))
 
 
 class LazyModule(ModuleType):

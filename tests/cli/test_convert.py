@@ -109,7 +109,10 @@ def test_convert_labelme_folder_cli(labelme_dir, tmp_path, capsys):
     assert main(["convert", str(labelme_dir), "-o", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == f"2 image(s), 3 instance(s), 1 class(es) (crystal) -> {out}"
-    assert lines[1].endswith(f"--images {out.parent}")
+    assert lines[1] == (
+        f"file names: 2 relative to {out.parent}; train and evaluate find them without --images"
+    )
+    assert lines[2] == f"next: crystal-rt train --data {out} -o run/"
     data = json.loads(out.read_text())
     assert [im["file_name"] for im in data["images"]] == ["labelme/a.png", "train_images/b.png"]
     ds = load_coco(out)
@@ -130,7 +133,8 @@ def test_convert_images_outside_the_output_folder_are_absolute(labelme_dir, tmp_
                  "--images-out", str(extracted)]) == 0  # fmt: skip
     names = [im["file_name"] for im in json.loads(out.read_text())["images"]]
     assert names == [str(labelme_dir / "a.png"), str(extracted / "b.png")]
-    assert f"--images {out.parent}" in capsys.readouterr().out
+    # issue 31: no --images suggestion for a folder the names are not relative to
+    assert "file names: 2 absolute (outside that folder);" in capsys.readouterr().out
     ds = load_coco(out)
     assert ds.image_path(2) == extracted / "b.png"
 

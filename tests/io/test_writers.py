@@ -17,9 +17,14 @@ from pycocotools.coco import COCO
 from crystal_rt.io.writers import (
     POINT_FIELDS,
     atomic_write_bytes,
+    caption_chars,
     coco_results,
+    contact_sheet,
     csv_text,
+    overlay_suffix,
+    render_overlay,
     write_coco,
+    write_contact_sheet,
     write_json,
     write_overlay,
     write_points_csv,
@@ -269,6 +274,56 @@ def test_overlay_without_instances_is_the_image(tmp_path: Path) -> None:
     path = write_overlay(image, DetectionResult(width=WIDTH, height=HEIGHT, instances=[]), tmp_path / "o.png")
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(rgb, image)
+
+
+def test_overlay_format_follows_the_input_and_jpeg_is_smaller(tmp_path: Path) -> None:
+    """Issue 31: a PNG overlay of a JPEG photo costs several times the photo: JPEG inputs get JPEG
+    overlays unless PNG is asked for."""
+    assert overlay_suffix("plate/A1.JPG") == overlay_suffix("a.jpeg") == ".overlay.jpg"
+    assert overlay_suffix("a.png") == overlay_suffix("a.tif") == ".overlay.png"
+    assert (
+        overlay_suffix("a.jpg", "png") == ".overlay.png" and overlay_suffix("a.png", "jpeg") == ".overlay.jpg"
+    )
+    with pytest.raises(ValueError, match="overlay format"):
+        overlay_suffix("a.jpg", "gif")
+    photo = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 255, (300, 400, 3), np.uint8), (9, 9), 3)
+    result = _result()
+    jpg = write_overlay(photo, result, tmp_path / "o.overlay.jpg")
+    png = write_overlay(photo, result, tmp_path / "o.overlay.png")
+    assert jpg.read_bytes()[:3] == b"\xff\xd8\xff" and png.read_bytes()[:4] == b"\x89PNG"
+    assert jpg.stat().st_size * 3 < png.stat().st_size
+    assert np.abs(cv2.imread(str(jpg)).astype(int) - cv2.imread(str(png)).astype(int)).mean() < 4
+
+
+def test_overlay_labels_off_index_score() -> None:
+    image, result = _images()["rgb8"], _result()
+    off, index, score = (render_overlay(image, result, labels=labels) for labels in ("off", "index", "score"))
+    text = {
+        k: np.count_nonzero(np.any(v != off, axis=2)) for k, v in {"index": index, "score": score}.items()
+    }
+    assert 0 < text["index"] < text["score"]  # "0" is drawn where "crystal 0.97" was
+    with pytest.raises(ValueError, match="overlay labels"):
+        render_overlay(image, result, labels="names")  # type: ignore[arg-type]
+
+
+def test_contact_sheet_lays_out_a_plate(tmp_path: Path) -> None:
+    tiles = [(np.full((40, 60, 3), (4 * i, 100, 200), np.uint8), f"{i}: well {i}") for i in range(60)]
+    sheet = contact_sheet(tiles, side=32)
+    rows, cols = 5, 12  # 60 pictures: rows of 12, as a plate's
+    cell_w = (sheet.shape[1] - 4) // cols
+    cell_h = (sheet.shape[0] - 4) // rows
+    assert (sheet.shape[1] - 4) % cols == 0 and (sheet.shape[0] - 4) % rows == 0 and cell_w == 36
+    for i in (0, 13, 59):  # each picture in its cell, shrunk to fit (60x40 -> 32x21), centred
+        r, c = divmod(i, cols)
+        y, x = 4 + r * cell_h + 16, 4 + c * cell_w + 16
+        np.testing.assert_array_equal(sheet[y, x], (4 * i, 100, 200))
+    assert caption_chars(256) >= 20  # a well name and a count fit under a 256 px picture
+    few = contact_sheet(tiles[:3], side=32)
+    assert (few.shape[1] - 4) // 36 == 3  # three pictures: one row
+    path = write_contact_sheet(tiles[:3], tmp_path / "sheet.jpg", side=32)
+    assert cv2.imread(str(path)).shape == few.shape
+    with pytest.raises(ValueError, match="at least one"):
+        contact_sheet([])
 
 
 # --------------------------------------------------------------------------- atomic writes

@@ -43,6 +43,7 @@ __all__ = [
     "check_precision",
     "choose_backend",
     "is_checkpoint",
+    "require_export",
     "resolve_backend",
 ]
 
@@ -79,6 +80,12 @@ def is_checkpoint(path: Path) -> bool:
         return False
     with open(path, "rb") as fh:
         return fh.read(4) == b"PK\x03\x04"
+
+
+def require_export() -> None:
+    """Building from a checkpoint exports it first: one sentence naming the extra where it is missing."""
+    for module in ("torch", "torchvision", "onnx"):
+        require(module, "Building an engine from a checkpoint (it is exported to ONNX first)", extra="export")
 
 
 def build_engine(
@@ -128,6 +135,7 @@ def build_engine(
     with tempfile.TemporaryDirectory(prefix="crystal-rt-build-") as tmp:
         source = src
         if is_checkpoint(src):
+            require_export()
             from ..export.api import export_checkpoint
 
             say(f"exporting {src} to the core ONNX")

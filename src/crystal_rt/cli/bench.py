@@ -12,12 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from ..bench.environment import usable_cores
 from ..bench.report import latency_tables, write_json, write_plot
 from ..bench.runner import BenchConfig, load_images, run_bench, synthetic_images
-from ..console import console, err_console, info, show_library_warnings
+from ..console import console, err_console, note, show_library_warnings, shown
 from ..errors import CrystalRtError, InvalidOption
 from .options import add_bit_depth, add_score_threshold, add_stages, add_tiling, report_file, tiling_from_args
 
@@ -109,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if count < 1:
             raise InvalidOption("--synthetic must be >= 1")
         height, width = args.synthetic_size
-        info(f"generating {count} synthetic drop(s) of {height}x{width}")
+        note(f"generating {count} synthetic drop(s) of {height}x{width}")
         images = synthetic_images(count, height, width, seed=args.seed)
     sweep = args.threads_sweep or list(range(1, usable_cores() + 1))
     config = BenchConfig(
@@ -125,14 +123,14 @@ def run(args: argparse.Namespace) -> int:
         tiling=tiling_from_args(args),
         bit_depth=args.bit_depth,
         command=list(sys.argv),
-        log=info,
+        log=note,
     )
     report = run_bench(config)
     console.print(latency_tables(report))
     if args.json:
-        info(f"wrote {write_json(report, args.json)}")
+        note(f"wrote {write_json(report, args.json)}")
     if args.plot:
-        info(f"wrote {write_plot(report, args.plot)}")
+        note(f"wrote {write_plot(report, args.plot)}")
     return 0
 
 
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except CrystalRtError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {shown(exc)}", highlight=False, soft_wrap=True)
         return 1
     return code
 

@@ -7,10 +7,10 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from ..build.engine import build_engine, check_precision, choose_backend
+from ..build.engine import build_engine, check_precision, choose_backend, is_checkpoint, require_export
 from ..build.tensorrt.options import BuildOptions
 from ..calibration.options import CalibrationOptions
-from ..console import console, err_console, info
+from ..console import console, err_console, note, shown
 from ..errors import InvalidOption
 from .calibrate import add_calibration_options
 from .export import add_checkpoint_options, checkpoint_options
@@ -102,15 +102,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.calib is not None and args.precision != "int8":
         raise InvalidOption(f"--calib calibrates for --precision int8, not {args.precision}")
+    if args.model.is_file() and is_checkpoint(args.model):
+        require_export()  # before the backend is chosen and said: the one line is the error
     backend, reason = choose_backend(args.backend)
     if args.backend == "auto":
-        info(f"--backend auto chose {backend}: {reason}")
+        note(f"--backend auto chose {backend}: {reason}")
     # TensorRT draws its own progress bar (rich allows one live display at a time).
     tensorrt = backend == "tensorrt"
     status = (
         contextlib.nullcontext()
         if tensorrt
-        else err_console.status(f"building an engine from {args.model} ...")
+        else err_console.status(f"building an engine from {shown(args.model)} ...")
     )
     with status:
         manifest = build_engine(
@@ -124,13 +126,13 @@ def run(args: argparse.Namespace) -> int:
             calib=args.calib,
             calibration=calibration,
             tensorrt=tensorrt_options(args),
-            log=info,
+            log=note,
             progress=tensorrt,
         )
     console.print(
-        f"engine [bold]{manifest.name}[/]: {manifest.backend} {manifest.backend_version}, "
+        f"engine [bold]{shown(manifest.name)}[/]: {manifest.backend} {manifest.backend_version}, "
         f"{manifest.precision}, input {'x'.join(map(str, manifest.input_shape))} -> "
-        f"{manifest.engine_path}",
+        f"{shown(manifest.engine_path)}",
         highlight=False,
     )
     return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..console import console, info, progress
+from ..console import console, info, note, progress, shown
 from .options import output_file, report_file
 
 
@@ -91,12 +91,12 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             threads=args.threads,
             recursive=args.recursive,
-            log=info,
+            log=note,
             on_step=on_step,
             on_image=lambda: bar.advance(state["task"]),
         )
     acc = result.accuracy
-    table = Table(title=f"{result.info.precision} ({result.info.target}) vs FP32 on {acc.reference}")
+    table = Table(title=f"{result.info.precision} ({result.info.target}) vs FP32 on {shown(acc.reference)}")
     for column in ("graph", "mAP@0.50", "mAP@0.65", "detections", "engine ms (median)"):
         table.add_column(column, justify="left" if column == "graph" else "right")
     table.add_row("fp32", _fmt(acc.fp32_map50), _fmt(acc.fp32_map65), str(acc.fp32_detections),
@@ -113,5 +113,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         report = {"output": str(result.output), "calibration": asdict(result.info)}
         atomic_write_bytes(args.json, json.dumps(report, indent=2).encode())
-        info(f"wrote {args.json}")
+        note(f"wrote {args.json}")
     return 0

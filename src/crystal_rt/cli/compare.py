@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from ..console import console, progress
+from .._lazy import require
+from ..console import console, progress, shown
 from ..errors import ParityError
 from .options import add_stages
 
@@ -44,6 +45,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for module in ("torch", "torchvision"):  # one sentence in an edge install
+        require(module, "Comparing with the PyTorch reference", extra="export")
     from ..evaluate.parity import Tolerances, compare_detectors, worst_failure
     from ..io.decode import list_images, read_image
     from ..models.reference import detector_from_checkpoint
@@ -70,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
     report = compare_detectors(
         reference, engine, images(), score_threshold=args.score_threshold, tolerances=tol
     )
-    table = Table(title=f"{engine.backend.name} vs torch reference", title_justify="left")
+    table = Table(title=f"{shown(engine.backend.name)} vs torch reference", title_justify="left")
     for col in ("image", "torch", "engine", "matched", "min box IoU", "min mask IoU", "max |d score|", "ok"):
         table.add_column(col, justify="left" if col == "image" else "right")
     for img in report.images:
         table.add_row(
-            Path(img.image).name,
+            shown(Path(img.image).name),
             str(img.num_reference),
             str(img.num_candidate),
             str(img.matched),

@@ -3,7 +3,8 @@
 Inputs may be COCO JSON files, Labelme JSON files or folders of them, and mask-folder roots
 (NAME/images/NAME.png + NAME/masks/*.png); ``--format auto`` tells them apart by content.
 In OUT.json, ``file_name`` is relative to OUT.json's folder where the image lies under it, and
-absolute otherwise, so that folder is the ``--images`` value for ``crystal-rt train``/``evaluate``.
+absolute otherwise, so ``crystal-rt train``/``evaluate`` find the images without ``--images`` (its
+default is the JSON's folder).
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
-from ..console import console
+from ..console import console, shown
 from .options import output_file
 
 FORMAT_CHOICES = ("auto", "coco", "labelme", "masks")
@@ -57,16 +56,26 @@ def run(args: argparse.Namespace) -> int:
     instances = sum(len(dataset.annotations(record.id)) for record in dataset.images)
     names = ", ".join(dataset.class_names) or "none"
     console.print(
-        escape(
+        shown(
             f"{len(dataset)} image(s), {instances} instance(s), {len(dataset.class_names)} class(es) "
             f"({names}) -> {dataset.source}"
         ),
         highlight=False,
         soft_wrap=True,
     )
+    absolute = sum(Path(record.file_name).is_absolute() for record in dataset.images)
+    relative = len(dataset) - absolute
+    where = [f"{relative} relative to {dataset.images_dir}"] if relative else []
+    where += [f"{absolute} absolute (outside that folder)"] if absolute else []
     console.print(
-        escape(f"images folder for crystal-rt train/evaluate: --images {dataset.images_dir}"),
+        shown(f"file names: {', '.join(where) or 'none'}; train and evaluate find them without --images"),
         highlight=False,
         soft_wrap=True,
     )
+    console.print(shown(f"next: {next_command(dataset.source)}"), highlight=False, soft_wrap=True)
     return 0
+
+
+def next_command(data: Path | None) -> str:
+    """The command to run on a converted dataset (a test checks it parses)."""
+    return f"crystal-rt train --data {data} -o run/"

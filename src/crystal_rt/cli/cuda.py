@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..console import console, err_console
+from ..console import console, err_console, shown
 from ..cuda import binding, build
 from ..errors import BackendUnavailable, CrystalRtError
 
@@ -72,7 +72,7 @@ def _build(args: argparse.Namespace) -> int:
             for name in names:
                 results.append(build.compile_kernel(name, arch, use_cache=not args.force))
 
-    table = Table(title=f"CUDA kernels (cache: {build.cache_dir()})", title_justify="left")
+    table = Table(title=f"CUDA kernels (cache: {shown(build.cache_dir())})", title_justify="left")
     table.add_column("kernel")
     table.add_column("arch")
     if args.show_resources:
@@ -88,7 +88,7 @@ def _build(args: argparse.Namespace) -> int:
     table.add_column("file", overflow="fold")
     for k in results:
         cached = "hit" if k.from_cache else "built"
-        path = k.cache_path.name if k.cache_path else "(not cached)"
+        path = shown(k.cache_path.name) if k.cache_path else "(not cached)"
         if args.show_resources and k.resources:
             for r in k.resources:
                 table.add_row(
@@ -131,13 +131,13 @@ def _info() -> int:
         table.add_row("NVRTC", f"{major}.{minor}")
         table.add_row("NVRTC archs", ", ".join(build.supported_archs()))
     except CrystalRtError as exc:
-        table.add_row("NVRTC", f"unavailable: {exc.message}")
-    table.add_row("cache", str(build.cache_dir()))
+        table.add_row("NVRTC", f"unavailable: {shown(exc.message)}")
+    table.add_row("cache", shown(build.cache_dir()))
     table.add_row("kernels", ", ".join(build.kernel_names()))
     try:
-        table.add_row("device", _device_line())
+        table.add_row("device", shown(_device_line()))
     except CrystalRtError as exc:
-        table.add_row("device", f"none ({exc.message})")
+        table.add_row("device", f"none ({shown(exc.message)})")
     console.print(table)
     return 0
 

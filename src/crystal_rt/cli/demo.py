@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .._lazy import lazy_import
 from ..assets import demo_model
 from ..build.engine import build_engine
-from ..console import console, info, latency_table
+from ..console import console, latency_table, note, shown
 from ..errors import InvalidOption
 from ..evaluate.run import AP_SCORE_THRESHOLD
 from .options import output_dir
@@ -28,6 +28,9 @@ else:
     cv2 = lazy_import("cv2", "Image processing")
     np = lazy_import("numpy", "Array processing")
 
+
+#: the latency table's count column: detections at the operating threshold / crystals generated
+FOUND_HEADER = "found"
 
 # (height, width, rgb, bit depth) of the generated drops, in turn: imager sizes and formats.
 DEMO_IMAGES = ((1024, 1224, True, 8), (2028, 2532, False, 8), (768, 1024, False, 16), (600, 800, True, 8))
@@ -78,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
     for d in (images_dir, results_dir):
         d.mkdir(parents=True, exist_ok=True)
     with console.status("building an engine for this machine ..."):
-        manifest = build_engine(demo_model(), out / "engine", name="crystals", threads=args.threads, log=info)
+        manifest = build_engine(demo_model(), out / "engine", name="crystals", threads=args.threads, log=note)
     console.print(
         f"engine: {manifest.backend} {manifest.backend_version} {manifest.precision}, "
         f"{manifest.model.arch} at {'x'.join(map(str, manifest.preprocess.input_hw))} px, "
-        f"CLAHE {'on' if manifest.preprocess.clahe else 'off'} -> {manifest.engine_path}",
+        f"CLAHE {'on' if manifest.preprocess.clahe else 'off'} -> {shown(manifest.engine_path)}",
         highlight=False,
     )
     paths, truths = _write_drops(images_dir, args.images, args.seed)
@@ -110,15 +113,25 @@ def run(args: argparse.Namespace) -> int:
         for r, truth in zip(results, truths, strict=True)
     ]
     stages = (*STAGES, "total")
-    console.print(latency_table("latency per stage (ms)", rows, "found", stages, median=True, name_width=12))
-    report = evaluate(truths, scored, ("crystal",), score_threshold=detector.score_threshold)
     console.print(
-        f"on these {len(paths)} generated drops: mAP@0.50 {report.map50:.3f}, mAP@0.65 {report.map65:.3f}, "
-        f"precision {report.precision:.3f}, recall {report.recall:.3f} "
-        f"(score >= {detector.score_threshold:g}, mask IoU >= 0.5)",
+        latency_table("latency per stage (ms)", rows, FOUND_HEADER, stages, median=True, name_width=12)
+    )
+    report = evaluate(truths, scored, ("crystal",), score_threshold=detector.score_threshold)
+    threshold = f"{detector.score_threshold:g}"
+    console.print(
+        f"{FOUND_HEADER}: detections at score >= {threshold} / crystals generated in the drop "
+        "(a detection counts whether or not it matches one)",
         highlight=False,
     )
     console.print(
-        f"results (JSON, overlays, coco_results.json, points.csv) in [bold]{results_dir}[/]", highlight=False
+        f"on these {len(paths)} generated drops: mAP@0.50 {report.map50:.3f}, mAP@0.65 {report.map65:.3f} "
+        f"(every detection down to score {AP_SCORE_THRESHOLD:g}, ranked by score, matched to the generated "
+        f"crystals by mask IoU); precision {report.precision:.3f}, recall {report.recall:.3f} "
+        f"(score >= {threshold}, mask IoU >= 0.5)",
+        highlight=False,
+    )
+    console.print(
+        f"results (JSON, overlays, coco_results.json, points.csv) in [bold]{shown(results_dir)}[/]",
+        highlight=False,
     )
     return 0

@@ -253,10 +253,10 @@ def build_rows() -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.markup import escape
     from rich.table import Table
 
-    from ..console import console, err_console, info
+    from ..console import console, err_console, note
+    from ..console import shown as escape  # user text and install hints: no markup, one line
 
     table = Table(title="this machine", show_header=False)
     for key, value in machine_rows():
@@ -285,11 +285,13 @@ def run(args: argparse.Namespace) -> int:
 
         data = report(checks, time.perf_counter() - start)
         atomic_write_bytes(args.json, (json.dumps(data, indent=2) + "\n").encode())
-        info(f"wrote {escape(str(args.json))}")
+        note(f"wrote {args.json}")
 
     state = probe()
     if not state.usable:
-        err_console.print(f"doctor --gpu: {state.message}; nothing to check", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"doctor --gpu: {escape(state.message)}; nothing to check", highlight=False, soft_wrap=True
+        )
         write_report([Check("NVIDIA GPU", False, state.message)])
         return NO_GPU_EXIT if not state.present else 1
     mismatch = nvrtc_against_driver()
@@ -298,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         write_report([Check("NVRTC against the driver", False, mismatch)])
         return 1
     images = load_images(args.images) + synthetic_images()
-    checks = run_gpu_checks(images, info, runs=args.runs, int8_graph=args.int8)
+    checks = run_gpu_checks(images, note, runs=args.runs, int8_graph=args.int8)
     result = Table(title="GPU checks")
     result.add_column("check")
     result.add_column("result")

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..console import console, info, progress
+from ..console import console, info, note, progress, shown
 from ..evaluate.run import evaluate_detector, open_model
 from .options import add_score_threshold, add_stages, add_tiling, report_file, tiling_from_args
 
@@ -59,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
         )
     data = report.to_dict()
     keys = ("map50", "map65", "coco_segm_ap", "coco_bbox_ap", "precision", "recall")
-    table = Table(title=f"{args.model} on {args.data} ({report.num_images} images)")
+    table = Table(title=f"{shown(args.model)} on {shown(args.data)} ({report.num_images} images)")
     table.add_column("class")
     for key in keys:
         table.add_column(key, justify="right")
     for name, values in data["classes"].items():
-        table.add_row(name, *(_fmt(values.get(k)) for k in keys))
+        table.add_row(shown(name), *(_fmt(values.get(k)) for k in keys))
     table.add_row("[bold]all[/]", *(_fmt(data.get(k)) for k in keys))
     console.print(table)
     info(f"precision/recall at score >= {report.score_threshold:g}, mask IoU >= 0.5")
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.json:
         atomic_write_bytes(args.json, json.dumps(data, indent=2).encode())
-        info(f"wrote {args.json}")
+        note(f"wrote {args.json}")
     if args.pr_curve:
         write_pr_curve(report, args.pr_curve)
-        info(f"wrote {args.pr_curve}")
+        note(f"wrote {args.pr_curve}")
     return 0

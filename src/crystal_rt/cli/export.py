@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..console import console, err_console
+from .._lazy import require
+from ..console import console, err_console, shown
 from ..export.options import ExportOptions
 from .options import output_file
 
@@ -110,15 +111,17 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for module in ("torch", "torchvision", "onnx"):  # one sentence in an edge install
+        require(module, "Exporting a checkpoint", extra="export")
     from ..export.api import export_checkpoint
 
-    with err_console.status(f"exporting {args.checkpoint} ..."):
+    with err_console.status(f"exporting {shown(args.checkpoint)} ..."):
         result = export_checkpoint(args.checkpoint, args.output, **checkpoint_options(args).kwargs())
     h, w = result.preprocess.input_hw
     recipe = result.preprocess.preset_name or "custom"
     clahe = "on" if result.preprocess.clahe else "off"
     console.print(
-        f"wrote [bold]{result.path}[/] ({result.num_nodes} nodes, input 1x3x{h}x{w}, "
+        f"wrote [bold]{shown(result.path)}[/] ({result.num_nodes} nodes, input 1x3x{h}x{w}, "
         f"K={result.model_spec.max_detections}, recipe {recipe}, CLAHE {clahe})",
         highlight=False,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..console import info
+from ..console import note
 from .options import output_dir
 
 
@@ -38,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
         gpu=args.gpu,
         overwrite=args.overwrite,
     )
-    info(f"wrote a Triton model repository to {out}: tritonserver --model-repository {out}")
+    note(f"wrote a Triton model repository to {out}: tritonserver --model-repository {out}")
     return 0

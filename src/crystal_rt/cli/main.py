@@ -1,7 +1,8 @@
 """``crystal-rt``: one module per subcommand; heavy imports happen inside each command.
 
 User errors (the CrystalRtError family) are printed as one line without a traceback and exit 1;
-``--debug`` shows the traceback.
+``--debug`` shows the traceback. An optional package that is missing (torch in an edge install, ...)
+is such an error too: one line naming the install extra, whichever code path imported it first.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from .._lazy import missing_dependency
 from .._version import __version__
-from ..console import err_console, show_library_warnings
-from ..errors import CrystalRtError
+from ..console import err_console, show_library_warnings, shown
+from ..errors import CrystalRtError, KernelBuildError
 from ..testing import ENV_VAR, simulated_gpu_from_env
 
 # subcommand -> module under crystal_rt.cli (each defines add_parser(subparsers) and run(args) -> int)
@@ -74,13 +76,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrystalRtError as exc:
         if args.debug:
             raise
-        from rich.markup import escape
-
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        print_error(exc)
+        return 1
+    except ImportError as exc:  # an optional package that no require() guarded: still one line
+        missing = missing_dependency(exc, f"crystal-rt {args.command}")
+        if missing is None or args.debug:
+            raise
+        print_error(missing)
         return 1
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         return 130
+
+
+def print_error(exc: CrystalRtError) -> None:
+    """``error: MESSAGE`` on stderr, on one line (a compiler log, if any, below it)."""
+    text = f"{exc.path}: {exc.message}" if exc.path else exc.message
+    lines = [f"[bold red]error:[/] {shown(text)}"]
+    if isinstance(exc, KernelBuildError):
+        lines = [f"[bold red]error:[/] {shown(text.split(chr(10))[0])}"]
+        lines += [shown(line) for line in exc.log.rstrip().splitlines()]
+    for line in lines:
+        err_console.print(line, highlight=False, soft_wrap=True)
 
 
 @contextmanager

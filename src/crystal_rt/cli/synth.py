@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..console import info, progress
+from ..console import note, progress
 from .options import output_dir
 
 
@@ -61,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     with progress() as bar:
         task = bar.add_task("generating drops", total=args.count)
         path = write_synthetic(args.output, options, on_image=lambda: bar.advance(task))
-    info(f"wrote {args.count} images and {path}")
-    info(f"next: crystal-rt train --data {path} -o run/")
+    note(f"wrote {args.count} images and {path}")
+    note(f"next: {next_command(path)}")
     return 0
+
+
+def next_command(data: object) -> str:
+    """The command to run on the generated set (a test parses it)."""
+    return f"crystal-rt train --data {data} -o run/"

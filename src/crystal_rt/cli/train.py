@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.markup import escape
-
 from .._lazy import require
-from ..console import err_console, info, progress
+from ..console import err_console, note, progress, shown, warn
 from ..train.recipes import RECIPES
 from .options import output_dir, unit_float
 
@@ -146,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
     )
     if config.iterations <= config.warmup:
-        info(
-            f"[yellow]warning:[/] --iterations {config.iterations} is not longer than the warm-up "
+        warn(
+            f"--iterations {config.iterations} is not longer than the warm-up "
             f"(--warmup {config.warmup}): the learning rate never reaches --lr; lower --warmup"
         )
     bar = progress()
@@ -164,26 +162,29 @@ def run(args: argparse.Namespace) -> int:
     def on_step(iteration: int, losses: dict[str, float]) -> None:
         bar.update(task, completed=iteration, description=f"training (loss {losses['loss']:.3f})")
         if log_plain and iteration % config.log_every == 0:
-            info(f"step {iteration}/{config.iterations}: loss {losses['loss']:.4f} lr {losses['lr']:.5f}")
+            note(f"step {iteration}/{config.iterations}: loss {losses['loss']:.4f} lr {losses['lr']:.5f}")
 
     def on_validation(iteration: int, metrics: dict[str, Any]) -> None:
         parts = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
         mark = " (best so far)" if metrics.get("best") else ""
-        bar.console.print(
-            escape(f"validation at step {iteration}: {', '.join(parts)}{mark}"), highlight=False
-        )
+        bar.console.print(shown(f"validation at step {iteration}: {', '.join(parts)}{mark}"), highlight=False)
 
     hooks = Hooks(
         on_start=on_start,
         on_step=on_step,
         on_validation=on_validation,
-        on_message=lambda text: bar.console.print(escape(text), highlight=False),
+        on_message=lambda text: bar.console.print(shown(text), highlight=False),
         on_cache=on_cache,
     )
     with bar:
         result = train(config, resume=args.resume, hooks=hooks)
-    info(
+    note(
         f"trained {result.iterations} steps in {result.seconds / 60:.1f} min; best checkpoint: {result.best}"
     )
-    info(f"next: crystal-rt export {result.best} -o model.onnx")
+    note(f"next: {next_command(result.best)}")
     return 0
+
+
+def next_command(best: object) -> str:
+    """The command to run on a trained checkpoint, as docs/training.md gives it (a test parses it)."""
+    return f"crystal-rt build-engine {best} -o engines/"

@@ -18,9 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from rich.markup import escape
-
-from ..console import err_console, info
+from ..console import err_console, note, shown
 from ..serve.watch import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PATTERNS,
@@ -28,7 +26,6 @@ from ..serve.watch import (
     Outcome,
     Watcher,
     WatchOptions,
-    display_name,
 )  # light: no numpy, cv2 or onnxruntime
 from .options import (
     add_bit_depth,
@@ -150,17 +147,20 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def report(outcome: Outcome) -> None:
-        name = escape(display_name(outcome.path))
+        name = shown(outcome.path)  # one line: a name holding a newline cannot forge another
         if outcome.status == "ok":
-            note = f" ({escape(outcome.message)})" if outcome.message else ""
-            info(f"[green]done[/] {name}: {outcome.instances} instance(s){note}")
-        elif outcome.status == "quarantined":
+            extra = f" ({shown(outcome.message)})" if outcome.message else ""
             err_console.print(
-                f"[yellow]quarantined[/] {name}: {escape(outcome.message or '')}", highlight=False
+                f"[green]done[/] {name}: {outcome.instances} instance(s){extra}",
+                highlight=False,
+                soft_wrap=True,
             )
         else:
+            colour = "yellow" if outcome.status == "quarantined" else "red"
             err_console.print(
-                f"[red]{outcome.status}[/] {name}: {escape(outcome.message or '')}", highlight=False
+                f"[{colour}]{outcome.status}[/] {name}: {shown(outcome.message or '')}",
+                highlight=False,
+                soft_wrap=True,
             )
 
     try:
@@ -173,20 +173,20 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        info("stopping after the current file (Ctrl-C again to abort)")
+        note("stopping after the current file (Ctrl-C again to abort)")
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if not args.once:
-            info(f"watching {options.in_dir} -> {options.out_dir} (Ctrl-C stops)")
+            note(f"watching {options.in_dir} -> {options.out_dir} (Ctrl-C stops)")
         stats = watcher.run(stop, once=args.once)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         watcher.close()
         detector.close()
-    info(
+    note(
         f"{stats.ok} processed, {stats.quarantined} quarantined, {stats.errors} error(s) -> {options.out_dir}"
     )
     if stats.points_pending:

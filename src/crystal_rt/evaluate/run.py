@@ -39,6 +39,10 @@ def open_model(
 
     path = Path(model)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        from .._lazy import require
+
+        for module in ("torch", "torchvision"):  # one sentence without the export extra
+            require(module, "Evaluating a PyTorch checkpoint")
         from ..models.reference import detector_from_checkpoint
 
         detector = detector_from_checkpoint(path)

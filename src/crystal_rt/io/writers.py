@@ -1,4 +1,5 @@
-"""Result writers: per-image JSON, a COCO results file, a CSV of crystal points, overlay PNGs.
+"""Result writers: per-image JSON, a COCO results file, a CSV of crystal points, overlays (PNG,
+or JPEG for JPEG inputs: :func:`overlay_suffix`) and a contact sheet of a folder.
 
 Every file is written to a temporary name in the target's own folder and renamed into place, so a
 reader (an imager's control software watching the output folder) never sees half a file; the
@@ -16,11 +17,13 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import re
 import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -28,6 +31,15 @@ import numpy as np
 from ..results.detection import DetectionResult, Instance
 
 POINT_FIELDS = ("image", "x", "y", "score", "label", "index")
+
+OverlayLabels = Literal["off", "score", "index"]
+#: what an overlay writes beside each instance: nothing, ``crystal 0.97``, or its index in the JSON
+OVERLAY_LABELS: tuple[str, ...] = ("off", "score", "index")
+#: overlay file formats: auto is JPEG for JPEG inputs (a tenth of a PNG's size), else PNG
+OVERLAY_FORMATS: tuple[str, ...] = ("auto", "png", "jpeg")
+OVERLAY_SUFFIXES = (".overlay.png", ".overlay.jpg")
+JPEG_QUALITY = 90
+_JPEG_INPUTS = (".jpg", ".jpeg", ".jpe", ".jfif")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -164,8 +176,14 @@ def display_rgb(image: np.ndarray) -> np.ndarray:
 _PALETTE = [(255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (255, 100, 255), (0, 255, 200)]
 
 
-def render_overlay(image: np.ndarray, result: DetectionResult) -> np.ndarray:
-    """RGB picture: masks tinted and outlined, boxes, score labels and centroid crosses."""
+def render_overlay(
+    image: np.ndarray, result: DetectionResult, *, labels: OverlayLabels = "score"
+) -> np.ndarray:
+    """RGB picture: masks tinted and outlined, boxes, centroid crosses and, per ``labels``, each
+    instance's ``label score`` (score), its index in the JSON and ``points.csv`` (index), or no
+    text (off: dense drops, where the labels would cover the crystals)."""
+    if labels not in OVERLAY_LABELS:
+        raise ValueError(f"overlay labels must be one of {', '.join(OVERLAY_LABELS)}, not {labels!r}")
     canvas: np.ndarray = display_rgb(image).copy()
     thick = max(1, round(max(canvas.shape[:2]) / 600))
     for k, inst in enumerate(result.instances):
@@ -184,9 +202,11 @@ def render_overlay(image: np.ndarray, result: DetectionResult) -> np.ndarray:
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thick)
         cx, cy = round(inst.centroid["x"]), round(inst.centroid["y"])
         cv2.drawMarker(canvas, (cx, cy), colour, cv2.MARKER_CROSS, 6 * thick + 4, thick)
+        if labels == "off":
+            continue
         cv2.putText(
             canvas,
-            f"{inst.label_name} {inst.score:.2f}",
+            str(k) if labels == "index" else f"{inst.label_name} {inst.score:.2f}",
             (x1, max(12, y1 - 4)),
             cv2.FONT_HERSHEY_SIMPLEX,
             0.4 * thick,
@@ -197,8 +217,97 @@ def render_overlay(image: np.ndarray, result: DetectionResult) -> np.ndarray:
     return canvas
 
 
-def write_overlay(image: np.ndarray, result: DetectionResult, path: str | os.PathLike[str]) -> Path:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(render_overlay(image, result), cv2.COLOR_RGB2BGR))
+def overlay_suffix(image_name: str, overlay_format: str = "auto") -> str:
+    """``.overlay.jpg`` or ``.overlay.png``: JPEG where asked, or (auto) where the input is a JPEG
+    (its overlay then costs about what the input does, not a multiple of it), else PNG."""
+    if overlay_format not in OVERLAY_FORMATS:
+        raise ValueError(
+            f"overlay format must be one of {', '.join(OVERLAY_FORMATS)}, not {overlay_format!r}"
+        )
+    if overlay_format == "auto":
+        overlay_format = "jpeg" if Path(image_name).suffix.lower() in _JPEG_INPUTS else "png"
+    return ".overlay.jpg" if overlay_format == "jpeg" else ".overlay.png"
+
+
+def encode_rgb(rgb: np.ndarray, path: str | os.PathLike[str]) -> bytes:
+    """An RGB picture as the file ``path`` names: JPEG (quality 90) for ``.jpg``/``.jpeg``, else PNG."""
+    jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if jpeg else []
+    ok, buf = cv2.imencode(".jpg" if jpeg else ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
-        raise OSError(f"could not encode overlay for {path}")
-    return atomic_write_bytes(path, buf.tobytes())
+        raise OSError(f"could not encode a picture for {path}")
+    return bytes(buf.tobytes())
+
+
+def write_overlay(
+    image: np.ndarray,
+    result: DetectionResult,
+    path: str | os.PathLike[str],
+    *,
+    labels: OverlayLabels = "score",
+) -> Path:
+    """The overlay (:func:`render_overlay`) as PNG, or JPEG where ``path`` ends in ``.jpg``."""
+    return atomic_write_bytes(path, encode_rgb(render_overlay(image, result, labels=labels), path))
+
+
+def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
+    """``rgb`` shrunk (never enlarged) to fit in ``side`` x ``side``, aspect kept (OpenCV INTER_AREA)."""
+    h, w = rgb.shape[:2]
+    scale = min(1.0, side / max(h, w, 1))
+    if scale >= 1.0:
+        return rgb
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+
+
+_CAPTION_FONT = (cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+
+
+def caption_chars(side: int) -> int:
+    """How many characters of a contact-sheet caption fit under a ``side``-px picture."""
+    font, scale, thick = _CAPTION_FONT
+    (char_w, _), _ = cv2.getTextSize("M", font, scale, thick)  # the widest letter
+    return max(4, (side - 4) // max(char_w, 1))
+
+
+def contact_sheet(
+    tiles: Sequence[tuple[np.ndarray, str]], *, side: int = 256, columns: int | None = None
+) -> np.ndarray:
+    """One RGB picture of many: each thumbnail (:func:`thumbnail`, centred on a ``side``-px square)
+    above its caption, in rows of ``columns`` (default: 12, as a 96-well plate's rows, for more
+    than 48 pictures, else about twice as wide as high). A caption longer than
+    :func:`caption_chars` is cut, ending in ``..``; ``…`` prints as ``..`` and other characters the
+    Hershey font lacks as ``?``."""
+    if not tiles:
+        raise ValueError("a contact sheet needs at least one picture")
+    n = len(tiles)
+    cols = columns or (12 if n > 48 else max(1, min(n, math.ceil(math.sqrt(2 * n)))))
+    rows = math.ceil(n / cols)
+    font, scale, thick = _CAPTION_FONT
+    (_, text_h), base = cv2.getTextSize("M", font, scale, thick)
+    caption_h = text_h + base + 8
+    gap = 4
+    cell_w, cell_h = side + gap, side + caption_h + gap
+    sheet = np.full((rows * cell_h + gap, cols * cell_w + gap, 3), 24, np.uint8)
+    fits = caption_chars(side)
+    for i, (rgb, caption) in enumerate(tiles):
+        r, c = divmod(i, cols)
+        x0, y0 = gap + c * cell_w, gap + r * cell_h
+        small = thumbnail(display_rgb(rgb), side)
+        h, w = small.shape[:2]
+        oy, ox = y0 + (side - h) // 2, x0 + (side - w) // 2
+        sheet[oy : oy + h, ox : ox + w] = small
+        text = caption.replace("…", "..").encode("ascii", "replace").decode("ascii")
+        if len(text) > fits:
+            text = text[: fits - 2] + ".."
+        cv2.putText(
+            sheet, text, (x0 + 2, y0 + side + text_h + 4), font, scale, (235, 235, 235), thick, cv2.LINE_AA
+        )
+    return sheet
+
+
+def write_contact_sheet(
+    tiles: Sequence[tuple[np.ndarray, str]], path: str | os.PathLike[str], *, side: int = 256
+) -> Path:
+    """:func:`contact_sheet` written to ``path`` (JPEG for ``.jpg``, else PNG)."""
+    return atomic_write_bytes(path, encode_rgb(contact_sheet(tiles, side=side), path))

@@ -15,7 +15,11 @@ detections are merged (:func:`merge_windows`):
    that one's), so a neighbouring window's whole view of a crystal wins;
 2. crystals larger than the overlap stay cut in every window: the remaining cut pieces of one label
    from different windows whose masks overlap or touch are joined (mask union, box union, the
-   best score).
+   best score);
+3. fragments: a detection whose mask lies mostly (>= 0.85 of it) inside a larger one of the same
+   label that another window found is a part of that crystal (a window that sees the crystal cut
+   by its edge may outline pieces of it that do not touch the edge, with a box IoU far below 0.5):
+   it is joined into the larger one. Two detections of one window stay apart (the model decided).
 
 ``tiles="auto"`` tiles an image only when fitting it into the engine input would shrink it by more
 than ``AUTO_SHRINK`` (1.5x).
@@ -48,6 +52,8 @@ AUTO_SHRINK = 1.5
 DEFAULT_OVERLAP = 0.25
 NMS_IOU = 0.5
 CONTAINED = 0.6
+#: a detection with this much of its mask inside a larger one from another window is its fragment
+FRAGMENT = 0.85
 
 
 @dataclass(frozen=True)
@@ -160,8 +166,8 @@ def _duplicate(det: WindowDetection, of: Sequence[WindowDetection]) -> bool:
             continue
         if _box_iou(o.box, inst.box) > NMS_IOU:
             return True
-        smaller = min(inst.mask.area, o.mask.area)
-        if det.cut and smaller and _overlap_pixels(inst.mask, o.mask) > CONTAINED * smaller:
+        area = inst.mask.area  # its own: a large cut piece is not dropped for a fragment inside it
+        if det.cut and area and _overlap_pixels(inst.mask, o.mask) > CONTAINED * area:
             return True
     return False
 
@@ -174,15 +180,32 @@ def merge_windows(detections: Sequence[WindowDetection]) -> list[Instance]:
         if not det.cut and not _duplicate(det, whole):
             whole.append(det)
     pieces = [det for det in by_score if det.cut and not _duplicate(det, whole)]
-    merged = [d.instance for d in whole] + _join_cut_pieces(pieces)
-    return sorted(merged, key=lambda inst: -inst.score)
+    found = [(d.instance, frozenset((d.window,))) for d in whole] + _join_cut_pieces(pieces)
+    return sorted(_join_fragments(found), key=lambda inst: -inst.score)
+
+
+def _join_fragments(found: list[tuple[Instance, frozenset[int]]]) -> list[Instance]:
+    """Largest first, a detection with >= FRAGMENT of its mask inside a larger kept one of the same
+    label is joined into it, unless every window that found it also found the larger one."""
+    kept: list[tuple[Instance, frozenset[int]]] = []
+    for inst, windows in sorted(found, key=lambda f: -f[0].mask.area):
+        area = inst.mask.area
+        for k, (big, big_windows) in enumerate(kept):
+            if big.label != inst.label or windows <= big_windows or not _boxes_touch(big.box, inst.box):
+                continue
+            if area and _overlap_pixels(inst.mask, big.mask) >= FRAGMENT * area:
+                kept[k] = (_union(big, inst), big_windows)  # the windows that found the crystal
+                break
+        else:
+            kept.append((inst, windows))
+    return [inst for inst, _ in kept]
 
 
 def _boxes_touch(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] <= b[2] + 1 and b[0] <= a[2] + 1 and a[1] <= b[3] + 1 and b[1] <= a[3] + 1
 
 
-def _join_cut_pieces(pieces: list[WindowDetection]) -> list[Instance]:
+def _join_cut_pieces(pieces: list[WindowDetection]) -> list[tuple[Instance, frozenset[int]]]:
     """Union-find over pieces of one label from different windows whose masks overlap or touch."""
     parent = list(range(len(pieces)))
 
@@ -201,10 +224,14 @@ def _join_cut_pieces(pieces: list[WindowDetection]) -> list[Instance]:
                 continue
             if _overlap_pixels(a.instance.mask, b.instance.mask, grow=1):
                 parent[find(i)] = find(j)
-    groups: dict[int, Instance] = {}
+    groups: dict[int, tuple[Instance, frozenset[int]]] = {}
     for i, det in enumerate(pieces):
         root = find(i)
-        groups[root] = det.instance if root not in groups else _union(groups[root], det.instance)
+        if root in groups:
+            inst, windows = groups[root]
+            groups[root] = (_union(inst, det.instance), windows | {det.window})
+        else:
+            groups[root] = (det.instance, frozenset((det.window,)))
     return list(groups.values())
 
 

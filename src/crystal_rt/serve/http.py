@@ -47,6 +47,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy_import, require
+from ..console import printable
 from ..errors import (
     BackendUnavailable,
     CrystalRtError,
@@ -436,7 +437,7 @@ def create_app(
         except CrystalRtError as exc:
             status = status_for(exc)
             if status >= 500:
-                log.error("detect failed: %s", exc)
+                log.error("detect failed: %s", printable(exc))  # the name is the client's
             return error_response(status, exc, source)
         except Exception as exc:  # a fault of the service (or memory): a sanitised answer, keep serving
             log.exception("unexpected error in /v1/detect")

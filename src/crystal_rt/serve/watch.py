@@ -155,8 +155,11 @@ class _Failure:
 
 
 def display_name(rel: str) -> str:
-    """``rel`` printable and encodable anywhere: bytes that are not UTF-8 become ``\\xNN``."""
-    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """``rel`` printable and encodable anywhere, on one line: bytes that are not UTF-8 become
+    ``\\xNN``, a newline ``\\n``, an escape code ``\\x1b`` (a name cannot forge a log line)."""
+    from ..console import printable
+
+    return printable(rel)
 
 
 def fit_name(name: str, limit: int = 255) -> str:
