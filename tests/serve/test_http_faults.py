@@ -285,7 +285,7 @@ def test_slow_headers_time_out_and_connections_stay_below_the_file_limit(
 
     from serve_helpers import CLI_SCRIPT, free_port
 
-    limit, timeout, n = 48, 2.0, 50
+    limit, timeout, n = 48, 6.0, 50
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     port = free_port()
     cmd = [sys.executable, "-c", CLI_SCRIPT, "serve", str(tiny.engine_dir), "--port", str(port)]
@@ -301,6 +301,7 @@ def test_slow_headers_time_out_and_connections_stay_below_the_file_limit(
     slow: list[socket.socket] = []
     try:
         wait_ready(base, proc=proc)
+        t_start = time.monotonic()
         for _ in range(n):
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
@@ -308,7 +309,7 @@ def test_slow_headers_time_out_and_connections_stay_below_the_file_limit(
         opened = time.monotonic()
         client = CrystalRtClient(base, timeout=10)
         assert client.detect(drop_pngs[0], score_threshold=LOW_THRESHOLD)["width"] == 200
-        assert time.monotonic() - opened < 5
+        assert time.monotonic() < t_start + timeout  # at once: not after the slow ones timed out
         deadline = opened + timeout + 3
         answers = [_closed_by_server(sock, deadline) for sock in slow]
         assert all(_is_json_408_or_nothing(a) for a in answers), [a[:60] for a in answers if a][:3]
@@ -321,6 +322,7 @@ def test_slow_headers_time_out_and_connections_stay_below_the_file_limit(
         proc.wait(30)
     log = log_path.read_text()
     assert "Traceback" not in log and "out of system resource" not in log
+    assert "cannot accept" not in log  # the cap kept the descriptors below the limit
     assert len(log.splitlines()) <= 6, log[:2000]
 
 
