@@ -7,44 +7,18 @@ import asyncio
 import json
 import shutil
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import LOW_THRESHOLD, wait_ready
+from serve_helpers import LOW_THRESHOLD, serving, wait_ready
 
 from crystal_rt.errors import InvalidImage, InvalidSpec
 from crystal_rt.serve import http as http_module
 from crystal_rt.serve.client import CrystalRtClient
-from crystal_rt.serve.http import RequestError, create_app, read_body, server_config
-
-
-@contextmanager
-def serving(app: Any, limits: Any = None) -> Iterator[tuple[str, int]]:
-    """uvicorn on 127.0.0.1 and a free port, in a thread; yields (host, port)."""
-    import uvicorn
-
-    config = server_config(app, limits=limits, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and server.servers):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    wait_ready(f"http://127.0.0.1:{port}")
-    try:
-        yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+from crystal_rt.serve.http import RequestError, create_app, read_body
 
 
 def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:

@@ -156,14 +156,17 @@ def host_allowed(value: str | None, allowed: frozenset[str] | None) -> bool:
 
 
 def same_origin(origin: str, host: str | None, scheme: str) -> bool:
-    """Whether a browser's ``Origin`` is this service as the request reached it (``Host``)."""
+    """Whether a browser's ``Origin`` is this service as the request reached it: the same scheme,
+    and the host and port of ``Host`` (behind a local TLS proxy uvicorn takes the scheme from
+    ``X-Forwarded-Proto``)."""
     parts = urllib.parse.urlsplit(origin.strip())
     if host is None or parts.scheme not in ("http", "https") or not parts.netloc:
         return False  # "null" (a sandboxed page, a file:// page) and anything unparsable
     default = {"http": 80, "https": 443}
     o_name, o_port = _split_host(parts.netloc)
     h_name, h_port = _split_host(host)
-    return (o_name, o_port or default[parts.scheme]) == (h_name, h_port or default.get(scheme, 80))
+    here = (scheme, h_name, h_port or default.get(scheme, 80))
+    return (parts.scheme, o_name, o_port or default[parts.scheme]) == here
 
 
 # --- the middleware --------------------------------------------------------------------------
