@@ -262,15 +262,12 @@ def test_slow_headers_time_out_and_connections_stay_below_the_file_limit(
     limit, timeout, n = 48, 6.0, 50
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     port = free_port()
-    cmd = [sys.executable, "-c", CLI_SCRIPT, "serve", str(tiny.engine_dir), "--port", str(port)]
+    script = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {hard}))\n{CLI_SCRIPT}"
+    cmd = [sys.executable, "-c", script, "serve", str(tiny.engine_dir), "--port", str(port)]
     cmd += ["--threads", "1", "--log-level", "warning", "--header-timeout", str(timeout)]
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            cmd,
-            stderr=log_file,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard)),
-        )
+        proc = subprocess.Popen(cmd, stderr=log_file)
     base = f"http://127.0.0.1:{port}"
     slow: list[socket.socket] = []
     try:

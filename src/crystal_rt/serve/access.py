@@ -60,7 +60,9 @@ def check_token(token: str, source: str) -> str:
     return token
 
 
-def read_token(token_file: str | os.PathLike[str] | None, environ: MutableMapping[str, str] | None = None) -> str | None:
+def read_token(
+    token_file: str | os.PathLike[str] | None, environ: MutableMapping[str, str] | None = None
+) -> str | None:
     """The token from ``token_file`` (its first line, trailing white space removed) or else from
     ``CRYSTAL_RT_TOKEN``; None when neither is given."""
     if token_file is not None:
@@ -70,7 +72,9 @@ def read_token(token_file: str | os.PathLike[str] | None, environ: MutableMappin
         except FileNotFoundError:
             raise InvalidOption("token file not found", path=path) from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidOption(f"cannot read the token file: {getattr(exc, 'strerror', None) or exc}", path=path) from None
+            raise InvalidOption(
+                f"cannot read the token file: {getattr(exc, 'strerror', None) or exc}", path=path
+            ) from None
         lines = text.splitlines()
         return check_token(lines[0].strip() if lines else "", str(path))
     value = (os.environ if environ is None else environ).get(TOKEN_ENV)
@@ -175,7 +179,11 @@ class AccessGuard:
     sees the request (so before a body is read)."""
 
     def __init__(
-        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, token: str | None, hosts: frozenset[str] | None
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        token: str | None,
+        hosts: frozenset[str] | None,
     ) -> None:
         self.app = app
         self.token = token
@@ -197,10 +205,8 @@ class AccessGuard:
             return
         status, message, extra = refusal
         client = scope.get("client")
-        self.refusals.warn(
-            f"refused {scope['method']} {scope['path']} from {client[0] if client else 'an unknown address'}: "
-            f"{message}"
-        )
+        peer = client[0] if client else "an unknown address"
+        self.refusals.warn(f"refused {scope['method']} {scope['path']} from {peer}: {message}")
         body = json.dumps(error_body("CrystalRtError", message, None)).encode()
         response_headers = [
             (b"content-type", b"application/json"),
@@ -217,19 +223,19 @@ class AccessGuard:
         if not host_allowed(host, self.hosts):
             shown = (host or "")[:100]
             return 400, f"Host {shown!r} is not this service's (see crystal-rt serve --allowed-hosts)", []
-        origin = headers.get(b"origin")
-        if origin is not None and not same_origin(origin.decode("latin-1"), host, scope.get("scheme", "http")):
-            shown = origin.decode("latin-1")[:100]
+        origin = None if b"origin" not in headers else headers[b"origin"].decode("latin-1")
+        if origin is not None and not same_origin(origin, host, scope.get("scheme", "http")):
+            shown = origin[:100]
             return 403, f"cross-origin request refused: Origin {shown!r} is not this service", []
         fetch_site = headers.get(b"sec-fetch-site", b"").lower()
         if scope["method"] not in SAFE_METHODS and fetch_site in (b"cross-site", b"same-site"):
             return 403, f"cross-origin request refused (Sec-Fetch-Site: {fetch_site.decode('latin-1')})", []
-        if self.token is not None and scope["path"] not in OPEN_PATHS:
-            if not bearer_matches(headers.get(b"authorization"), self.token):
-                given = b"authorization" in headers
-                message = "wrong bearer token" if given else "this service needs a bearer token"
-                challenge = b'Bearer realm="crystal-rt"' + (b', error="invalid_token"' if given else b"")
-                return 401, f"{message}: send Authorization: Bearer TOKEN", [(b"www-authenticate", challenge)]
+        needs_token = self.token is not None and scope["path"] not in OPEN_PATHS
+        if needs_token and not bearer_matches(headers.get(b"authorization"), self.token or ""):
+            given = b"authorization" in headers
+            message = "wrong bearer token" if given else "this service needs a bearer token"
+            challenge = b'Bearer realm="crystal-rt"' + (b', error="invalid_token"' if given else b"")
+            return 401, f"{message}: send Authorization: Bearer TOKEN", [(b"www-authenticate", challenge)]
         return None
 
 

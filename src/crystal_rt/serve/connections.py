@@ -74,7 +74,7 @@ class RateLimitedLog:
         if self.last is not None and now - self.last < self.interval:
             self.suppressed += 1
             return
-        if self.suppressed:
+        if self.suppressed and self.last is not None:
             message += f" ({self.suppressed} more since the last such line, {now - self.last:.0f} s ago)"
         self.logger.warning("%s", message)
         self.last, self.suppressed = now, 0
@@ -112,8 +112,9 @@ def connection_limits(
     max_connections: int | None = None, header_timeout: float = DEFAULT_HEADER_TIMEOUT
 ) -> ConnectionLimits:
     """The connection cap for this process: the open-file limit less the files open now, the listen
-    backlog (accepted in one go; ``limit / 8`` in 16..128) and a reserve (``max(8, limit / 32)``) for files opened while
-    serving. ``max_connections`` may lower it; asking for more is refused (InvalidOption)."""
+    backlog (asyncio accepts that many in one go; ``limit / 8`` within 16..128) and a reserve
+    (``max(8, limit / 32)``) for files opened while serving. ``max_connections`` may lower it;
+    asking for more is refused (InvalidOption)."""
     if not header_timeout > 0:
         raise InvalidOption(f"the header timeout must be > 0 seconds, got {header_timeout}")
     limit = open_file_limit()

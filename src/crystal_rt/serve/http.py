@@ -63,7 +63,13 @@ from ..errors import (
     ServiceError,
 )
 from .access import AccessGuard, without_paths
-from .connections import ConnectionLimits, connection_limits, error_body, guarded_protocol, quiet_accept_errors
+from .connections import (
+    ConnectionLimits,
+    connection_limits,
+    error_body,
+    guarded_protocol,
+    quiet_accept_errors,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -322,9 +328,10 @@ def create_app(
         status = "unchanged" if after == before else "missing" if after is None else "replaced"
         report: dict[str, Any] = {"engine_on_disk": status}
         if status != "unchanged":
+            what = "deleted" if status == "missing" else "replaced"
             report["warning"] = (
-                f"the engine file {Path(path).name} was {'deleted' if status == 'missing' else 'replaced'} after it was "
-                "loaded; this service still runs the engine it loaded: restart it to load the file on disk"
+                f"the engine file {Path(path).name} was {what} after it was loaded; this service still "
+                "runs the engine it loaded: restart it to load the file on disk"
             )
         return report
 
@@ -480,13 +487,12 @@ def create_app(
     async def model() -> dict[str, Any]:
         if detector.manifest is not None:
             return {**without_paths(detector.manifest.to_dict()), **engine_report()}
-        return without_paths(
-            {
-                "backend": detector.backend.name,
-                "model": detector.model.to_dict(),
-                "preprocess": detector.preprocess.to_dict(),
-            }
-        )
+        specs = {
+            "backend": detector.backend.name,
+            "model": detector.model.to_dict(),
+            "preprocess": detector.preprocess.to_dict(),
+        }
+        return {key: without_paths(value) for key, value in specs.items()}
 
     app.state.service = state
     return app
