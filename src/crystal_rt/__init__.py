@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import (
+    AccessDenied,
     BackendUnavailable,
     BuildError,
     CalibrationError,
@@ -58,6 +59,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AccessDenied",
     "BackendUnavailable",
     "BuildError",
     "CalibrationError",

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 __all__ = [
+    "AccessDenied",
     "BackendUnavailable",
     "BuildError",
     "CalibrationError",
@@ -132,6 +133,11 @@ class BuildError(CrystalRtError):
 
 class TrainingError(CrystalRtError):
     """Training cannot go on (the loss diverged, nothing to resume from)."""
+
+
+class AccessDenied(CrystalRtError):
+    """The HTTP service refused a request before it reached the model: no or a wrong bearer token
+    (401), a Host header not this service's (400), a cross-origin browser request (403)."""
 
 
 class ServiceError(CrystalRtError):

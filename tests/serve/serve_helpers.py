@@ -6,8 +6,11 @@ import argparse
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,19 +43,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(base_url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_ready(
+    base_url: str, timeout: float = 60.0, proc: subprocess.Popen[Any] | None = None, token: str | None = None
+) -> None:
     deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(base_url + "/readyz", timeout=2) as resp:
+            request = urllib.request.Request(base_url + "/readyz", headers=headers)
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{base_url} not ready after {timeout} s")
+
+
+@contextmanager
+def serving(app: Any, limits: Any = None, token: str | None = None) -> Iterator[tuple[str, int]]:
+    """uvicorn on 127.0.0.1 and a free port, in a thread; yields (host, port). ``token``: the
+    app's bearer token, for the readiness check."""
+    import uvicorn
+
+    from crystal_rt.serve.http import server_config
+
+    config = server_config(app, limits=limits, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (server.started and server.servers):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    wait_ready(f"http://127.0.0.1:{port}", token=token)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 import signal
 import threading
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from serve_helpers import LOW_THRESHOLD, cli_namespace, free_port, png_bytes, start_serve_process, wait_ready
 
 from crystal_rt.errors import BackendUnavailable, CrystalRtError, EngineNotFound, InvalidImage, InvalidSpec
+from crystal_rt.serve.access import without_paths
 from crystal_rt.serve.client import CrystalRtClient
 from crystal_rt.serve.http import create_app
 
@@ -35,7 +37,8 @@ def test_health_ready_model_docs(client: Any, detector: Any) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     model = client.get("/v1/model").json()
-    assert model.pop("engine_on_disk") == "unchanged" and model == detector.manifest.to_dict()
+    assert model.pop("engine_on_disk") == "unchanged" and model == without_paths(detector.manifest.to_dict())
+    assert model["source_onnx"] == Path(detector.manifest.source_onnx).name  # no server path
     assert model["model"]["class_names"] == ["__background__", "crystal"]
     assert client.get("/docs").status_code == 200
     assert "/v1/detect" in client.get("/openapi.json").json()["paths"]

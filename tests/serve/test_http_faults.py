@@ -7,43 +7,18 @@ import asyncio
 import json
 import shutil
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import LOW_THRESHOLD, wait_ready
+from serve_helpers import LOW_THRESHOLD, serving, wait_ready
 
 from crystal_rt.errors import InvalidImage, InvalidSpec
 from crystal_rt.serve import http as http_module
 from crystal_rt.serve.client import CrystalRtClient
-from crystal_rt.serve.http import RequestError, create_app, read_body, server_config
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[tuple[str, int]]:
-    """uvicorn on 127.0.0.1 and a free port, in a thread; yields (host, port)."""
-    import uvicorn
-
-    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and server.servers):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    wait_ready(f"http://127.0.0.1:{port}")
-    try:
-        yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+from crystal_rt.serve.http import RequestError, create_app, read_body
 
 
 def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -244,3 +219,121 @@ def test_serve_prints_the_bound_url_for_port_0(tiny: Any, drop_pngs: list[bytes]
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# --- issue 29, item 4: clients that never finish their headers ------------------------------
+def _closed_by_server(sock: socket.socket, deadline: float) -> bytes:
+    """What the server sent before closing ``sock`` (b"" when it closed without a word); fails
+    if the connection is still open at ``deadline``."""
+    data = b""
+    while True:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            pytest.fail(f"the server kept a connection that sent no complete headers ({data[:80]!r})")
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _is_json_408_or_nothing(data: bytes) -> bool:
+    if not data:
+        return True
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.startswith(b"HTTP/1.1 408 ") and json.loads(body)["error"]["type"] == "CrystalRtError"
+
+
+def test_slow_headers_time_out_and_connections_stay_below_the_file_limit(
+    tiny: Any, drop_pngs: list[bytes], tmp_path: Path
+) -> None:
+    """50 connections that never finish their headers, against a service whose open-file limit (48)
+    leaves room for fewer: an honest request is still answered at once, every slow connection is
+    closed within the header timeout, and the log has a few lines and no traceback (was: the
+    honest request timed out, the slow ones were kept for ever, a traceback per failed accept)."""
+    import resource
+    import subprocess
+    import sys
+
+    from serve_helpers import CLI_SCRIPT, free_port
+
+    limit, timeout, n = 48, 6.0, 50
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    port = free_port()
+    script = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {hard}))\n{CLI_SCRIPT}"
+    cmd = [sys.executable, "-c", script, "serve", str(tiny.engine_dir), "--port", str(port)]
+    cmd += ["--threads", "1", "--log-level", "warning", "--header-timeout", str(timeout)]
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(cmd, stderr=log_file)
+    base = f"http://127.0.0.1:{port}"
+    slow: list[socket.socket] = []
+    try:
+        wait_ready(base, proc=proc)
+        t_start = time.monotonic()
+        for _ in range(n):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+            slow.append(sock)
+        opened = time.monotonic()
+        client = CrystalRtClient(base, timeout=10)
+        assert client.detect(drop_pngs[0], score_threshold=LOW_THRESHOLD)["width"] == 200
+        assert time.monotonic() < t_start + timeout  # at once: not after the slow ones timed out
+        deadline = opened + timeout + 3
+        answers = [_closed_by_server(sock, deadline) for sock in slow]
+        assert all(_is_json_408_or_nothing(a) for a in answers), [a[:60] for a in answers if a][:3]
+        assert any(answers)  # those not evicted to make room were answered 408
+        assert client.health()
+    finally:
+        for sock in slow:
+            sock.close()
+        proc.terminate()
+        proc.wait(30)
+    log = log_path.read_text()
+    assert "Traceback" not in log and "out of system resource" not in log
+    assert len(log.splitlines()) <= 6, log[:2000]  # one line per kind of event and minute
+
+
+def test_header_timeout_idle_keep_alive_and_refusal_when_every_connection_is_busy(detector: Any) -> None:
+    from crystal_rt.serve.connections import ConnectionLimits
+
+    app = create_app(detector, max_concurrency=1, queue_size=2, body_timeout=30.0, min_body_rate=1.0)
+    limits = ConnectionLimits(max_connections=2, header_timeout=0.5)
+
+    def connect(port: int) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    with serving(app, limits) as (_, port):
+        silent = connect(port)  # sends nothing: closed without an answer
+        t0 = time.monotonic()
+        assert _closed_by_server(silent, t0 + 3) == b"" and 0.4 < time.monotonic() - t0 < 3
+        silent.close()
+
+        keep = connect(port)  # one request, then half of the next one's headers
+        keep.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, _, body = _answer(keep)
+        assert status == 200 and json.loads(body) == {"status": "ok"}
+        keep.sendall(b"GET /healthz HTTP/1.1\r\n")
+        assert _is_json_408_or_nothing(answer := _closed_by_server(keep, time.monotonic() + 3)) and answer
+        keep.close()
+
+        busy = []  # two requests in the middle of their bodies: both connections serve a request
+        for _ in range(2):
+            sock = connect(port)
+            sock.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nx")
+            busy.append(sock)
+        deadline = time.monotonic() + 5
+        while app.state.service.in_flight < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = connect(port)
+        status, headers, body = _answer(refused)
+        assert status == 503 and headers["retry-after"] == "1"
+        assert json.loads(body)["error"]["type"] == "BackendUnavailable"
+        refused.close()
+        time.sleep(1.0)  # past the header timeout: requests being served are not timed out
+        for sock in busy:
+            sock.sendall(b"y" * 99)
+            assert _answer(sock)[0] == 422  # the body arrived: 100 bytes that are not an image
+            sock.close()

@@ -1,7 +1,9 @@
 """``crystal-rt serve ENGINE``: the HTTP detection service (uvicorn), on 127.0.0.1 unless --host says so.
 
 POST an image to /v1/detect (raw body or multipart field "image"); /healthz, /readyz, /v1/model;
-the OpenAPI page is at /docs.
+the OpenAPI page is at /docs. With --token-file (or CRYSTAL_RT_TOKEN) every request but /healthz
+and the docs needs "Authorization: Bearer TOKEN"; a --host beyond this machine needs a token (or
+--insecure).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from rich.markup import escape
 
 from .._lazy import require
 from ..console import err_console, info
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, InvalidOption
+from ..serve.access import TOKEN_ENV, allowed_hosts, check_bind, is_loopback, read_token
+from ..serve.connections import DEFAULT_HEADER_TIMEOUT, connection_limits
 from ..serve.http import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
@@ -35,7 +39,6 @@ from .options import (
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _positive_int(text: str) -> int:
@@ -103,6 +106,37 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_MIN_BODY_RATE / 1024,
         help="slowest average body upload after --body-timeout, KiB/s; 408 below it (default %(default)g)",
     )
+    p.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        help="seconds a connection may take to send a request's headers; closed after (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        help="connections open at once (default: what the open-file limit, ulimit -n, leaves room for)",
+    )
+    access = p.add_argument_group("access (see docs/serving.md, Security)")
+    access.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"bearer token (the file's first line; or set {TOKEN_ENV}): requests without "
+        "'Authorization: Bearer TOKEN' get 401 (/healthz and the docs stay open)",
+    )
+    access.add_argument(
+        "--allowed-hosts",
+        metavar="NAME[,NAME]",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=[],
+        help="host names clients may use in the Host header besides the --host, localhost and IP "
+        "addresses (e.g. the machine's DNS name); '*' allows any",
+    )
+    access.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a --host beyond this machine without a token (a trusted network only)",
+    )
     add_score_threshold(p, "default score threshold, in [0, 1] (default: the engine's)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     triton = p.add_argument_group(
@@ -126,7 +160,15 @@ def run(args: argparse.Namespace) -> int:
 
     uvicorn = require("uvicorn", "crystal-rt serve", extra="serve")
     require("fastapi", "crystal-rt serve", extra="serve")
+    token = read_token(args.token_file)  # refusals before the engine is loaded
+    check_bind(args.host, token=token, insecure=args.insecure)
+    hosts = allowed_hosts(args.host, args.allowed_hosts)
     detector = detector_from_args(args, max_pixels=args.max_pixels)
+    try:
+        limits = connection_limits(args.max_connections, args.header_timeout)  # after the engine's files
+    except InvalidOption:
+        detector.close()
+        raise
     app = create_app(
         detector,
         max_body_bytes=int(args.max_body_mb * 2**20),
@@ -135,9 +177,11 @@ def run(args: argparse.Namespace) -> int:
         queue_size=args.queue,
         body_timeout=args.body_timeout,
         min_body_rate=args.min_body_kbps * 1024,
+        token=token,
+        allowed_hosts=hosts,
     )
-    if args.host not in LOOPBACK:
-        info(f"[yellow]warning:[/] listening on {args.host}: the service has no authentication")
+    if token is None and not is_loopback(args.host):
+        info(f"[yellow]warning:[/] listening on {args.host} without a token (--insecure): no authentication")
 
     class Server(uvicorn.Server):  # type: ignore[misc,name-defined]
         async def startup(self, sockets: Any = None) -> None:
@@ -152,7 +196,9 @@ def run(args: argparse.Namespace) -> int:
                     soft_wrap=True,
                 )
 
-    config = server_config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    config = server_config(
+        app, limits=limits, host=args.host, port=args.port, log_level=args.log_level, access_log=False
+    )
     server = Server(config)
     try:
         server.run()
@@ -170,14 +216,17 @@ def run(args: argparse.Namespace) -> int:
 def _run_triton(args: argparse.Namespace) -> int:
     from ..serve.pytriton import TritonPorts, bind_triton
 
+    if args.token_file is not None:
+        raise InvalidOption("--token-file does not apply to --triton (PyTriton has no authentication)")
+    check_bind(args.host, token=None, insecure=args.insecure, triton=True)
     detector = detector_from_args(args, max_pixels=args.max_pixels)
     name = args.model_name or (detector.manifest.name if detector.manifest else "crystals")
     ports = TritonPorts(http=args.port, grpc=args.grpc_port, metrics=args.metrics_port)
     triton = bind_triton(
         detector, model_name=name, host=args.host, ports=ports, max_batch_size=args.max_batch
     )
-    if args.host not in LOOPBACK:
-        info(f"[yellow]warning:[/] Triton listens on {args.host}: it has no authentication")
+    if not is_loopback(args.host):
+        info(f"[yellow]warning:[/] Triton listens on {args.host} (--insecure): it has no authentication")
     info(
         f"Triton serving model {name!r}: http://{args.host}:{ports.http}/v2/models/{name} , "
         f"gRPC {args.host}:{ports.grpc}; Ctrl-C stops"

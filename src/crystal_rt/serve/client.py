@@ -4,6 +4,10 @@
 >>> result = client.detect("drop.png", score_threshold=0.3)   # doctest: +SKIP
 >>> result["num_instances"]   # doctest: +SKIP
 
+A service started with a token (``crystal-rt serve --token-file``) needs it:
+``CrystalRtClient(url, token=...)``, or the ``CRYSTAL_RT_TOKEN`` environment variable, which the
+client reads when no ``token`` is given; it is sent as ``Authorization: Bearer TOKEN``.
+
 An error answer (4xx/5xx) is raised as the :class:`~crystal_rt.errors.CrystalRtError` subclass
 the server names (``InvalidImage``, ``InvalidSpec``, ``BackendUnavailable``, ...) with the
 server's message; a server that cannot be reached raises ``BackendUnavailable``.
@@ -27,6 +31,7 @@ from typing import Any
 
 from .. import errors
 from ..errors import BackendUnavailable, CrystalRtError, InvalidImage, ServiceError
+from .access import TOKEN_ENV
 
 
 def error_from_response(status: int, body: bytes, url: str) -> CrystalRtError:
@@ -48,17 +53,25 @@ def error_from_response(status: int, body: bytes, url: str) -> CrystalRtError:
 class CrystalRtClient:
     """Calls a running ``crystal-rt serve``; one instance may be shared by threads."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8080", *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str = "http://127.0.0.1:8080", *, timeout: float = 60.0, token: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self._auth = {"Authorization": f"Bearer {token.strip()}"} if token else {}
+
+    def __repr__(self) -> str:  # never the token
+        return f"CrystalRtClient({self.base_url!r}{', token=...' if self._auth else ''})"
 
     def _request(
         self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
     ) -> Any:
         url = self.base_url + path
+        headers = {**self._auth, **(headers or {})}
         if data is not None:
-            return self._send_body(method, path, data, headers or {})
-        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+            return self._send_body(method, path, data, headers)
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())

@@ -30,7 +30,14 @@ is taken, so that a load balancer sends requests elsewhere.
 The engine stays loaded for the life of the service. When its file on disk is deleted or replaced
 (a rebuild), the service keeps serving the loaded engine and says so: ``/readyz`` (still 200) and
 ``/v1/model`` carry ``"engine_on_disk": "missing"`` or ``"replaced"`` (``"unchanged"`` otherwise) and
-a ``warning`` to restart the service to load the new engine.
+a ``warning`` to restart the service to load the new engine (naming the file, never its folder:
+no answer shows a server path; ``/v1/model`` cuts every absolute path in the manifest to its file name).
+
+Who may call it (:mod:`crystal_rt.serve.access`): with ``token``, every request but ``/healthz``,
+``/docs`` and ``/openapi.json`` needs ``Authorization: Bearer TOKEN`` (401); with ``allowed_hosts``,
+a ``Host`` header naming another host is 400; a browser request from another origin is always 403.
+Connections (:mod:`crystal_rt.serve.connections`, through :func:`server_config`): request headers
+must be complete within ``header_timeout`` seconds, and at most ``max_connections`` are open.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at runtime,
@@ -39,10 +46,11 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +63,14 @@ from ..errors import (
     InvalidImage,
     InvalidSpec,
     ServiceError,
+)
+from .access import AccessGuard, without_paths
+from .connections import (
+    ConnectionLimits,
+    connection_limits,
+    error_body,
+    guarded_protocol,
+    quiet_accept_errors,
 )
 
 if TYPE_CHECKING:
@@ -104,10 +120,6 @@ def status_for(error: CrystalRtError) -> int:
     if isinstance(error, BackendUnavailable):
         return 503
     return 500
-
-
-def error_body(kind: str, message: str, source: str | None) -> dict[str, Any]:
-    return {"error": {"type": kind, "message": message, "input": source}}
 
 
 #: how long a warm-up call waits for the other worker threads to start (each warms its own thread)
@@ -241,12 +253,14 @@ def sanitised(exc: BaseException) -> CrystalRtError:
     return ServiceError(f"internal error ({type(exc).__name__}); see the service log")
 
 
-def server_config(app: "FastAPI", **kwargs: Any) -> Any:
-    """A ``uvicorn.Config`` for ``app`` whose 400 for an unparsable request is the JSON error shape."""
+def server_config(app: "FastAPI", *, limits: ConnectionLimits | None = None, **kwargs: Any) -> Any:
+    """A ``uvicorn.Config`` for ``app``: its 400 for an unparsable request is the JSON error shape,
+    and its connections have the header timeout and the cap of ``limits`` (default:
+    :func:`~crystal_rt.serve.connections.connection_limits`, from the open-file limit)."""
 
     try:
         from uvicorn.protocols.http.h11_impl import H11Protocol
-    except ImportError:  # another uvicorn layout: its own 400s
+    except ImportError:  # another uvicorn layout: its own 400s, no header timeout
         return uvicorn.Config(app, **kwargs)
 
     class JsonErrorH11Protocol(H11Protocol):
@@ -267,7 +281,9 @@ def server_config(app: "FastAPI", **kwargs: Any) -> Any:
                 self.transport.write(self.conn.send(event))
             self.transport.close()
 
-    return uvicorn.Config(app, http=JsonErrorH11Protocol, **kwargs)
+    limits = limits or connection_limits()
+    kwargs.setdefault("backlog", limits.backlog)
+    return uvicorn.Config(app, http=guarded_protocol(limits, JsonErrorH11Protocol), **kwargs)
 
 
 def create_app(
@@ -280,14 +296,20 @@ def create_app(
     warmup: bool = True,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+    token: str | None = None,
+    allowed_hosts: Collection[str] | None = None,
 ) -> "FastAPI":
     """A FastAPI app serving ``detector``; run it with uvicorn (``crystal-rt serve``, or
-    ``uvicorn.Server(server_config(app, ...))``)."""
+    ``uvicorn.Server(server_config(app, ...))``). ``token``: the bearer token every request but
+    ``/healthz`` and the docs must carry (None: none); ``allowed_hosts``: the host names a ``Host``
+    header may give besides IP addresses and ``localhost`` (None: any;
+    :func:`crystal_rt.serve.access.allowed_hosts` makes the list for a bind address)."""
     require("fastapi", "The HTTP service", extra="serve")
     require("python_multipart", "The HTTP service (uploads)", package="python-multipart", extra="serve")
-    from fastapi import FastAPI, Request
+    from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from fastapi.security import HTTPBearer
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
@@ -312,9 +334,10 @@ def create_app(
         status = "unchanged" if after == before else "missing" if after is None else "replaced"
         report: dict[str, Any] = {"engine_on_disk": status}
         if status != "unchanged":
+            what = "deleted" if status == "missing" else "replaced"
             report["warning"] = (
-                f"the engine file {path} was {'deleted' if status == 'missing' else 'replaced'} after it was "
-                "loaded; this service still runs the engine it loaded: restart it to load the file on disk"
+                f"the engine file {Path(path).name} was {what} after it was loaded; this service still "
+                "runs the engine it loaded: restart it to load the file on disk"
             )
         return report
 
@@ -358,16 +381,22 @@ def create_app(
                 log.error("warm-up failed: %s", state.warmup_error)
         state.ready = state.warmup_error is None
         try:
-            yield
+            with quiet_accept_errors(asyncio.get_running_loop()):
+                yield
         finally:
             old, pool[0] = pool[0], new_pool()
             old.shutdown(wait=True, cancel_futures=True)
 
+    # with a token, the OpenAPI page offers an "Authorize" button (the check is AccessGuard's)
+    security = [Depends(HTTPBearer(auto_error=False))] if token is not None else None
     app = FastAPI(
         title="crystal-rt",
         summary="Mask R-CNN segmentation of protein crystals in drop images",
         lifespan=lifespan,
+        dependencies=security,
     )
+    hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
+    app.add_middleware(AccessGuard, token=token, hosts=hosts)
 
     @app.exception_handler(RequestValidationError)
     async def bad_options(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -476,12 +505,13 @@ def create_app(
     @app.get("/v1/model", summary="The engine manifest (or model and preprocessing specs)")
     async def model() -> dict[str, Any]:
         if detector.manifest is not None:
-            return {**detector.manifest.to_dict(), **engine_report()}
-        return {
+            return {**without_paths(detector.manifest.to_dict()), **engine_report()}
+        specs = {
             "backend": detector.backend.name,
             "model": detector.model.to_dict(),
             "preprocess": detector.preprocess.to_dict(),
         }
+        return {key: without_paths(value) for key, value in specs.items()}
 
     app.state.service = state
     return app
