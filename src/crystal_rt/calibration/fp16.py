@@ -51,17 +51,24 @@ def autocast_fp16(
         np.savez(data, images=batch)
         copy = Path(tmp) / source.name  # never let a converter touch the user's FP32 model
         shutil.copyfile(source, copy)
-        try:
-            model = autocast.convert_to_mixed_precision(
-                str(copy),
-                low_precision_type="fp16",
-                keep_io_types=True,
-                nodes_to_exclude=[fp32_node_pattern()],
-                op_types_to_exclude=list(KEEP_FP32_OPS),
-                calibration_data=str(data),
-                providers=["cpu"],
-            )
-        except Exception as exc:  # ModelOpt raises assorted exception types
-            raise CalibrationError(f"ModelOpt AutoCast failed: {exc}", path=source) from exc
+        model = convert_fp16(autocast, copy, source, calibration=data)
     onnx.save(model, str(output))
     return f"nvidia-modelopt {modelopt.__version__}", options
+
+
+def convert_fp16(autocast: Any, path: Path, source: Path, calibration: Path | None = None) -> Any:
+    """ModelOpt AutoCast of the graph at ``path``: FP16 inside :data:`FP16_SCOPES`, FP32 elsewhere and
+    for :data:`KEEP_FP32_OPS`, input and output types kept. Also run on the INT8 Q/DQ graph for
+    TensorRT, whose layers outside the quantized convolutions would otherwise stay FP32."""
+    try:
+        return autocast.convert_to_mixed_precision(
+            str(path),
+            low_precision_type="fp16",
+            keep_io_types=True,
+            nodes_to_exclude=[fp32_node_pattern()],
+            op_types_to_exclude=list(KEEP_FP32_OPS),
+            calibration_data=None if calibration is None else str(calibration),
+            providers=["cpu"],
+        )
+    except Exception as exc:  # ModelOpt raises assorted exception types
+        raise CalibrationError(f"ModelOpt AutoCast failed: {exc}", path=source) from exc

@@ -5,11 +5,14 @@
   Q/DQ pairs into its integer (VNNI) kernels. ModelOpt's graph runs *slower* than FP32 there
   (it is shaped for TensorRT's fusions), so it is never used for this target.
 * ``tensorrt``: NVIDIA ModelOpt (``modelopt.onnx.quantization``), symmetric INT8 with max
-  calibration, the Q/DQ placement TensorRT's strongly typed builder expects. ModelOpt pins an
+  calibration, the Q/DQ placement TensorRT's strongly typed builder expects; then AutoCast turns the
+  float layers inside the convolutional scopes (residual adds, ReLU, pooling, FPN upsampling, the
+  heads' non-quantized layers) to FP16, as the FP16 route does, so that a strongly typed INT8 plan is
+  not slower than FP16 for layers INT8 does not cover (``calibration/fp16.py``). ModelOpt pins an
   older onnx and onnxruntime-gpu, so it lives in its own install (``crystal-rt[calibrate-trt]``).
 
 Both quantize only the network's matrix products (Conv, ConvTranspose, Gemm, MatMul): RoiAlign,
-NMS, anchor and box decoding arithmetic and the mask sigmoid stay in float.
+NMS, anchor and box decoding arithmetic and the mask sigmoid stay in FP32.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from .._lazy import require
 from ..errors import CalibrationError
+from .fp16 import FP16_SCOPES, KEEP_FP32_OPS, convert_fp16
 from .images import CalibrationImages
 
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -112,12 +116,19 @@ def quantize_modelopt(
         "calibration": "max",
         "op_types": list(QUANTIZED_OPS),
         "high_precision_dtype": "fp32",
+        "fp16_outside_int8": {"scopes": list(FP16_SCOPES), "fp32_op_types": list(KEEP_FP32_OPS)},
     }
     with tempfile.TemporaryDirectory(prefix="crystal-rt-modelopt-") as tmp:
         # ModelOpt rewrites the file it is given (shape inference saved in place): hand it a copy.
         copy = Path(tmp) / source.name
         shutil.copyfile(source, copy)
-        _run_modelopt_quantize(mq, copy, output, batch, source)
+        qdq = Path(tmp) / "qdq.onnx"
+        _run_modelopt_quantize(mq, copy, qdq, batch, source)
+        autocast = require(
+            "modelopt.onnx.autocast", purpose, package="nvidia-modelopt", extra="calibrate-trt"
+        )
+        onnx = require("onnx", purpose, extra="calibrate-trt")
+        onnx.save(convert_fp16(autocast, qdq, source), str(output))
     return f"nvidia-modelopt {modelopt.__version__}", options
 
 

@@ -354,7 +354,7 @@ def create_app(
     # A device backend keeps per-thread state (CUDA context current, stream, buffers, kernel modules,
     # execution context or ORT session): warm every worker thread, not just the first one, so that no
     # request pays for it. The barrier makes the pool start one thread per warm-up call.
-    on_device = getattr(detector.backend, "device", "cpu") != "cpu"
+    on_device = getattr(getattr(detector, "backend", None), "device", "cpu") != "cpu"
     workers_to_warm = max_concurrency if on_device else 1
     barrier = threading.Barrier(workers_to_warm)
 
