@@ -176,3 +176,32 @@ def test_synthetic_drops_match_pycocotools_cocoeval(tmp_path: Path) -> None:
                 inst.mask.y0 : inst.mask.y0 + crop.shape[0], inst.mask.x0 : inst.mask.x0 + crop.shape[1]
             ] = crop
         assert [m.tobytes() for m in full] == [m.tobytes() for m in images[name]]
+
+
+def test_iou_exactly_at_the_threshold_matches(tmp_path: Path) -> None:
+    """A detection covering a crystal and as much again beside it: mask IoU exactly 1/2. Matterport
+    and COCO both match at IoU >= t, so it is a hit at 0.50 (AP 1) and a miss at 0.65 (AP 0); COCO
+    AP: a hit at 0.50 only of its ten thresholds, 1/10."""
+    from crystal_rt.evaluate.run import score_detector
+
+    truth = _rect(10, 10, 20, 20)
+    annotations = _write_dataset(tmp_path, {"drop.png": [truth]}, H, W)
+    answers = {"drop.png": [(_rect(10, 10, 30, 20), 0.9)]}
+    report, _, _ = score_detector(FixedDetector(answers), load_coco(annotations))
+    assert (report.map50, report.map65) == (1.0, 0.0)
+    assert report.coco_segm_ap == pytest.approx(0.1)
+
+
+def test_operating_point_keeps_a_score_equal_to_the_threshold(tmp_path: Path) -> None:
+    """precision and recall count the predictions scoring >= the threshold: at 0.7 the hand-built
+    drop's three (0.9 TP, 0.8 FP, 0.7 TP) all count: 2/3 and 2/3; at 0.75, 1/2 and 1/3."""
+    from crystal_rt.evaluate.run import score_detector
+
+    truths = [_rect(2, 3, 12, 11), _rect(4, 20, 20, 30), _rect(22, 34, 30, 45)]
+    annotations = _write_dataset(tmp_path, {"drop.png": truths}, H, W)
+    answers = {"drop.png": [(truths[0], 0.9), (_rect(44, 5, 60, 15), 0.8), (truths[1], 0.7)]}
+    data = load_coco(annotations)
+    at_07, _, _ = score_detector(FixedDetector(answers), data, score_threshold=0.7)
+    assert (at_07.precision, at_07.recall) == pytest.approx((2 / 3, 2 / 3))
+    at_075, _, _ = score_detector(FixedDetector(answers), data, score_threshold=0.75)
+    assert (at_075.precision, at_075.recall) == pytest.approx((1 / 2, 1 / 3))
