@@ -16,7 +16,7 @@ help:
 	@echo "make layers  lint-imports (the layering contracts in pyproject.toml)"
 	@echo "make test    the test suite"
 	@echo "make docs    README and docs/: runnable examples, links, README size"
-	@echo "make slow    the CUDA emulator's ThreadSanitizer runs (CRYSTAL_RT_SLOW=1)"
+	@echo "make slow    the slow tests (CRYSTAL_RT_SLOW=1): emulator ThreadSanitizer runs, full load test"
 	@echo "make gpu     on a GPU machine: the @pytest.mark.gpu tests and crystal-rt doctor --gpu"
 	@echo "make ci      what .ci/run runs in the dev venv: lint type layers test slow"
 
@@ -40,9 +40,12 @@ test:
 docs:
 	$(PYTEST) tests/test_docs_examples.py
 
-# The CUDA emulator's ThreadSanitizer runs (marked slow): CLAHE is race-free, a planted race is caught.
+# Every test marked slow, so that each runs in CI (.ci/run calls `make slow`):
+# the CUDA emulator's ThreadSanitizer runs (CLAHE is race-free, a planted race is caught), and the
+# full load test (150 requests, 90 watched files: a few minutes on 2 cores; the short one is in `make test`).
 slow:
 	CRYSTAL_RT_SLOW=1 $(PYTEST) tests/cuda_emu -k "tsan or syncthreads"
+	CRYSTAL_RT_SLOW=1 $(PYTEST) -m slow tests/serve/test_load.py
 
 # Needs an NVIDIA GPU (elsewhere the gpu tests skip and doctor --gpu exits 2). GPU_IMAGES: a folder
 # of your own drops for the acceptance command (default: the three real ones).

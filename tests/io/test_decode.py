@@ -169,8 +169,12 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
     im = Image.fromarray(_noise((20, 40, 3)))  # 40 wide, 20 high as stored
-    out = read_image(_save(tmp_path / "rot.jpg", im, "JPEG", exif=exif.tobytes()))
+    path = _save(tmp_path / "rot.jpg", im, "JPEG", exif=exif.tobytes())
+    out = read_image(path)
+    with Image.open(path) as stored:  # the stored pixels, as Pillow decodes them, not turned
+        upright = np.rot90(np.asarray(stored.convert("RGB")), -1)  # turned 90° clockwise by hand
     assert out.shape == (40, 20, 3)
+    np.testing.assert_array_equal(out, upright)  # pixel for pixel: not turned the other way, not flipped
 
 
 def test_bmp(tmp_path: Path) -> None:

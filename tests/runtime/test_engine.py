@@ -135,7 +135,8 @@ def test_build_refuses_non_crystal_rt_onnx(tmp_path):
 
 
 def test_detect_inputs_agree(tiny, tmp_path):
-    """Path, bytes, uint8 array and the same drop as RGB give identical results."""
+    """Path, bytes and uint8 array give identical results, for a gray drop and for an RGB one (whose
+    channels differ, so that a swapped channel order would show)."""
     import cv2
 
     from crystal_rt.data.synthetic import make_drop
@@ -147,9 +148,16 @@ def test_detect_inputs_agree(tiny, tmp_path):
     by_path = det.detect(path)
     by_bytes = det.detect(path.read_bytes(), name="drop.png")
     by_array = det.detect(image)
+    rgb = np.ascontiguousarray(np.dstack([image, image // 2, 255 - image]))
+    rgb_path = tmp_path / "rgb.png"
+    cv2.imwrite(str(rgb_path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # OpenCV writes BGR
+    rgb_by_path, rgb_by_array = det.detect(rgb_path), det.detect(rgb)
     assert by_path.image == str(path) and by_bytes.image == "drop.png"
     assert (by_path.width, by_path.height) == (400, 300)
     assert len(by_path) > 0
+    assert (rgb_by_path.width, rgb_by_path.height) == (400, 300) and len(rgb_by_path) > 0
+    assert [i.to_dict() for i in rgb_by_array.instances] == [i.to_dict() for i in rgb_by_path.instances]
+    assert [i.to_dict() for i in rgb_by_array.instances] != [i.to_dict() for i in by_path.instances]
     for other in (by_bytes, by_array):
         assert [i.box for i in other.instances] == [i.box for i in by_path.instances]
         assert [i.to_dict() for i in other.instances] == [i.to_dict() for i in by_path.instances]

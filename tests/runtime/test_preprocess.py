@@ -138,6 +138,23 @@ def test_clahe_rgb_uint16() -> None:
     assert np.ptp(out.astype(np.float64).mean(axis=2)) > np.ptp(image.astype(np.float64).mean(axis=2))
 
 
+def test_clahe_rgb_uint16_equalises_lab_l_as_documented() -> None:
+    """The result's L channel is OpenCV's 16-bit CLAHE of the input's L (0..100) scaled to 0..65535
+    (docs/contract.md), read back through OpenCV's float LAB: the scale is checked, not only that
+    the contrast grew (L scaled by 655.35 / 1.01 is 1.4 L off at worst, 0.34 on average)."""
+    gray = _smooth_image(_rng(13), (64, 80), np.uint16, 20000, 30000)
+    image = np.repeat(gray[..., None], 3, axis=2)  # neutral: every L after CLAHE is in gamut
+    spec = PreprocessSpec()
+    out = apply_clahe(image, spec)
+    to_lab = cv2.COLOR_RGB2LAB
+    lum = np.rint(cv2.cvtColor(image.astype(np.float32) / 65535.0, to_lab)[..., 0] * 655.35).astype(np.uint16)
+    assert spec.clahe is not None
+    want = cv2.createCLAHE(spec.clahe.clip_limit, spec.clahe.tile_grid).apply(lum) / 655.35
+    got = cv2.cvtColor(out.astype(np.float32) / 65535.0, to_lab)[..., 0]
+    error = np.abs(got - want)  # OpenCV's float LAB round trip is good to about 0.2 L
+    assert error.max() < 0.4 and error.mean() < 0.15, (error.max(), error.mean())
+
+
 def test_clahe_rgb_uint16_gray_content_stays_gray() -> None:
     """Equal R=G=B in 16 bit stays (nearly) neutral: only the luminance is equalised."""
     gray = _smooth_image(_rng(12), (64, 80), np.uint16, 10000, 14000)

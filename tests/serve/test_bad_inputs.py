@@ -35,6 +35,7 @@ from crystal_rt.errors import (
     InvalidImage,
     MissingDependency,
 )
+from crystal_rt.io.decode import read_image
 from crystal_rt.runtime.backends.base import Backend
 from crystal_rt.runtime.detector import Detector
 from crystal_rt.serve.http import create_app
@@ -71,6 +72,12 @@ def _exif_rotated() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
     return _pil(Image.fromarray(RGB), "JPEG", exif=exif.tobytes())
+
+
+def _exif_upright() -> np.ndarray:
+    """What _exif_rotated() shows: its stored pixels (as Pillow decodes them) turned 90° clockwise."""
+    with Image.open(io.BytesIO(_exif_rotated())) as stored:
+        return np.ascontiguousarray(np.rot90(np.asarray(stored.convert("RGB")), -1))
 
 
 def _palette_tiff() -> bytes:
@@ -134,6 +141,7 @@ class Case:
     error: str | None = None  # a fragment of the InvalidImage message; None: it works
     status: int = 422
     shape: tuple[int, int] = (96, 128)  # (height, width) of the result when it works
+    upright: Callable[[], np.ndarray] | None = None  # the pixels it must decode to, where checked
 
 
 CASES = [
@@ -181,7 +189,7 @@ CASES = [
     Case("palette", "palette.png", lambda: _pil(Image.fromarray(RGB).convert("P"), "PNG")),
     Case("1-bit", "bits.png", lambda: _pil(Image.fromarray(BASE > 128), "PNG")),
     Case("cmyk-jpeg", "cmyk.jpg", lambda: _pil(Image.fromarray(RGB).convert("CMYK"), "JPEG")),
-    Case("exif-rotated", "rotated.jpg", _exif_rotated, shape=(128, 96)),
+    Case("exif-rotated", "rotated.jpg", _exif_rotated, shape=(128, 96), upright=_exif_upright),
     Case("0x0", "zero.png", lambda: png_claiming(0, 0), "not a recognised image format"),
     Case("1x1", "one.png", lambda: png_bytes(np.full((1, 1), 200, np.uint8)), shape=(1, 1)),
     Case("constant", "flat.png", lambda: png_bytes(np.full((96, 128), 128, np.uint8))),
@@ -206,6 +214,14 @@ CASES = [
     ),
 ]
 IDS = [c.id for c in CASES]
+
+
+def _upright_instances(detector: Detector, upright: Callable[[], np.ndarray]) -> list[dict[str, Any]]:
+    instances: list[dict[str, Any]] = detector.detect(upright()).to_dict()["instances"]
+    assert instances, "the tiny model finds nothing on the upright picture: the comparison would be empty"
+    return instances
+
+
 GOOD = png_bytes(BASE)
 
 
@@ -219,6 +235,9 @@ def test_library(case: Case, detector: Detector, tmp_path: Path) -> None:
         result = detector.detect(path)
         assert (result.height, result.width) == case.shape
         assert result.image == str(path)
+        if case.upright is not None:  # the pixels decoded, and the detections on them
+            np.testing.assert_array_equal(read_image(path), case.upright())
+            assert result.to_dict()["instances"] == _upright_instances(detector, case.upright)
         return
     with pytest.raises(InvalidImage) as err:
         detector.detect(path)
@@ -228,10 +247,12 @@ def test_library(case: Case, detector: Detector, tmp_path: Path) -> None:
 
 
 def test_library_missing_file(detector: Detector, tmp_path: Path) -> None:
+    before = detector.detect(GOOD).to_dict()["instances"]
     with pytest.raises(InvalidImage) as err:
         detector.detect(tmp_path / "gone.png")
     assert err.value.message == "file not found" and err.value.path == str(tmp_path / "gone.png")
-    assert len(detector.detect(GOOD).instances) >= 0
+    # ... and keeps working: the good image's answer is what it was before the missing file.
+    assert detector.detect(GOOD).to_dict()["instances"] == before
 
 
 def _detect_in_thread(detector: Detector, path: Path) -> BaseException | None:
@@ -282,10 +303,10 @@ def test_library_dev_zero_is_refused_unread(detector: Detector, tmp_path: Path, 
 
 def test_library_exif_rotation_matches_rotated_pixels(detector: Detector) -> None:
     rotated = detector.detect(_exif_rotated(), score_threshold=0.0)
-    upright = detector.detect(
-        np.ascontiguousarray(np.rot90(np.asarray(Image.open(io.BytesIO(_exif_rotated()))), -1))
-    )
+    upright = detector.detect(_exif_upright(), score_threshold=0.0)
     assert (rotated.width, rotated.height) == (upright.width, upright.height) == (96, 128)
+    assert rotated.instances, "at score 0 the tiny model keeps detections: the comparison is not empty"
+    assert rotated.to_dict()["instances"] == upright.to_dict()["instances"]
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -296,11 +317,13 @@ def http(detector: Detector) -> Any:
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_http(case: Case, http: Any) -> None:
+def test_http(case: Case, http: Any, detector: Detector) -> None:
     answer = http.post(f"/v1/detect?name={case.filename}", content=case.make())
     if case.error is None:
         assert answer.status_code == 200, answer.text
         assert (answer.json()["height"], answer.json()["width"]) == case.shape
+        if case.upright is not None:  # the same detections as on the upright pixels
+            assert answer.json()["instances"] == _upright_instances(detector, case.upright)
     else:
         assert answer.status_code == case.status, answer.text
         error = answer.json()["error"]
@@ -343,7 +366,7 @@ def watched(detector: Detector, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_watcher(case: Case, watched: tuple[Path, Path, Any]) -> None:
+def test_watcher(case: Case, watched: tuple[Path, Path, Any], detector: Detector) -> None:
     in_dir, out, _ = watched
     if case.id == "empty":  # not picked up while empty (the imager may not have written it yet)
         assert (in_dir / case.filename).exists() and not (out / f"{case.filename}.json").exists()
@@ -351,6 +374,8 @@ def test_watcher(case: Case, watched: tuple[Path, Path, Any]) -> None:
     elif case.error is None:
         data = json.loads((out / f"{case.filename}.json").read_text())
         assert (data["height"], data["width"]) == case.shape and data["image"] == case.filename
+        if case.upright is not None:  # the same detections as on the upright pixels
+            assert data["instances"] == _upright_instances(detector, case.upright)
     else:  # recorded and copied; the input folder is never changed
         assert (in_dir / case.filename).exists() and (out / "quarantine" / case.filename).is_file()
         reason = (out / "quarantine" / f"{case.filename}.reason.txt").read_text()
