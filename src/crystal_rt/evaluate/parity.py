@@ -8,7 +8,10 @@ is full (K detections), or one of a pair of near-ties: an unmatched detection on
 label, scores within ``score_tol`` (TopK and NMS may keep either of two equally scored boxes), or
 an NMS tie: on its own side its IoU with a higher-scoring detection of the same label is within
 ``nms_margin`` of the NMS threshold ``nms_iou`` (one backend's rounding puts the pair just over
-the threshold and drops it, the other's just under and keeps it).
+the threshold and drops it, the other's just under and keeps it). With ``score_ties`` (the export
+check) a detection whose score equals, within ``score_tol``, another of its label on its side is
+borderline when unmatched, and a matched pair of such detections whose boxes differ is a swap
+(TopK and NMS order equal scores arbitrarily; a random model gives dozens at one score).
 
 Degenerate boxes (less than a pixel wide or high, as saturating models give) have IoUs that float
 rounding swings by percent: such a pair whose coordinates all agree within ``box_px`` (0.05 px)
@@ -61,14 +64,22 @@ class Tolerances:
     box_px: float = 0.05  # coordinates this close are the same box, whatever the IoU
     nms_iou: float = 0.5  # the model's box NMS IoU threshold (torchvision's default)
     nms_margin: float = 1e-3  # an IoU this close to nms_iou is an NMS tie
-    #: compare_outputs: the matched rows' 28 x 28 mask probabilities agree within this
+    #: compare_outputs: the matched rows' 28 x 28 mask probabilities agree within this, on all but
+    #: ``mask_prob_fraction`` of an image's matched rows, and within ``mask_prob_max`` on every row
     mask_prob: float = 1e-2
+    mask_prob_fraction: float = 0.05
+    mask_prob_max: float = 0.25
     #: compare_outputs: pasted pixels whose reference probability is within this of 0.5 are not judged
     mask_margin: float = 0.05
     #: this fraction of an image's detections (rounded down) may be unmatched with no borderline
     #: reason: a proposal at the edge of the RPN's own top-N or NMS on one side only gives a
     #: detection the other lacks (the export check allows 0.02: 2 of 100); 0 by default
     unmatched_fraction: float = 0.0
+    #: equal scores: a detection whose score is within ``score`` of another of its label on its side
+    #: may be swapped for it (TopK and NMS order equal scores arbitrarily: a random model gives
+    #: dozens at one score), so a matched pair of such detections whose boxes differ, or such a
+    #: detection unmatched, is borderline (the export check turns this on); off by default
+    score_ties: bool = False
 
 
 #: (severity, message) problems of one matched pair's masks, and the mask IoU for the report
@@ -217,8 +228,14 @@ def compare_results(
             for o in own
         )
 
+    def tied(inst: Instance, own: list[Instance]) -> bool:
+        """Another detection of its label on its side has (nearly) its score."""
+        return tol.score_ties and any(
+            o is not inst and o.label == inst.label and abs(o.score - inst.score) <= tol.score for o in own
+        )
+
     def borderline(inst: Instance, other: list[Instance], own: list[Instance]) -> bool:
-        if inst.score - score_threshold <= tol.score:
+        if inst.score - score_threshold <= tol.score or tied(inst, own):
             return True
         if len(other) >= max_detections and inst.score - min(o.score for o in other) <= tol.score:
             return True
@@ -248,6 +265,9 @@ def compare_results(
         ref_free.discard(i)
         cand_free.discard(j)
         ref, cand = refs[i], cands[j]
+        if iou < tol.box_iou and not degenerate and (tied(ref, refs) or tied(cand, cands)):
+            report.borderline += 2  # two of a group of equal scores, kept in another order: a swap
+            continue
         if mask_check is None:
             m_iou = mask_iou(ref.mask, cand.mask)
             if m_iou < tol.mask_iou:
@@ -341,9 +361,18 @@ def compare_outputs(
 
         return paste_stage(paste, reference.boxes, [k], mapping, height, width, paste_at)[0]
 
+    unjudged = 0
+    off: list[tuple[float, str]] = []  # rows past mask_prob (within mask_prob_max)
+
     def check(i: int, j: int) -> tuple[float, list[tuple[float, str]]]:
+        nonlocal unjudged
         k = kept_ref[i]
         ref_prob, cand_prob = reference.masks[k.index], candidate.masks[kept_cand[j].index]
+        if float(np.abs(reference.boxes[k.index] - candidate.boxes[kept_cand[j].index]).max()) > tol.box_px:
+            # The mask head pooled other boxes (the box check judges them): a random model's spiky
+            # maps move by more than any tolerance under a shift of a pixel, so not judged here.
+            unjudged += 1
+            return 1.0, []
         diff = float(np.abs(ref_prob.astype(np.float64) - cand_prob.astype(np.float64)).max())
         prob_diffs.append(diff)
         # Both in the reference's box: the box check judges the boxes, and a box edge at an integer
@@ -353,9 +382,11 @@ def compare_outputs(
         iou = clear_mask_iou(pasted(cand_prob, k, MASK_THRESHOLD), sure, maybe)
         problems = []
         what = _describe(ref_result.instances[i])
-        if diff > tol.mask_prob:
-            message = f"mask probabilities differ by up to {diff:.2e} > {tol.mask_prob} for {what}"
+        if diff > tol.mask_prob_max:
+            message = f"mask probabilities differ by up to {diff:.2e} > {tol.mask_prob_max} for {what}"
             problems.append((diff, message))
+        elif diff > tol.mask_prob:
+            off.append((diff, f"mask probabilities differ by up to {diff:.2e} > {tol.mask_prob} for {what}"))
         if iou < tol.mask_iou:
             problems.append(
                 (
@@ -375,6 +406,16 @@ def compare_outputs(
         mask_check=check,
     )
     report.mask_prob_diffs = prob_diffs
+    # A wrong weight or op moves every row's probabilities; float noise through a random model's
+    # huge activations moves a few rows' (a faithful R34-FPN: 3 of 249 by up to 0.041).
+    if len(off) > tol.mask_prob_fraction * report.matched:
+        report.problems.extend(off)
+    if unjudged * 2 > report.matched:
+        report.fail(
+            2.0,
+            f"the boxes of {unjudged} of {report.matched} matched detections differ by more than "
+            f"{tol.box_px} px in the engine input, so their masks cannot be compared",
+        )
     return report
 
 

@@ -198,7 +198,9 @@ def validate_onnx(
 
     if tolerances is None:
         tolerances = Tolerances(
-            nms_iou=float(getattr(core.roi_heads, "nms_thresh", 0.5)), unmatched_fraction=UNMATCHED_FRACTION
+            nms_iou=float(getattr(core.roi_heads, "nms_thresh", 0.5)),
+            unmatched_fraction=UNMATCHED_FRACTION,
+            score_ties=True,
         )
     candidate = OnnxRuntimeBackend(onnx_path)
     try:
