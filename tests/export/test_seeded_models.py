@@ -140,3 +140,49 @@ def test_a_wrong_op_is_refused(faithful: dict[str, Any]) -> None:
     report = _check(faithful, model, "hardsigmoid.onnx")
     assert not report.ok
     assert any("mask probabilities differ" in f for f in report.failures), report.failures[:3]
+
+
+# --- the rules on hand-made results ---------------------------------------------------------------
+
+
+def _result(boxes_scores: list[tuple[tuple[float, float, float, float], float]]) -> Any:
+    from crystal_rt.results.detection import DetectionResult, Instance, InstanceMask
+
+    instances = [
+        Instance(
+            1, "crystal", score, box, InstanceMask(np.ones((2, 2), bool), int(box[0]), int(box[1]), 400, 400)
+        )
+        for box, score in boxes_scores
+    ]
+    return DetectionResult(400, 400, instances, image="hand-made")
+
+
+def test_equal_scores_may_swap_with_score_ties() -> None:
+    """Two detections at one score: the other engine kept a neighbour of the second (box IoU 0.7)."""
+    from crystal_rt.evaluate.parity import compare_results
+
+    ref = _result([((10, 10, 50, 50), 0.4961), ((100, 100, 140, 140), 0.4961)])
+    cand = _result([((10, 10, 50, 50), 0.4961), ((100, 100, 140, 147), 0.4961)])
+    kwargs: dict[str, Any] = {"score_threshold": 0.05, "max_detections": 100}
+    assert "box IoU" in compare_results(ref, cand, **kwargs).failures[0]
+    swapped = compare_results(ref, cand, tolerances=Tolerances(score_ties=True), **kwargs)
+    assert swapped.failures == [] and swapped.borderline == 2
+    # scores 0.01 apart are no tie: still refused
+    cand = _result([((10, 10, 50, 50), 0.4961), ((100, 100, 140, 147), 0.5061)])
+    ref = _result([((10, 10, 50, 50), 0.4861), ((100, 100, 140, 140), 0.5061)])
+    assert compare_results(ref, cand, tolerances=Tolerances(score_ties=True), **kwargs).failures
+
+
+def test_unexplained_unmatched_detections_within_the_fraction() -> None:
+    from crystal_rt.evaluate.parity import compare_results
+
+    base = [((float(4 * i), 0.0, 4.0 * i + 3, 3.0), 0.9 - 0.005 * i) for i in range(100)]
+    extra = [((300.0, 300.0, 340.0 + k, 340.0), 0.31 + 0.02 * k) for k in range(3)]
+    kwargs: dict[str, Any] = {"score_threshold": 0.05, "max_detections": 200}
+    loose = Tolerances(unmatched_fraction=0.02)
+    one = compare_results(_result(base), _result(base + extra[:1]), **kwargs)
+    assert any("extra detection" in f for f in one.failures)
+    assert (
+        compare_results(_result(base), _result(base + extra[:1]), tolerances=loose, **kwargs).unexplained == 1
+    )
+    assert compare_results(_result(base), _result(base + extra), tolerances=loose, **kwargs).failures
