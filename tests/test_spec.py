@@ -55,7 +55,8 @@ def test_preprocess_defaults_match_design() -> None:
 def test_preprocess_json_round_trip(spec: PreprocessSpec) -> None:
     text = spec.to_json()
     data = json.loads(text)
-    assert data["recipe_version"] == 2
+    assert data["recipe_version"] == 3
+    assert data["training_bit_depth"] == spec.training_bit_depth
     assert [step["op"] for step in data["steps"]] == [step.op for step in spec.steps]
     # JSON has no tuples: the file holds lists, and they come back as tuples (equality and hashing hold)
     back = PreprocessSpec.from_json(text)
@@ -133,10 +134,11 @@ def test_with_overrides() -> None:
 
 def test_describe_lists_the_steps_and_the_input() -> None:
     lines = PreprocessSpec.chimp().describe()
-    assert len(lines) == 6
+    assert len(lines) == 7
     assert lines[0] == "0. gray images become three equal channels (RGB)"
     assert lines[1].startswith("1. resize: stretch to 1352 x 1688")
     assert "min)" in lines[3]
+    assert lines[-2].startswith("trained on 8-bit images: 16-bit images are mapped to 8 bits")
     assert lines[-1] == (
         "engine input: 1 x 3 x 800 x 1024 (image 800 x 998, zero padding below/right); "
         "masks pasted at the resized size, then nearest to the image"
@@ -215,8 +217,31 @@ def test_bad_recipes_are_one_invalid_spec(steps: list) -> None:
 
 
 def test_newer_recipe_versions_are_refused() -> None:
-    with pytest.raises(InvalidSpec, match="upgrade crystal-rt"):
-        PreprocessSpec.from_dict({"recipe_version": 3, "steps": []})
+    for version in (4, 0, "3", True, None):
+        with pytest.raises(InvalidSpec, match="upgrade crystal-rt"):
+            PreprocessSpec.from_dict({"recipe_version": version, "steps": []})
+
+
+def test_training_bit_depth_is_8_for_the_presets_and_older_recipes() -> None:
+    """Recipes record the bit depth of the training images: 8 for both presets, for version-2
+    recipes (written before the field) and version-1 specs; 16 round-trips; nothing else loads."""
+    assert PreprocessSpec.paper().training_bit_depth == PreprocessSpec.chimp().training_bit_depth == 8
+    assert PreprocessSpec().training_bit_depth == 8
+    v2 = PreprocessSpec.chimp().to_dict()
+    del v2["training_bit_depth"]
+    v2["recipe_version"] = 2
+    assert PreprocessSpec.from_dict(v2) == PreprocessSpec.chimp()
+    assert PreprocessSpec.from_dict({"input_size": 256}).training_bit_depth == 8
+    with pytest.raises(InvalidSpec, match="training_bit_depth"):  # version 2 has no such field
+        PreprocessSpec.from_dict({**v2, "training_bit_depth": 16})
+    sixteen = PreprocessSpec.paper(training_bit_depth=16)
+    assert PreprocessSpec.from_json(sixteen.to_json()) == sixteen != PreprocessSpec.paper()
+    assert sixteen.with_overrides(input_size=256).training_bit_depth == 16
+    assert PreprocessSpec.paper().with_overrides(training_bit_depth=16) == sixteen
+    assert sixteen.describe()[-2] == "trained on 16-bit images: 16-bit images stay 16-bit (16-bit CLAHE)"
+    for bad in (12, 0, "8", True, None, 8.5):
+        with pytest.raises(InvalidSpec, match="training_bit_depth must be 8 or 16"):
+            PreprocessSpec.from_dict({**sixteen.to_dict(), "training_bit_depth": bad})
 
 
 def test_preprocess_unknown_key() -> None:

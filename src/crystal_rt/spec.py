@@ -18,10 +18,15 @@ contract", design note 26):
 The grammar: ``[Clahe] Resize [Clahe] Intensity (Normalize | ModelTransform)`` with at most one
 CLAHE, so the engine input is a fixed ``1 x 3 x H x W`` (:attr:`PreprocessSpec.input_hw`). Presets:
 :meth:`PreprocessSpec.paper` (CLAHE, 512 letterbox, /max, ImageNet; the default) and
-:meth:`PreprocessSpec.chimp` (Diamond's CHiMP). The recipe is written into the core ONNX
+:meth:`PreprocessSpec.chimp` (Diamond's CHiMP). ``training_bit_depth`` (8 or 16) is the bit depth of
+the images the model was trained on: with 8 (both presets, and every recipe written before the
+field) a 16-bit image is mapped to 8 bits (``round(v / 257)``, after its significant bits are
+expanded) before the first step, so the model sees the 8-bit CLAHE it was trained with; with 16 it
+stays 16-bit (16-bit CLAHE). The recipe is written into the core ONNX
 (``metadata_props["crystal_rt.spec"]``) and every engine manifest as
-``{"recipe_version": 2, "steps": [...]}``; version-1 specs (a flat object with ``clahe``,
-``clip_limit``, ``tile_grid``, ``input_size``, ``mean``, ``std``) still load, as the paper recipe.
+``{"recipe_version": 3, "steps": [...], "training_bit_depth": 8, ...}``; version-2 recipes (no
+``training_bit_depth``: 8) and version-1 specs (a flat object with ``clahe``, ``clip_limit``,
+``tile_grid``, ``input_size``, ``mean``, ``std``: the paper recipe) still load.
 """
 
 from __future__ import annotations
@@ -39,8 +44,12 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 SPEC_METADATA_KEY = "crystal_rt.spec"
 MODEL_METADATA_KEY = "crystal_rt.model"
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
+#: recipe versions this crystal-rt reads (1: flat paper spec; 2: steps, no training_bit_depth)
+READ_VERSIONS = (1, 2, 3)
 PRESETS = ("paper", "chimp")
+#: the bit depths a model's training images can have (``PreprocessSpec.training_bit_depth``)
+TRAINING_BIT_DEPTHS = (8, 16)
 
 ResizeMode = Literal["letterbox", "stretch"]
 IntensityMode = Literal["bit_depth", "minmax"]
@@ -260,8 +269,15 @@ class PreprocessSpec:
     #: ``as_decoded`` (gray stays gray: CLAHE on the gray values) or ``rgb`` (gray images become three
     #: equal channels first, as ``cv2.imread``'s colour mode gives CHiMP: CLAHE then runs on L of LAB)
     color: ColorMode = "as_decoded"
+    #: the bit depth of the images the model was trained on: 8 (16-bit images are mapped to 8 bits
+    #: before the first step, so CLAHE is the 8-bit CLAHE of training) or 16 (they stay 16-bit)
+    training_bit_depth: int = 8
 
     def __post_init__(self) -> None:
+        bits = self.training_bit_depth
+        if isinstance(bits, bool) or bits not in TRAINING_BIT_DEPTHS:
+            raise InvalidSpec(f"training_bit_depth must be 8 or 16, got {bits!r}")
+        object.__setattr__(self, "training_bit_depth", int(bits))
         if self.paste_at not in ("image", "resize"):
             raise InvalidSpec(f"paste_at must be image or resize, got {self.paste_at!r}")
         if self.color not in ("as_decoded", "rgb"):
@@ -291,12 +307,14 @@ class PreprocessSpec:
         input_size: int | tuple[int, int] = 512,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        training_bit_depth: int = 8,
     ) -> PreprocessSpec:
-        """The method's recipe: CLAHE on the raw image, letterbox to S x S, /max, ImageNet mean/std."""
+        """The method's recipe: CLAHE on the raw image, letterbox to S x S, /max, ImageNet mean/std;
+        trained on 8-bit images unless ``training_bit_depth=16``."""
         h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
         steps: list[Step] = [Clahe(clip_limit, tile_grid)] if clahe else []
         steps += [Resize("letterbox", h, w), Intensity("bit_depth"), Normalize(mean, std)]
-        return cls(tuple(steps))
+        return cls(tuple(steps), training_bit_depth=training_bit_depth)
 
     @classmethod
     def chimp(
@@ -307,12 +325,14 @@ class PreprocessSpec:
         input_size: int | tuple[int, int] = (1352, 1688),
         min_size: int = 800,
         max_size: int = 1333,
+        training_bit_depth: int = 8,
     ) -> PreprocessSpec:
         """Diamond's CHiMP detector: stretch to 1352 x 1688, CLAHE 12 x 12 on L of LAB (CHiMP draws the
         clip limit in [1, 4] per image; the recipe fixes it, 2.5 by default, the mean of that draw),
         min-max intensity, then torchvision's transform (800 / 1333, ImageNet): 800 x 1024 input;
         masks pasted at 1352 x 1688 and scaled to the image by nearest neighbour, as CHiMP does; gray
-        images as three equal channels (CHiMP reads with ``cv2.imread``'s colour mode)."""
+        images as three equal channels (CHiMP reads with ``cv2.imread``'s colour mode); trained on
+        8-bit images (``cv2.imread`` gives CHiMP 8 bits)."""
         h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
         return cls(
             (
@@ -323,6 +343,7 @@ class PreprocessSpec:
             ),
             paste_at="resize",
             color="rgb",
+            training_bit_depth=training_bit_depth,
         )
 
     @classmethod
@@ -428,9 +449,11 @@ class PreprocessSpec:
         clip_limit: float | None = None,
         tile_grid: tuple[int, int] | None = None,
         input_size: int | tuple[int, int] | None = None,
+        training_bit_depth: int | None = None,
     ) -> PreprocessSpec:
         """The recipe with parts replaced: CLAHE on/off (off removes the step; on adds one in front
-        when there is none), its clip/grid, the resize's H x W (``input_size``: S or (H, W))."""
+        when there is none), its clip/grid, the resize's H x W (``input_size``: S or (H, W)), the
+        bit depth of the training images."""
         steps = list(self.steps)
         if clahe is False:
             steps = [s for s in steps if not isinstance(s, Clahe)]
@@ -447,7 +470,8 @@ class PreprocessSpec:
             elif isinstance(s, Resize) and input_size is not None:
                 h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
                 steps[i] = replace(s, height=int(h), width=int(w))
-        return PreprocessSpec(tuple(steps), self.paste_at, self.color)
+        bits = self.training_bit_depth if training_bit_depth is None else training_bit_depth
+        return PreprocessSpec(tuple(steps), self.paste_at, self.color, bits)
 
     def describe(self) -> list[str]:
         """One line per step, then the engine input."""
@@ -461,7 +485,12 @@ class PreprocessSpec:
             else "; masks pasted at the resized size, then nearest to the image"
         )
         first = ["0. gray images become three equal channels (RGB)"] if self.color == "rgb" else []
-        return [*first, *lines, f"engine input: 1 x 3 x {h} x {w}{inner}{paste}"]
+        bits = (
+            "trained on 8-bit images: 16-bit images are mapped to 8 bits, round(v / 257), before step 1"
+            if self.training_bit_depth == 8
+            else "trained on 16-bit images: 16-bit images stay 16-bit (16-bit CLAHE)"
+        )
+        return [*first, *lines, bits, f"engine input: 1 x 3 x {h} x {w}{inner}{paste}"]
 
     # ------------------------------------------------------------------ JSON
 
@@ -471,6 +500,7 @@ class PreprocessSpec:
             "steps": [_step_to_dict(s) for s in self.steps],
             "paste_at": self.paste_at,
             "color": self.color,
+            "training_bit_depth": self.training_bit_depth,
         }
 
     def to_json(self) -> str:
@@ -478,25 +508,34 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
-        """A version-2 recipe, or a version-1 spec (flat: the paper recipe with its parameters)."""
+        """A version-3 or -2 recipe (version 2 has no ``training_bit_depth``: 8), or a version-1 spec
+        (flat: the paper recipe with its parameters, trained on 8-bit images)."""
         if not isinstance(data, dict):
             raise InvalidSpec(f"PreprocessSpec must be a JSON object, got {type(data).__name__}")
         if "recipe_version" not in data and "steps" not in data:
             return cls._from_v1(data)
         version = data.get("recipe_version")
-        if version != RECIPE_VERSION:
+        if isinstance(version, bool) or version not in READ_VERSIONS[1:]:
             raise InvalidSpec(
                 f"preprocessing recipe version {version!r} is not supported by this crystal-rt "
-                f"(it reads versions 1 and {RECIPE_VERSION}); upgrade crystal-rt"
+                f"(it reads versions {', '.join(map(str, READ_VERSIONS))}); upgrade crystal-rt"
             )
-        unknown = sorted(set(data) - {"recipe_version", "steps", "paste_at", "color"})
+        known = {"recipe_version", "steps", "paste_at", "color"}
+        if version >= 3:
+            known.add("training_bit_depth")
+        unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidSpec(f"PreprocessSpec has no field(s) {', '.join(unknown)}")
         steps = data.get("steps")
         if not isinstance(steps, list):
             raise InvalidSpec("a recipe's 'steps' must be a list")
         steps_ = tuple(_step_from_dict(s) for s in steps)
-        return cls(steps_, data.get("paste_at", "image"), data.get("color", "as_decoded"))
+        return cls(
+            steps_,
+            data.get("paste_at", "image"),
+            data.get("color", "as_decoded"),
+            data.get("training_bit_depth", 8),
+        )
 
     @classmethod
     def _from_v1(cls, data: dict[str, Any]) -> PreprocessSpec:

@@ -175,7 +175,11 @@ def test_rectangular_letterbox_and_stretch(
     resize step), each equal to the CPU's preprocess; the map back is the CPU's."""
     rng = np.random.default_rng(h + w + out_h)
     for mode in ("letterbox", "stretch"):
-        spec = PreprocessSpec((Resize(mode, out_h, out_w), Intensity("bit_depth"), Normalize()))
+        # the kernel's own 16-bit path: a recipe that keeps 16-bit images 16-bit (with the default,
+        # trained on 8-bit images, the pipeline maps them to 8 bits on the host before the upload)
+        spec = PreprocessSpec(
+            (Resize(mode, out_h, out_w), Intensity("bit_depth"), Normalize()), training_bit_depth=16
+        )
         for rgb in (False, True):
             img = random_image(rng, h, w, dtype, rgb)
             got, mapping = emu(img, spec)

@@ -236,3 +236,24 @@ def test_export_cli_bad_checkpoint_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.pt" in err and "Traceback" not in err
     assert not Path(tmp_path / "x.onnx").exists()
+
+
+def test_training_bit_depth_option_reaches_the_recipe() -> None:
+    """``--training-bit-depth 16`` (a model trained on 16-bit images) is written into the recipe;
+    without it the checkpoint's (or the preset's) recipe keeps its own, 8 for both presets."""
+    import argparse
+
+    from crystal_rt.cli.export import add_checkpoint_options, checkpoint_options
+    from crystal_rt.export.api import choose_recipe
+
+    parser = argparse.ArgumentParser()
+    add_checkpoint_options(parser)
+    options = checkpoint_options(parser.parse_args(["--training-bit-depth", "16"]))
+    assert options.kwargs()["training_bit_depth"] == 16
+    assert checkpoint_options(parser.parse_args([])).training_bit_depth is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--training-bit-depth", "12"])
+    paper = PreprocessSpec.paper()
+    assert choose_recipe(paper, training_bit_depth=16) == PreprocessSpec.paper(training_bit_depth=16)
+    assert choose_recipe(paper, preset="chimp").training_bit_depth == 8
+    assert choose_recipe(PreprocessSpec.paper(training_bit_depth=16)).training_bit_depth == 16

@@ -66,16 +66,26 @@ def test_gpu_pipeline_equals_cpu_on_real_images(
     assert sim_gpu.live_allocations() == {}, "close() frees every device and page-locked buffer"
 
 
-def test_gpu_pipeline_equals_cpu_on_synthetic_drops(sim_gpu, demo_trt_engine: Path) -> None:
+@pytest.mark.parametrize("training_bit_depth", [8, 16])
+def test_gpu_pipeline_equals_cpu_on_synthetic_drops(
+    sim_gpu, demo_trt_engine: Path, training_bit_depth: int
+) -> None:
+    """The demo model was trained on 8-bit images: 16-bit images are mapped to 8 bits on the host,
+    before the upload, and the 8-bit kernels run; a recipe of a model trained on 16-bit images runs
+    the 16-bit kernels."""
     with Detector.load(demo_trt_engine) as det:
+        det.preprocess = det.preprocess.with_overrides(training_bit_depth=training_bit_depth)
         for name, pixels in _drops():
             gpu = det.detect_pixels(pixels, name=name, score_threshold=0.3)
             cpu = det.detect_pixels(pixels, name=name, score_threshold=0.3, stages="cpu")
             assert_same(gpu, cpu)
-            rgb16 = pixels.ndim == 3 and pixels.dtype == np.uint16
+            rgb16 = pixels.ndim == 3 and pixels.dtype == np.uint16 and training_bit_depth == 16
             # 16-bit RGB CLAHE has no kernel: that stage alone runs on the CPU
             assert gpu.devices["clahe"] == ("cpu" if rgb16 else GPU), name
             assert gpu.devices["letterbox"] == gpu.devices["paste"] == GPU
+    kernels = set(sim_gpu.kernels_launched())
+    sixteen = {k for k in kernels if "u16" in k}
+    assert bool(sixteen) == (training_bit_depth == 16), sorted(kernels)
 
 
 def test_gpu_pipeline_equals_onnxruntime_engine(

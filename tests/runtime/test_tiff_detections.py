@@ -104,3 +104,26 @@ def test_min_is_white_and_palette_tiffs_give_the_jpeg_detections(demo: Any, jpeg
         # another at 0.903); every other one must be matched.
         assert report.matched >= len(reference.instances) - 1
         assert len(result.instances) - report.matched <= 1
+
+
+def _to_12_bits(pixels: np.ndarray) -> np.ndarray:
+    return np.rint(pixels.astype(np.float64) * 4095 / 255).astype(np.uint16)
+
+
+def test_12_bit_tiffs_give_the_8_bit_pictures_detections(demo: Any, real_images: list[Path]) -> None:
+    """Each real picture at 12 bits in a 16-bit TIFF (MaxSampleValue 4095, or packed 12-bit samples)
+    gives the 8-bit picture's instances, exactly: the shipped model was trained on 8-bit images, so
+    the expanded image is mapped back to 8 bits before CLAHE (16-bit CLAHE gave 9 of the first
+    picture's 10)."""
+    assert demo.preprocess.training_bit_depth == 8
+    for path in real_images:
+        picture = read_image(path)
+        v12 = _to_12_bits(picture)
+        photometric = "rgb" if picture.ndim == 3 else "minisblack"
+        samples = 3 if picture.ndim == 3 else 1
+        tagged = _tiff(v12, photometric=photometric, extratags=[(281, "H", samples, (4095,) * samples, True)])
+        packed = _tiff(v12, photometric=photometric, bitspersample=12)
+        eight = demo.detect(path).to_dict()["instances"]
+        assert eight, path.name
+        for name, data in (("tagged", tagged), ("packed", packed)):
+            assert demo.detect(data, name=name).to_dict()["instances"] == eight, (path.name, name)

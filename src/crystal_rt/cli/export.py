@@ -81,6 +81,13 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
         "crystal-rt evaluate reports the one with the best F1)",
     )
     p.add_argument("--no-clahe", action="store_true", help="the model was trained without CLAHE")
+    p.add_argument(
+        "--training-bit-depth",
+        type=int,
+        choices=(8, 16),
+        help="bit depth of the training images: 8 (the presets; 16-bit images are mapped to 8 bits "
+        "before CLAHE) or 16 (16-bit CLAHE); default: the checkpoint's recipe, else 8",
+    )
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
 
 
@@ -94,6 +101,7 @@ def checkpoint_options(args: argparse.Namespace) -> ExportOptions:
         clahe=False if args.no_clahe else None,
         clip_limit=args.clip_limit,
         tile_grid=args.tile_grid,
+        training_bit_depth=args.training_bit_depth,
         max_detections=args.max_detections,
         score_threshold=args.score_threshold,
         validate=not args.no_validate,

@@ -27,10 +27,17 @@ def choose_recipe(
     clip_limit: float | None = None,
     tile_grid: tuple[int, int] | None = None,
     input_size: int | tuple[int, int] | None = None,
+    training_bit_depth: int | None = None,
 ) -> PreprocessSpec:
     """The recipe an export writes: the checkpoint's (or ``preset``'s), with parts overridden."""
     base = stored if preset is None else PreprocessSpec.preset(preset)
-    return base.with_overrides(clahe=clahe, clip_limit=clip_limit, tile_grid=tile_grid, input_size=input_size)
+    return base.with_overrides(
+        clahe=clahe,
+        clip_limit=clip_limit,
+        tile_grid=tile_grid,
+        input_size=input_size,
+        training_bit_depth=training_bit_depth,
+    )
 
 
 def export_checkpoint(
@@ -49,12 +56,14 @@ def export_checkpoint(
     tile_grid: tuple[int, int] | None = None,
     validate: bool = True,
     score_threshold: float | None = None,
+    training_bit_depth: int | None = None,
 ) -> ExportResult:
     """Load ``checkpoint`` (ours, or a torchvision state_dict with ``arch``) and export it.
 
     The recipe is ``preprocess`` when given, else the checkpoint's (the paper recipe for a plain
     state_dict) or ``preset``'s (``paper``, ``chimp``), with ``clahe``/``clip_limit``/``tile_grid``/
-    ``input_size`` overriding its parts. ``--preset chimp`` implies ``maskrcnn_resnet50_fpn`` for a
+    ``input_size``/``training_bit_depth`` (8 or 16: the bit depth of the training images) overriding
+    its parts. ``--preset chimp`` implies ``maskrcnn_resnet50_fpn`` for a
     plain state_dict, names the classes of a 3-class model ``drop`` and ``crystal`` and stores
     CHiMP's score threshold 0.6, unless they are given.
     """
@@ -78,6 +87,7 @@ def export_checkpoint(
         clip_limit=clip_limit,
         tile_grid=tile_grid,
         input_size=input_size,
+        training_bit_depth=training_bit_depth,
     )
     spec = loaded.model_spec
     names = PRESET_CLASS_NAMES.get((preset or "", spec.num_classes))

@@ -28,6 +28,7 @@ class ExportOptions:
     clahe: bool | None = None
     clip_limit: float | None = None
     tile_grid: tuple[int, int] | None = None
+    training_bit_depth: int | None = None
     validate: bool = True
     score_threshold: float | None = None
 

@@ -12,6 +12,14 @@ MaxSampleValue / SMaxSampleValue / BitsPerSample 9..15, PNG sBIT) unless the cal
 is 8-bit whatever is asked. A 16-bit image with no known bit depth whose largest value is below
 4096 (1/16 of the range) is processed as it is, with a warning (once per Detector) that suggests
 ``--bit-depth 12``.
+
+Then the image meets the bit depth the model was trained on (the recipe's ``training_bit_depth``):
+a model trained on 8-bit images (the paper and CHiMP presets, every recipe older than the field)
+gets a 16-bit image mapped to 8 bits, ``v8 = round(v16 / 257)`` (``(v * 255 + 32767) // 65535``),
+before CLAHE, so it sees the 8-bit CLAHE (256 bins) it was trained with; a 12-bit picture then
+gives exactly the 8-bit picture it was made from. A model trained on 16-bit images
+(``training_bit_depth: 16``) gets 16-bit CLAHE. The map runs on the host, before any upload, so
+the CPU and GPU paths see the same pixels (:func:`to_training_bit_depth`).
 """
 
 from __future__ import annotations
@@ -70,6 +78,24 @@ def expand_bit_depth(pixels: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
     clipped = int(np.count_nonzero(pixels > (1 << bits) - 1))
     expanded: np.ndarray = _expansion_table(bits)[pixels]
     return expanded, clipped
+
+
+@lru_cache(maxsize=1)
+def _to_8_bit_table() -> np.ndarray:
+    """65536 entries: round(v * 255 / 65535) = round(v / 257), halves up, exact integer arithmetic."""
+    codes = np.arange(_FULL + 1, dtype=np.int64)
+    table = ((codes * 255 + _FULL // 2) // _FULL).astype(np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+def to_training_bit_depth(pixels: np.ndarray, training_bit_depth: int) -> np.ndarray:
+    """The image at the bit depth the model was trained on: a 16-bit (full-range) image mapped to 8
+    bits, ``round(v / 257)``, for ``training_bit_depth`` 8; anything else as it is (the same array)."""
+    if pixels.dtype != np.uint16 or training_bit_depth != 8:
+        return pixels
+    mapped: np.ndarray = _to_8_bit_table()[pixels]
+    return mapped
 
 
 class OnceWarnings:

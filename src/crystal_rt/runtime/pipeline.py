@@ -27,7 +27,7 @@ from ..results.detection import DetectionResult, Instance, InstanceMask
 from ..results.dispense import dispense_target, has_drop_class
 from ..spec import ModelSpec, PreprocessSpec
 from .backends.base import Backend, DeviceSession
-from .bit_depth import OnceWarnings, fit_bit_depth
+from .bit_depth import OnceWarnings, fit_bit_depth, to_training_bit_depth
 from .postprocess import Kept, make_instances, paste_masks, paste_stage, select_detections
 from .preprocess import Preprocessed, apply_clahe, check_image, preprocess, recipe_color
 from .tiling import Tiling, WindowDetection, merge_windows, plan_windows, shift_instance
@@ -182,12 +182,14 @@ def run_pipeline(
     warnings: OnceWarnings | None = None,
 ) -> DetectionResult:
     """Detect instances in decoded ``pixels`` (uint8/uint16, (H, W) or (H, W, 3)); a 16-bit image of
-    ``bit_depth`` < 16 significant bits is first expanded to the full range (``.bit_depth``; its time
-    counts as decode); with ``tiling``, in overlapping windows at the engine's scale, merged
-    (:mod:`.tiling`)."""
+    ``bit_depth`` < 16 significant bits is first expanded to the full range, then mapped to 8 bits
+    when the model was trained on 8-bit images (``spec.training_bit_depth``), on the host before any
+    stage or upload (``.bit_depth``; their time counts as decode); with ``tiling``, in overlapping
+    windows at the engine's scale, merged (:mod:`.tiling`)."""
     check_image(pixels, name)
     t_bits = perf_counter()
     pixels = fit_bit_depth(pixels, bit_depth, name=name, warnings=warnings)
+    pixels = to_training_bit_depth(pixels, spec.training_bit_depth)
     decode_ms += (perf_counter() - t_bits) * 1e3
     threshold = check_threshold(score_threshold, name)
     height, width = pixels.shape[:2]

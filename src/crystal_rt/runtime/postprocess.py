@@ -49,8 +49,11 @@ class Kept:
     box: Box
 
 
-def paste_mask(prob: np.ndarray, box: Sequence[float], height: int, width: int) -> InstanceMask:
-    """Binary mask of one instance: ``prob`` (M x M) pasted into ``box`` (x1, y1, x2, y2)."""
+def paste_mask(
+    prob: np.ndarray, box: Sequence[float], height: int, width: int, threshold: float = MASK_THRESHOLD
+) -> InstanceMask:
+    """Binary mask of one instance: ``prob`` (M x M) pasted into ``box`` (x1, y1, x2, y2), the pixels
+    whose probability is above ``threshold`` (the contract's 0.5; parity checks paste at others)."""
     m = prob.shape[-1]
     padded = np.zeros((m + 2, m + 2), dtype=np.float32)
     padded[1:-1, 1:-1] = prob
@@ -62,7 +65,7 @@ def paste_mask(prob: np.ndarray, box: Sequence[float], height: int, width: int) 
     if xe <= x0 or ye <= y0:
         return InstanceMask(np.zeros((0, 0), dtype=bool), 0, 0, height, width)
     resized = resize_linear(padded, box_w, box_h)
-    crop = resized[y0 - ey1 : ye - ey1, x0 - ex1 : xe - ex1] > MASK_THRESHOLD
+    crop = resized[y0 - ey1 : ye - ey1, x0 - ex1 : xe - ex1] > threshold
     return InstanceMask(crop, x0, y0, height, width)
 
 

@@ -21,6 +21,7 @@ from ..arith import cv2_u8_resize_is_portable
 from ..errors import InvalidImage
 from ..geometry import InputMap, input_map, letterbox_size, normalize_constants, resize_map
 from ..spec import Clahe, ModelTransform, PreprocessSpec, Resize
+from .bit_depth import to_training_bit_depth
 
 _local = threading.local()
 
@@ -275,8 +276,11 @@ class Preprocessed:
 
 
 def recipe_color(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """The image the recipe's first step sees: a gray image as three equal channels for a recipe with
-    ``color="rgb"`` (CHiMP's ``cv2.imread`` colour mode), else as decoded."""
+    """The image the recipe's first step sees: at the bit depth the model was trained on (a 16-bit
+    image mapped to 8 bits for a model trained on 8-bit images, ``bit_depth.to_training_bit_depth``),
+    and a gray image as three equal channels for a recipe with ``color="rgb"`` (CHiMP's
+    ``cv2.imread`` colour mode), else as decoded."""
+    pixels = to_training_bit_depth(pixels, spec.training_bit_depth)
     if spec.color == "rgb" and pixels.ndim == 2:
         return np.repeat(pixels[:, :, None], 3, axis=2)
     return pixels
