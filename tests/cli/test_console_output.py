@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pytest
 
-from crystal_rt import console as console_module
 from crystal_rt.cli.main import main
 from crystal_rt.console import distinct_names, printable, shown
 from crystal_rt.data.synthetic import make_drop
@@ -65,7 +64,7 @@ def _detect(engine: Path, *argv: object) -> int:
 def test_detect_table_summary_overlays_and_contact_sheet(
     demo_ort_engine: Path, plate: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr(console_module.console, "width", 80)  # a terminal of 80 columns, or a pipe
+    monkeypatch.setenv("COLUMNS", "80")  # a terminal of 80 columns (the width setter would stick)
     out = tmp_path / "out"
     summary = tmp_path / "summary.json"
     code = _detect(demo_ort_engine, plate, "-o", out, "--contact-sheet", "--summary-json", summary)

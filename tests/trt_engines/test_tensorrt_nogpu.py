@@ -255,7 +255,13 @@ def _info(precision: str, target: str = "tensorrt") -> CalibrationInfo:
     [
         (True, "fp32", None, PrecisionRoute("fp32", True, cleared_flags=("TF32",))),
         (False, "fp32", None, PrecisionRoute("fp32", True, cleared_flags=("TF32",))),
-        (True, "fp16", None, PrecisionRoute("fp16", False, ("FP16",))),  # TensorRT 10.x, JetPack 6
+        # TensorRT 10.x, JetPack 6: the weak FP16 flag, box/NMS/RoiAlign layers pinned to FP32
+        (
+            True,
+            "fp16",
+            None,
+            PrecisionRoute("fp16", False, ("FP16", "OBEY_PRECISION_CONSTRAINTS"), pin_fp32=True),
+        ),
         (True, "fp16", "fp16", PrecisionRoute("fp16", True, (), "autocast-fp16")),
         (False, "fp16", "fp16", PrecisionRoute("fp16", True, (), "autocast-fp16")),  # TensorRT >= 11
         (True, "int8", "int8", PrecisionRoute("int8", True, (), "qdq-int8")),

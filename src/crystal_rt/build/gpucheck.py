@@ -171,8 +171,10 @@ def _download(ptr: int, shape: tuple[int, ...], dtype: Any, stream: Any) -> np.n
 
 
 def stage_checks(images: Iterable[tuple[str, np.ndarray]], stages: _Stages) -> list[Check]:
-    """Device CLAHE and letterbox against the CPU on every image; paste against the CPU paste."""
-    spec = PreprocessSpec()
+    """Device CLAHE and letterbox against the CPU on every image; paste against the CPU paste. The
+    recipes say 16-bit training images, so that 16-bit drops reach the kernels' 16-bit paths (a
+    recipe for 8-bit training maps them to 8 bits on the host first)."""
+    spec = PreprocessSpec.paper(training_bit_depth=16)
     clahe_rows: dict[str, Any] = {}
     letterbox_rows: dict[str, Any] = {}
     for name, pixels in images:
@@ -231,7 +233,7 @@ def _stage_rows(
         enhanced = apply_clahe(pixels, spec)  # 16-bit RGB: the CPU runs that stage (design note 19)
     ptr, pitch = stages.upload(enhanced)
     out = stages.out.reserve(3 * size * size * 4)
-    plain = PreprocessSpec.paper(clahe=False, input_size=size)
+    plain = PreprocessSpec.paper(clahe=False, input_size=size, training_bit_depth=16)
     stages.preprocessor(plain).letterbox_async(ptr, pitch, h, w, enhanced.dtype, channels, out, stages.stream)
     got = _download(out, (1, 3, size, size), np.float32, stages.stream)
     letterbox_rows[name] = float(np.abs(got - preprocess(enhanced, plain).tensor).max())

@@ -247,8 +247,9 @@ def build_plan(
     if monitor is not None:
         config.progress_monitor = monitor
     start = time.perf_counter()
+    workers: list[int] = []  # the build thread's ident: what TensorRT logs there is this build's
     try:
-        serialized = _build_interruptibly(builder, network, config, monitor)
+        serialized = _build_interruptibly(builder, network, config, monitor, workers)
     finally:
         if monitor is not None:
             monitor.close()
@@ -256,7 +257,7 @@ def build_plan(
     if monitor is not None and monitor.cancelled:
         raise BuildCancelled("the TensorRT build was cancelled", path=onnx_path)
     if serialized is None:
-        said = logger.since(mark)
+        said = logger.since(mark, workers)
         if out_of_memory(said):
             raise CudaError(
                 f"TensorRT ran out of GPU memory building this graph ({summarize(said)}){_free_memory()}; "
@@ -269,7 +270,7 @@ def build_plan(
     plan = bytes(memoryview(serialized))
     if not plan:
         raise BuildError("TensorRT built an empty plan", path=onnx_path)
-    warnings = [ln for ln in logger.since(mark) if ln.startswith("[WARNING]")]
+    warnings = [ln for ln in logger.since(mark, workers) if ln.startswith("[WARNING]")]
     return BuildResult(plan, seconds, warnings, plugin_libraries)
 
 
@@ -284,7 +285,7 @@ def _free_memory() -> str:
     return f"; {int(free) / 2**20:.0f} MiB of {int(total) / 2**20:.0f} MiB of GPU memory are free"
 
 
-def _build_interruptibly(builder: Any, network: Any, config: Any, monitor: Any) -> Any:
+def _build_interruptibly(builder: Any, network: Any, config: Any, monitor: Any, workers: list[int]) -> Any:
     """``build_serialized_network`` in a worker thread, so that Ctrl-C reaches Python and cancels it
     (the monitor's ``step_complete`` then returns False); without a monitor (no IProgressMonitor in this
     TensorRT) Ctrl-C is re-raised at once and the daemon build thread dies with the process."""
@@ -298,6 +299,7 @@ def _build_interruptibly(builder: Any, network: Any, config: Any, monitor: Any) 
 
     thread = threading.Thread(target=work, name="tensorrt-build", daemon=True)
     thread.start()
+    workers.append(thread.ident or 0)
     while thread.is_alive():
         try:
             thread.join(0.1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from types import ModuleType
 from typing import Any
 
@@ -64,15 +64,16 @@ def _make_logger(trt: ModuleType) -> Any:
         def mark(self) -> int:
             return self.count
 
-        def since(self, mark: int) -> list[str]:
-            """The lines this thread's calls logged since ``mark``."""
-            me = threading.get_ident()
+        def since(self, mark: int, threads: Collection[int] = ()) -> list[str]:
+            """The lines logged since ``mark`` by this thread's calls (and those of ``threads``: a
+            build that runs in a worker thread)."""
+            mine = {threading.get_ident(), *threads}
             with self._lock:
                 new = min(self.count - mark, len(self.lines))
                 if new <= 0:
                     return []
                 pairs = zip(list(self.lines)[-new:], list(self._threads)[-new:], strict=True)
-                return [line for line, who in pairs if who == me]
+                return [line for line, who in pairs if who in mine]
 
     return CapturingLogger()
 
