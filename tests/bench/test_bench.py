@@ -46,6 +46,7 @@ def test_summarize_known_arrays():
     assert summarize([]) == {"n": 0}
 
 
+@pytest.mark.slow  # heavy: runs in make test-all / CI, not in a plain pytest
 def test_bench_synthetic_writes_json_and_plot(tiny, tmp_path, capsys):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     code = _bench_main(

@@ -131,6 +131,7 @@ def test_calibrating_a_calibrated_graph_is_refused(
         calibrate(int8.output, drops, tmp_path / "x.onnx")
 
 
+@pytest.mark.slow  # heavy: runs in make test-all / CI, not in a plain pytest
 def test_accuracy_gate_refuses_then_force_writes(drops: Path, tmp_path: Path) -> None:
     small = tmp_path / "small"
     small.mkdir()

@@ -61,6 +61,7 @@ def test_every_model_kind_scores_the_same(tiny: object, tmp_path: Path) -> None:
             assert other[key] == pytest.approx(reports[0][key], abs=0.02), key
 
 
+@pytest.mark.slow  # heavy: runs in make test-all / CI, not in a plain pytest
 def test_every_model_kind_evaluates_in_tiles(tiny: object, tmp_path: Path) -> None:
     """``evaluate --tiles``: checkpoint, core ONNX and engine all detect in the windows asked for."""
     from crystal_rt.cli.main import main

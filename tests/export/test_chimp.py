@@ -25,6 +25,9 @@ from crystal_rt.results.detection import DetectionResult  # noqa: E402
 from crystal_rt.runtime.detector import Detector  # noqa: E402
 from crystal_rt.testing.chimp_replica import ChimpResult, chimp_replica, seeded_chimp_model  # noqa: E402
 
+# a CHiMP-architecture R50 exported, built and run against CHiMP's own code on the real drops: heavy
+pytestmark = pytest.mark.slow  # runs in make test-all / CI, not in a plain pytest
+
 IMAGES = ("97wo_01A_1.jpg", "echo_test_im_1.jpg", "big_crystals_3.jpg")
 UM_PER_PX = 2.837
 

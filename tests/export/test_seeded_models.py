@@ -55,7 +55,7 @@ def _plain_state_dict(tmp_path: Path, arch: str, num_classes: int, seed: int = 0
 CASES = [
     pytest.param(arch, "paper", marks=() if arch in FAST else pytest.mark.slow, id=f"{arch}-paper")
     for arch in ARCHS
-] + [pytest.param("maskrcnn_resnet50_fpn", "chimp", id="maskrcnn_resnet50_fpn-chimp")]
+] + [pytest.param("maskrcnn_resnet50_fpn", "chimp", marks=pytest.mark.slow, id="maskrcnn_resnet50_fpn-chimp")]
 
 
 @pytest.mark.parametrize(("arch", "preset"), CASES)

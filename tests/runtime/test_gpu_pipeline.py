@@ -209,6 +209,7 @@ def test_without_plugin_registration_the_plan_does_not_load(
         Detector.load(demo_trt_engine)
 
 
+@pytest.mark.slow  # heavy: runs in make test-all / CI, not in a plain pytest
 @pytest.mark.parametrize("paste_at", ["image", "resize"])
 def test_recipes_the_kernels_do_not_compute_run_engine_and_paste_on_the_device(
     sim_gpu, tiny, tmp_path: Path, real_images, paste_at: str

@@ -80,6 +80,7 @@ def test_doctor_compares_nvrtc_with_the_driver(capsys, monkeypatch) -> None:
         assert "NVRTC is CUDA 13" in err and "crystal-rt[gpu-cu12]" in err
 
 
+@pytest.mark.slow  # heavy: runs in make test-all / CI, not in a plain pytest
 def test_doctor_gpu_acceptance_run_on_the_simulated_gpu(tmp_path, real_images) -> None:
     """The acceptance command end to end, from a plain process (kernels, engines, JSON)."""
     import json
