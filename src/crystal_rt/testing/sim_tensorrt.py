@@ -308,7 +308,15 @@ class _Network:
         self.source: str | None = None
         self.tensors: list[_Tensor] = []
         self.plugins: list[str] = []
-        self.layers: list[_Layer] = []
+        self._layers: list[_Layer] | None = None
+
+    @property
+    def layers(self) -> list[_Layer]:
+        """The graph's nodes as layers, made on first use (ONNX shape inference takes about a second
+        on the demo model; only a caller that looks at layers, or a weak FP16 build, pays for it)."""
+        if self._layers is None:
+            self._layers = _layers(self.onnx) if self.onnx is not None else []
+        return self._layers
 
     @property
     def num_layers(self) -> int:
@@ -499,7 +507,7 @@ class _OnnxParser:
         if self.errors:
             return False
         self.network.onnx, self.network.source, self.network.tensors = model, path, tensors
-        self.network.layers = _layers(model)
+        self.network._layers = None  # parsed again on first use
         self.network.plugins = sorted({OP_PLUGINS[op] for _, op in ops if op in OP_PLUGINS})
         return True
 
@@ -627,7 +635,8 @@ class _Builder:
             "tensors": [t.__dict__ for t in network.tensors],
             "workspace": config.pools.get(MemoryPoolType.WORKSPACE),
         }
-        header["fp32_pinned"] = sum(layer.precision == DataType.FLOAT for layer in network.layers)
+        pinned = network._layers or []  # no layer looked at: none pinned
+        header["fp32_pinned"] = sum(layer.precision == DataType.FLOAT for layer in pinned)
         if config._timing is not None:
             config._timing.data = b"CRTSIMTIMING:" + self.sim.version.encode()
         return IHostMemory(PLAN_MAGIC + json.dumps(header).encode() + b"\n" + network.onnx)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from ...calibration.fp16 import FP16_SCOPES
 from ...calibration.metadata import CalibrationInfo
 from ...errors import BackendUnavailable
 
@@ -51,20 +52,9 @@ class PrecisionRoute:
         return data
 
 
-#: where a weakly typed FP16 build may choose FP16 (the ONNX node scopes of the core graph's
-#: convolutional parts, which TensorRT names its layers after); every other layer is pinned to FP32
-FP16_SCOPES = (
-    "/backbone/",
-    "/rpn/head/",
-    "/roi_heads/box_head/",
-    "/roi_heads/box_predictor/",
-    "/roi_heads/mask_head/",
-    "/roi_heads/mask_predictor/",
-)
-
-
 def pin_box_layers(trt: ModuleType, network: Any) -> list[str]:
-    """Pin every layer of ``network`` outside :data:`FP16_SCOPES` that reads or writes floating point to
+    """Pin every layer of ``network`` outside :data:`FP16_SCOPES` (the AutoCast route's scopes, which
+    TensorRT's layer names keep from the ONNX nodes) that reads or writes floating point to
     FP32 (its precision, and the type of each floating output); returns their names. With
     ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS`` TensorRT then keeps them in FP32: box decoding, TopK,
     NMS (whose outputs are indices, but whose inputs are boxes and scores) and ``ROIAlign_TRT``."""
